@@ -1,0 +1,193 @@
+"""The ``alambic`` command line. Each command is a thin shell over a library function."""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from alambic import __version__
+from alambic.errors import AlambicError
+
+app = typer.Typer(
+    help="Compress Chinese BERT text classifiers for phones: distill, prune, quantize, "
+    "search the accuracy-size-latency Pareto front, export to ONNX and Core ML.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+config_app = typer.Typer(help="Validate a run config, or print its schema.", no_args_is_help=True)
+data_app = typer.Typer(help="Look at the data a config points to.", no_args_is_help=True)
+app.add_typer(config_app, name="config")
+app.add_typer(data_app, name="data")
+
+console = Console()
+errors = Console(stderr=True)
+
+
+class State:
+    quiet = False
+
+
+@app.callback()
+def _main(
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars, fewer messages.")] = False,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Debug logging.")] = False,
+    version: Annotated[bool, typer.Option("--version", help="Print the version and exit.")] = False,
+) -> None:
+    if version:
+        console.print(f"alambic {__version__}")
+        raise typer.Exit()
+    State.quiet = quiet
+    level = logging.DEBUG if verbose else (logging.ERROR if quiet else logging.WARNING)
+    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
+
+
+# --- plugins --------------------------------------------------------------------------------
+
+
+@app.command()
+def plugins(
+    as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
+) -> None:
+    """List every registered plugin id by hook, with the package it comes from."""
+    from alambic.manager import build_registry
+
+    registry = build_registry()
+    listing = {
+        kind: [
+            {"id": e.id, "plugin": e.source.name, "package": e.source.package,
+             "version": e.source.version, "module": e.source.module, "description": e.description}
+            for e in sorted(reg.entries.values(), key=lambda e: e.id)
+        ]
+        for kind, reg in registry.kinds.items()
+    }
+    failed = [{"plugin": s.name, "package": s.package, "error": err} for s, err in registry.failures]
+    if as_json:
+        print(json.dumps({"plugins": listing, "failed": failed}, ensure_ascii=False, indent=2))
+        return
+    table = Table("hook", "id", "from", "description")
+    for kind, entries in listing.items():
+        if not entries:
+            table.add_row(kind, "[dim](none)[/dim]", "", "")
+        for e in entries:
+            table.add_row(kind, e["id"], f"{e['package']} {e['version']} ({e['plugin']})", e["description"])
+    console.print(table)
+    for f in failed:
+        errors.print(f"[red]plugin '{f['plugin']}' ({f['package']}) failed to load:[/red] {f['error']}")
+
+
+# --- config ---------------------------------------------------------------------------------
+
+
+@config_app.command("check")
+def config_check(path: Annotated[Path, typer.Argument(help="The run config (YAML).")]) -> None:
+    """Validate a run config without running anything: keys, types, ranges, files, plugin ids."""
+    from alambic.config import load_config
+    from alambic.manager import build_registry
+
+    config = load_config(path, registry=build_registry())
+    console.print(f"[green]ok[/green] {path}: run '{config.name}'")
+
+
+@config_app.command("schema")
+def config_schema() -> None:
+    """Print the JSON schema of a run config."""
+    from alambic.config import config_schema as schema
+
+    print(json.dumps(schema(), indent=2, ensure_ascii=False))
+
+
+# --- data -----------------------------------------------------------------------------------
+
+
+@data_app.command("inspect")
+def data_inspect(
+    path: Annotated[Path, typer.Argument(help="The run config (YAML).")],
+    as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
+) -> None:
+    """Splits, sizes, label distribution, token-length percentiles and bad rows of the data."""
+    from alambic.config import load_config
+    from alambic.data import describe_data, load_data, load_tokenizer
+    from alambic.manager import build_registry
+
+    registry = build_registry()
+    config = load_config(path, registry=registry)
+    with console.status("reading data", spinner="dots") if not State.quiet else _nothing():
+        dsd, report = load_data(config.data, registry)
+        tokenizer = load_tokenizer(config.tokenizer)
+        summary = describe_data(dsd, report, tokenizer=tokenizer, max_length=config.tokenizer.max_length)
+    if as_json:
+        print(json.dumps(summary, ensure_ascii=False, indent=2))
+        return
+    _print_data_summary(summary)
+
+
+def _print_data_summary(summary: dict) -> None:
+    splits = summary["splits"]
+    sizes = Table("split", "rows", *(["tokens p50", "p90", "p95", "p99", "max", "> max_length"]
+                  if "tokens" in next(iter(splits.values())) else []), title="splits")
+    for name, split in splits.items():
+        tokens = split.get("tokens")
+        extra = [str(tokens[k]) for k in ("p50", "p90", "p95", "p99", "max")] if tokens else []
+        if tokens:
+            extra.append(f"{tokens['over_max_length']:.2%}")
+        sizes.add_row(name, f"{split['rows']:,}", *extra)
+    console.print(sizes)
+    labels = Table("label", *splits, title=f"{len(summary['label_names'])} labels")
+    for i, name in enumerate(summary["label_names"]):
+        labels.add_row(f"{i} {name}", *(f"{s['labels'].get(name, 0):,}" for s in splits.values()))
+    console.print(labels)
+    bad = summary["bad_rows"]
+    console.print(f"bad rows: {bad['count']}" + (" (skipped)" if bad["count"] else ""))
+    for row in bad["first"]:
+        console.print(f"  {row}", highlight=False, markup=False)
+    for warning in summary["warnings"]:
+        console.print(f"[yellow]warning:[/yellow] {_escape(warning)}")
+
+
+class _nothing:
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, *exc: object) -> None:
+        return None
+
+
+# --- run ------------------------------------------------------------------------------------
+
+
+@app.command()
+def run(path: Annotated[Path, typer.Argument(help="The run config (YAML).")]) -> None:
+    """The whole pipeline: data, teacher, search, front, select, export, report."""
+    from alambic.config import load_config
+    from alambic.manager import build_registry
+
+    config = load_config(path, registry=build_registry())
+    errors.print(
+        f"[yellow]config '{config.name}' is valid, but `alambic run` is not available yet[/yellow]: "
+        "this build has the data, config and plugin layers; training, search and export "
+        "arrive with the next releases. Nothing was trained. Try `alambic data inspect "
+        + str(path) + "`."
+    )
+
+
+def main() -> None:
+    """Console-script entry point: user errors print one clear message, no traceback."""
+    try:
+        app()
+    except AlambicError as exc:
+        errors.print(f"[bold red]error:[/bold red] {_escape(str(exc))}", highlight=False, soft_wrap=True)
+        sys.exit(2)
+
+
+def _escape(text: str) -> str:
+    from rich.markup import escape
+
+    return escape(text)

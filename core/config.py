@@ -1,0 +1,432 @@
+"""The run configuration: one YAML file, loaded into typed, frozen config objects.
+
+Every problem is reported at once, each naming its key path, the bad value and what is allowed::
+
+    examples/bad.yaml: invalid configuration (2 problem(s)):
+      - search.students[0]: unknown student id 'robreta-l4' (did you mean 'roberta-l4'?); allowed: ...
+      - teacher.epochs: Input should be a valid integer; got 'three'
+
+Relative paths in ``data`` and ``tokenizer`` are resolved against the config file's folder;
+``store`` is resolved against the current working directory (like any output folder).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from alambic.errors import ConfigError, did_you_mean
+
+if TYPE_CHECKING:
+    from alambic.registry import Registry
+
+SplitName = Literal["train", "validation", "test"]
+
+
+class Section(BaseModel):
+    """Base of every config section: unknown keys are errors, values are immutable."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
+
+
+# --- data -----------------------------------------------------------------------------------
+
+
+class SplitFractions(Section):
+    """How to split validation/test off train when the data has no such files."""
+
+    seed: int = 42
+    validation: float = Field(0.1, gt=0, lt=0.5)
+    test: float = Field(0.1, gt=0, lt=0.5)
+
+
+class DataConfig(Section):
+    source: str = Field("files", description="data-source plugin id: files, hf, demo, ...")
+    # files source: one file per split; only train is required (the others are split off it)
+    train: str | None = Field(None, description="train file (CSV, TSV, JSON Lines or Parquet)")
+    validation: str | None = None
+    test: str | None = None
+    golden: str | None = Field(None, description="optional hand-checked examples, same format")
+    format: Literal["auto", "csv", "tsv", "jsonl", "parquet"] = "auto"
+    header: bool | None = Field(
+        None, description="CSV/TSV header row; null = detect (first row names the columns)"
+    )
+    text_column: str | int = Field("text", description="column name, or 0-based index")
+    label_column: str | int = Field("label", description="column name, or 0-based index")
+    label_names: str | list[str] | None = Field(
+        None, description="file with one label name per line (line i = label i), or a list"
+    )
+    label_type: Literal["auto", "id", "name"] = Field(
+        "auto", description="labels in the files are integer ids or names; auto = ids if all int"
+    )
+    encoding: str = "utf-8"
+    bad_rows: Literal["error", "skip"] = Field(
+        "error", description="error: stop at the first bad row; skip: drop them, print a count"
+    )
+    split: SplitFractions = SplitFractions()
+    subsample: dict[SplitName, int] = Field(
+        default_factory=dict, description="keep a stratified sample of N rows of a split"
+    )
+    # hf source: any datasets.load_dataset id (needs the network or a local copy)
+    dataset: str | None = Field(None, description="hf source: datasets.load_dataset path or id")
+    dataset_config: str | None = None
+    split_names: dict[SplitName, str] = Field(
+        default_factory=dict, description="hf source: our split -> the dataset's split name"
+    )
+
+    @field_validator("subsample")
+    @classmethod
+    def _positive(cls, value: dict[str, int]) -> dict[str, int]:
+        for split, n in value.items():
+            if n < 1:
+                raise ValueError(f"subsample.{split} must be >= 1, got {n}")
+        return value
+
+
+class TokenizerConfig(Section):
+    name_or_path: str = Field(
+        ..., description="hub id, local tokenizer folder, or a vocab.txt for BertTokenizerFast"
+    )
+    max_length: int = Field(64, ge=8, le=512)
+    trust_remote_code: bool = Field(
+        False, description="run code shipped with a hub tokenizer: only for sources you trust"
+    )
+
+
+# --- teacher --------------------------------------------------------------------------------
+
+
+class Architecture(Section):
+    """Size overrides for a model built from config (random init)."""
+
+    layers: int | None = Field(None, ge=1, le=48)
+    hidden: int | None = Field(None, ge=8, le=4096)
+    heads: int | None = Field(None, ge=1, le=64)
+    ffn: int | None = Field(None, ge=8, le=16384)
+
+
+class TeacherConfig(Section):
+    model: str | None = Field(
+        None, description="hub id (bert-base-chinese) or local save_pretrained folder; "
+        "null = build a BERT from `architecture` (random init, offline)"
+    )
+    architecture: Architecture = Architecture()
+    epochs: int = Field(3, ge=1, le=100)
+    learning_rate: float = Field(3e-5, gt=0, lt=1)
+    batch_size: int = Field(32, ge=1, le=4096)
+    gradient_accumulation: int = Field(1, ge=1, le=1024)
+    warmup_ratio: float = Field(0.1, ge=0, lt=1)
+    weight_decay: float = Field(0.01, ge=0, lt=1)
+    mixed_precision: Literal["auto", "fp16", "bf16", "no"] = "auto"
+    train_top_layers: int | None = Field(
+        None, ge=0, description="freeze all but the top-k encoder layers; null = train all"
+    )
+    gradient_checkpointing: bool = False
+    optimizer: Literal["adamw", "adamw-8bit"] = "adamw"
+    early_stopping_patience: int | None = Field(None, ge=1)
+    seed: int = 42
+    trust_remote_code: bool = False
+
+
+# --- search ---------------------------------------------------------------------------------
+
+
+class PruningStep(Section):
+    pruner: str = Field(..., description="pruner plugin id")
+    amount: float | None = Field(None, ge=0, le=1, description="strength (fraction), if any")
+    options: dict[str, Any] = Field(default_factory=dict)
+
+
+class Objective(Section):
+    metric: Literal[
+        "accuracy", "macro_f1", "size_mb", "latency_p50_ms", "latency_p90_ms", "peak_mem_mb", "params"
+    ]
+    mode: Literal["max", "min"]
+
+
+class Resources(Section):
+    workers_per_trial: int = Field(1, ge=1)
+    cpus_per_worker: float = Field(1, gt=0)
+    gpus_per_worker: float | Literal["auto"] = "auto"
+    max_concurrent: int | None = Field(None, ge=1, description="null = derived from resources")
+
+
+DISTILL_SETTINGS = ("temperature", "alpha", "learning_rate", "epochs", "batch_size", "losses")
+
+
+class SearchConfig(Section):
+    students: list[str] = Field(..., min_length=1, description="student plugin ids")
+    student_sizes: dict[str, Architecture] = Field(
+        default_factory=dict, description="per-student size overrides (tiny versions)"
+    )
+    space: dict[str, Any] = Field(
+        default_factory=dict,
+        description=f"distillation settings ({', '.join(DISTILL_SETTINGS)}): a value or a "
+        "domain {choice|grid: [...]} / {uniform|loguniform|randint: [low, high]}",
+    )
+    pruning: list[list[PruningStep]] = Field(
+        default_factory=lambda: [[]], description="compression settings: each a list of steps"
+    )
+    quantization: list[str] = Field(
+        default_factory=lambda: ["none"], description="quantizer ids, or 'none'"
+    )
+    algorithm: Literal["grid", "random", "nsga2", "tpe"] = "grid"
+    trials: int = Field(16, ge=1, le=100_000)
+    objectives: list[Objective] = Field(
+        default_factory=lambda: [
+            Objective(metric="accuracy", mode="max"),
+            Objective(metric="size_mb", mode="min"),
+            Objective(metric="latency_p50_ms", mode="min"),
+        ],
+        min_length=1,
+    )
+    resources: Resources = Resources()
+    seed: int = 0
+
+    @field_validator("space")
+    @classmethod
+    def _known_settings(cls, value: dict[str, Any]) -> dict[str, Any]:
+        for key in value:
+            if key not in DISTILL_SETTINGS:
+                raise ValueError(
+                    f"unknown distillation setting '{key}'{did_you_mean(key, DISTILL_SETTINGS)}; "
+                    f"allowed: {', '.join(DISTILL_SETTINGS)}"
+                )
+        return value
+
+
+# --- guard, select, export, ray -------------------------------------------------------------
+
+
+class GuardConfig(Section):
+    max_drop: float = Field(1.0, ge=0, le=100, description="accuracy points a step may cost")
+    retries: int = Field(2, ge=0, le=10, description="retries at half strength before reverting")
+
+
+class SelectConfig(Section):
+    policy: str = Field("tier", description="selection-policy plugin id")
+    tier: Literal["high", "mid", "low"] | None = None
+    max_size_mb: float | None = Field(None, gt=0)
+    max_latency_ms: float | None = Field(None, gt=0)
+    min_accuracy: float | None = Field(None, ge=0, le=1)
+
+
+class ExportConfig(Section):
+    formats: list[str] = Field(default_factory=lambda: ["onnx", "coreml", "hf"])
+    opset: int = Field(17, ge=17, le=23)
+    author: str = ""
+    license: str = ""
+    description: str = ""
+
+
+class RayConfig(Section):
+    address: str | None = Field(None, description="null = start a local Ray in-process")
+
+
+class RunConfig(Section):
+    name: str = Field(..., pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$", description="run name")
+    data: DataConfig
+    tokenizer: TokenizerConfig
+    teacher: TeacherConfig = TeacherConfig()
+    search: SearchConfig | None = None
+    guard: GuardConfig = GuardConfig()
+    select: SelectConfig = SelectConfig()
+    export: ExportConfig = ExportConfig()
+    ray: RayConfig = RayConfig()
+    store: str = Field("artifacts", description="local folder or pyarrow filesystem URI (s3://...)")
+
+
+# --- loading --------------------------------------------------------------------------------
+
+
+def load_config(path: str | Path, registry: Registry | None = None) -> RunConfig:
+    """Read, validate and resolve a run config; raise :class:`ConfigError` listing every problem.
+
+    With a ``registry``, plugin ids are checked too (else only the structure is).
+    """
+    path = Path(path)
+    raw = _read_yaml(path)
+    try:
+        config = RunConfig.model_validate(raw)
+    except ValidationError as exc:
+        raise ConfigError(str(path), _describe_all(exc.errors())) from None
+    config = _resolve_paths(config, path.parent)
+    problems = _missing_files(config)
+    if registry is not None:
+        problems += check_plugin_ids(config, registry)
+    if problems:
+        raise ConfigError(str(path), problems)
+    return config
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    if not path.is_file():
+        raise ConfigError(str(path), ["config file not found"])
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))  # safe: never builds objects
+    except UnicodeDecodeError as exc:
+        raise ConfigError(str(path), [f"not UTF-8 text ({exc.reason} at byte {exc.start})"]) from None
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
+        raise ConfigError(str(path), [f"{where}YAML syntax error: {exc}"]) from None
+    if not isinstance(raw, dict):
+        got = "an empty file" if raw is None else type(raw).__name__
+        raise ConfigError(str(path), [f"expected a mapping of sections (name, data, ...), got {got}"])
+    return raw
+
+
+def key_path(loc: tuple[Any, ...]) -> str:
+    """('search', 'students', 1) -> 'search.students[1]'."""
+    out = ""
+    for part in loc:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out or "(top level)"
+
+
+def _describe_all(errs: list[dict[str, Any]]) -> list[str]:
+    """One line per key: the members of a union that all failed are merged into one message."""
+    by_key: dict[tuple[Any, ...], list[dict[str, Any]]] = {}
+    for err in errs:
+        by_key.setdefault(tuple(p for p in err["loc"] if not _is_union_tag(p)), []).append(err)
+    lines = []
+    for loc, group in by_key.items():
+        if len(group) == 1:
+            lines.append(_describe(loc, group[0]))
+        else:
+            wanted = " or ".join(e["msg"].removeprefix("Input should be ") for e in group)
+            lines.append(f"{key_path(loc)}: Input should be {wanted}; got {group[0]['input']!r}")
+    return lines
+
+
+def _describe(loc: tuple[Any, ...], err: dict[str, Any]) -> str:
+    where = key_path(loc)
+    if err["type"] == "extra_forbidden":
+        allowed = _allowed_keys(loc[:-1])
+        return (
+            f"{where}: unknown key{did_you_mean(str(loc[-1]), allowed)}; "
+            f"allowed keys: {', '.join(allowed)}"
+        )
+    if err["type"] == "missing":
+        return f"{where}: required key is missing"
+    if err["type"] == "value_error":  # our own validators already quote the bad value
+        return f"{where}: {err['msg'].removeprefix('Value error, ')}"
+    message = err["msg"]
+    if err["type"] == "literal_error":
+        choices = err.get("ctx", {}).get("expected", "")
+        message += did_you_mean(str(err["input"]), [c.strip(" '") for c in choices.replace(" or ", ",").split(",")])
+    return f"{where}: {message}; got {err['input']!r}"
+
+
+def _is_union_tag(part: Any) -> bool:
+    # pydantic names the union member tried (e.g. 'str', 'int', 'list[str]') in the location
+    return isinstance(part, str) and (part in {"str", "int", "float", "bool"} or "[" in part or part.startswith("literal"))
+
+
+def _allowed_keys(loc: tuple[Any, ...]) -> list[str]:
+    """The field names of the section at ``loc`` (for unknown-key messages)."""
+    model: Any = RunConfig
+    for part in loc:
+        if isinstance(part, int):
+            continue
+        field = model.model_fields.get(part) if hasattr(model, "model_fields") else None
+        if field is None:
+            return []
+        model = _section_type(field.annotation)
+        if model is None:
+            return []
+    return list(model.model_fields)
+
+
+def _section_type(annotation: Any) -> type[Section] | None:
+    if isinstance(annotation, type) and issubclass(annotation, Section):
+        return annotation
+    for arg in getattr(annotation, "__args__", ()):
+        found = _section_type(arg)
+        if found is not None:
+            return found
+    return None
+
+
+def _resolve_paths(config: RunConfig, base: Path) -> RunConfig:
+    def resolve(value: str | None) -> str | None:
+        return None if value is None else str((base / value).resolve())
+
+    data = config.data
+    updates: dict[str, Any] = {k: resolve(getattr(data, k)) for k in ("train", "validation", "test", "golden")}
+    if isinstance(data.label_names, str):
+        updates["label_names"] = resolve(data.label_names)
+    tokenizer = config.tokenizer
+    tok_path = base / tokenizer.name_or_path
+    if tok_path.exists():  # otherwise it is a hub id
+        tokenizer = tokenizer.model_copy(update={"name_or_path": str(tok_path.resolve())})
+    teacher = config.teacher
+    if teacher.model and (base / teacher.model).exists():
+        teacher = teacher.model_copy(update={"model": str((base / teacher.model).resolve())})
+    return config.model_copy(
+        update={"data": data.model_copy(update=updates), "tokenizer": tokenizer, "teacher": teacher}
+    )
+
+
+def _missing_files(config: RunConfig) -> list[str]:
+    problems = []
+    data = config.data
+    for key in ("train", "validation", "test", "golden", "label_names"):
+        value = getattr(data, key)
+        if isinstance(value, str) and not Path(value).is_file():
+            problems.append(f"data.{key}: file not found: {value}")
+    if data.source == "files" and data.train is None:
+        problems.append("data.train: required when data.source is 'files'")
+    return problems
+
+
+def check_plugin_ids(config: RunConfig, registry: Registry) -> list[str]:
+    """Every plugin id the config names must be registered; returns one problem per unknown id."""
+    checks: list[tuple[str, str, str]] = [("data.source", "datasets", config.data.source)]
+    # Defaults name built-ins of later stages; only ids the user wrote are checked here.
+    if "policy" in config.select.model_fields_set:
+        checks.append(("select.policy", "selection_policies", config.select.policy))
+    if "formats" in config.export.model_fields_set:
+        checks += [(f"export.formats[{i}]", "exporters", f) for i, f in enumerate(config.export.formats)]
+    search = config.search
+    if search is not None:
+        checks += [(f"search.students[{i}]", "students", s) for i, s in enumerate(search.students)]
+        checks += [(f"search.student_sizes.{s}", "students", s) for s in search.student_sizes]
+        for i, steps in enumerate(search.pruning):
+            checks += [(f"search.pruning[{i}][{j}].pruner", "pruners", st.pruner) for j, st in enumerate(steps)]
+        checks += [
+            (f"search.quantization[{i}]", "quantizers", q)
+            for i, q in enumerate(search.quantization)
+            if q != "none"
+        ]
+        losses = search.space.get("losses", [])
+        for i, loss in enumerate(_domain_values(losses)):
+            checks.append((f"search.space.losses[{i}]", "distill_losses", loss))
+    problems = []
+    for where, kind, plugin_id in checks:
+        known = registry[kind].ids()
+        if plugin_id not in known:
+            allowed = ", ".join(known) or "(none registered)"
+            problems.append(
+                f"{where}: unknown {kind} id {plugin_id!r}{did_you_mean(plugin_id, known)}; "
+                f"allowed: {allowed}"
+            )
+    return problems
+
+
+def _domain_values(value: Any) -> list[str]:
+    """The plugin ids named by a setting, whether given plainly or as a choice/grid domain."""
+    if isinstance(value, dict):
+        value = next(iter(value.values()), [])
+    flat: list[str] = []
+    for item in value if isinstance(value, list) else [value]:
+        flat += item if isinstance(item, list) else [item]
+    return [str(v) for v in flat]
+
+
+def config_schema() -> dict[str, Any]:
+    """The JSON schema of a run config (``alambic config schema``)."""
+    return RunConfig.model_json_schema()

@@ -1,0 +1,111 @@
+"""Built-in students: three small Chinese encoders, each buildable from config alone.
+
+==================  =====================================================  =============================
+id                  architecture (full size)                               hub weights
+==================  =====================================================  =============================
+roberta-l4          BERT, 4 layers, hidden 512, 8 heads, FFN 2048          uer/chinese_roberta_L-4_H-512
+tinybert-4l         BERT, 4 layers, hidden 312, 12 heads, FFN 1200         huawei-noah/TinyBERT_4L_zh
+mobilebert-adapter  MobileBERT: 4 layers, 512 wide, bottleneck 128,        none: built from config, then
+                    4 heads, 4 stacked FFNs of 512, ReLU, no LayerNorm     initialised from roberta-l4
+==================  =====================================================  =============================
+
+All use bert-base-chinese's vocabulary (21128 tokens) and 512 positions. Size overrides
+(``layers``, ``hidden``, ``heads``, ``ffn``) shrink them for tests, e.g.
+``Student.build(3, layers=2, hidden=64, heads=2, ffn=128)``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import TYPE_CHECKING
+
+import alambic
+from alambic.errors import AlambicError
+from alambic.models import (
+    CHINESE_VOCAB_SIZE,
+    BertStudent,
+    Labels,
+    Size,
+    Student,
+    check_divisible,
+    label_maps,
+)
+
+if TYPE_CHECKING:
+    from transformers import MobileBertConfig, PreTrainedModel
+
+    from alambic.registry import KindRegistry
+
+
+class RobertaL4(BertStudent):
+    """Chinese RoBERTa (UER), BERT encoder: 4 layers, hidden 512, 8 heads, FFN 2048."""
+
+    id = "roberta-l4"
+    hub_id = "uer/chinese_roberta_L-4_H-512"  # a BertModel checkpoint: the head is new
+    size = Size(layers=4, hidden=512, heads=8, ffn=2048)
+
+
+class TinyBert4L(BertStudent):
+    """TinyBERT (Huawei Noah), BERT encoder: 4 layers, hidden 312, 12 heads, FFN 1200."""
+
+    id = "tinybert-4l"
+    hub_id = "huawei-noah/TinyBERT_4L_zh"  # the Chinese one: TinyBERT_General_4L_312D is English
+    size = Size(layers=4, hidden=312, heads=12, ffn=1200)
+
+
+class MobileBertAdapter(Student):
+    """MobileBERT-style: 4 layers, 512 wide with a 128 bottleneck, ReLU, no LayerNorm, 4 FFNs."""
+
+    id = "mobilebert-adapter"
+    hub_id = None  # built from config, then initialised from a trained roberta-l4 student
+    # hidden = the inter-block width; attention and the FFNs run inside the bottleneck (hidden // 4)
+    size = Size(layers=4, hidden=512, heads=4, ffn=512)
+
+    @classmethod
+    def config(
+        cls, num_labels: int, id2label: Labels = None, overrides: Mapping[str, int | None] | None = None
+    ) -> MobileBertConfig:
+        from transformers import MobileBertConfig
+
+        who = f"student '{cls.id}'"
+        size = cls.size.override(overrides, who)
+        if size.hidden % 4:
+            raise AlambicError(
+                f"{who}: hidden={size.hidden} must be divisible by 4 (the bottleneck is hidden // 4)"
+            )
+        bottleneck = size.hidden // 4  # 128 at full size
+        check_divisible(who, bottleneck, size.heads, what="bottleneck (hidden // 4)")
+        return MobileBertConfig(
+            vocab_size=CHINESE_VOCAB_SIZE,
+            max_position_embeddings=512,
+            type_vocab_size=2,
+            num_hidden_layers=size.layers,
+            hidden_size=size.hidden,
+            num_attention_heads=size.heads,
+            intermediate_size=size.ffn,  # each FFN: bottleneck -> ffn -> bottleneck
+            use_bottleneck=True,
+            intra_bottleneck_size=bottleneck,  # the "true hidden" width inside each block
+            key_query_shared_bottleneck=True,  # queries and keys share one down-projection
+            use_bottleneck_attention=False,  # values come from the full-width input
+            embedding_size=bottleneck,  # word vectors are narrow; trigram concat -> hidden
+            trigram_input=True,
+            num_feedforward_networks=4,
+            hidden_act="relu",
+            normalization_type="no_norm",  # elementwise affine instead of LayerNorm: fast on phones
+            **label_maps(num_labels, id2label),
+        )
+
+    @classmethod
+    def model_class(cls) -> type[PreTrainedModel]:
+        from transformers import MobileBertForSequenceClassification
+
+        return MobileBertForSequenceClassification
+
+
+STUDENTS: tuple[type[Student], ...] = (RobertaL4, TinyBert4L, MobileBertAdapter)
+
+
+@alambic.hookimpl
+def alambic_register_students(register: KindRegistry) -> None:
+    for cls in STUDENTS:
+        register.add(cls)

@@ -119,10 +119,14 @@ def data_inspect(
 
     registry = build_registry()
     config = load_config(path, registry=registry)
+    # Inspection lists every bad row instead of stopping at the first one.
+    data_config = config.data.model_copy(update={"bad_rows": "skip"})
+    logging.getLogger("alambic.data").setLevel(logging.ERROR)  # warnings are printed below
     with console.status("reading data", spinner="dots") if not State.quiet else _nothing():
-        dsd, report = load_data(config.data, registry)
+        dsd, report = load_data(data_config, registry)
         tokenizer = load_tokenizer(config.tokenizer)
         summary = describe_data(dsd, report, tokenizer=tokenizer, max_length=config.tokenizer.max_length)
+    summary["bad_rows"]["policy"] = config.data.bad_rows
     if as_json:
         print(json.dumps(summary, ensure_ascii=False, indent=2))
         return
@@ -145,7 +149,10 @@ def _print_data_summary(summary: dict) -> None:
         labels.add_row(f"{i} {name}", *(f"{s['labels'].get(name, 0):,}" for s in splits.values()))
     console.print(labels)
     bad = summary["bad_rows"]
-    console.print(f"bad rows: {bad['count']}" + (" (skipped)" if bad["count"] else ""))
+    stops = bad["count"] and bad["policy"] == "error"
+    console.print(f"bad rows: {bad['count']}" + (
+        " (the run stops at the first one: data.bad_rows is 'error')" if stops
+        else " (skipped: data.bad_rows is 'skip')" if bad["count"] else ""))
     for row in bad["first"]:
         console.print(f"  {row}", highlight=False, markup=False)
     for warning in summary["warnings"]:

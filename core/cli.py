@@ -72,7 +72,10 @@ def plugins(
     if as_json:
         print(json.dumps({"plugins": listing, "failed": failed}, ensure_ascii=False, indent=2))
         return
-    table = Table("hook", "id", "from", "description")
+    table = Table(title="registered plugins")
+    for header in ("hook", "id", "from"):
+        table.add_column(header, no_wrap=True)
+    table.add_column("description")
     for kind, entries in listing.items():
         if not entries:
             table.add_row(kind, "[dim](none)[/dim]", "", "")
@@ -114,7 +117,7 @@ def data_inspect(
 ) -> None:
     """Splits, sizes, label distribution, token-length percentiles and bad rows of the data."""
     from alambic.config import load_config
-    from alambic.data import describe_data, load_data, load_tokenizer
+    from alambic.data import describe_data, load_data, prepare_tokenizer
     from alambic.manager import build_registry
 
     registry = build_registry()
@@ -124,7 +127,7 @@ def data_inspect(
     logging.getLogger("alambic.data").setLevel(logging.ERROR)  # warnings are printed below
     with console.status("reading data", spinner="dots") if not State.quiet else _nothing():
         dsd, report = load_data(data_config, registry)
-        tokenizer = load_tokenizer(config.tokenizer)
+        tokenizer = prepare_tokenizer(config.tokenizer, dsd)
         summary = describe_data(dsd, report, tokenizer=tokenizer, max_length=config.tokenizer.max_length)
     summary["bad_rows"]["policy"] = config.data.bad_rows
     if as_json:

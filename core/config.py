@@ -87,9 +87,12 @@ class DataConfig(Section):
 
 
 class TokenizerConfig(Section):
-    name_or_path: str = Field(
-        ..., description="hub id, local tokenizer folder, or a vocab.txt for BertTokenizerFast"
+    name_or_path: str | None = Field(
+        None, description="hub id, local tokenizer folder, or a vocab.txt for BertTokenizerFast; "
+        "null = train a character-level WordPiece vocabulary on the train split"
     )
+    vocab_size: int = Field(8000, ge=200, le=100_000, description="when training a vocabulary")
+    min_frequency: int = Field(2, ge=1, description="when training a vocabulary")
     max_length: int = Field(64, ge=8, le=512)
     trust_remote_code: bool = Field(
         False, description="run code shipped with a hub tokenizer: only for sources you trust"
@@ -249,14 +252,13 @@ def load_config(path: str | Path, registry: Registry | None = None) -> RunConfig
     """
     path = Path(path)
     raw = _read_yaml(path)
+    id_problems = check_plugin_ids(raw, registry) if registry is not None else []
     try:
         config = RunConfig.model_validate(raw)
     except ValidationError as exc:
-        raise ConfigError(str(path), _describe_all(exc.errors())) from None
+        raise ConfigError(str(path), _describe_all(exc.errors()) + id_problems) from None
     config = _resolve_paths(config, path.parent)
-    problems = _missing_files(config)
-    if registry is not None:
-        problems += check_plugin_ids(config, registry)
+    problems = _missing_files(config) + id_problems
     if problems:
         raise ConfigError(str(path), problems)
     return config
@@ -360,8 +362,8 @@ def _resolve_paths(config: RunConfig, base: Path) -> RunConfig:
     if isinstance(data.label_names, str):
         updates["label_names"] = resolve(data.label_names)
     tokenizer = config.tokenizer
-    tok_path = base / tokenizer.name_or_path
-    if tok_path.exists():  # otherwise it is a hub id
+    tok_path = base / (tokenizer.name_or_path or "")
+    if tokenizer.name_or_path and tok_path.exists():  # otherwise it is a hub id
         tokenizer = tokenizer.model_copy(update={"name_or_path": str(tok_path.resolve())})
     teacher = config.teacher
     if teacher.model and (base / teacher.model).exists():
@@ -383,30 +385,14 @@ def _missing_files(config: RunConfig) -> list[str]:
     return problems
 
 
-def check_plugin_ids(config: RunConfig, registry: Registry) -> list[str]:
-    """Every plugin id the config names must be registered; returns one problem per unknown id."""
-    checks: list[tuple[str, str, str]] = [("data.source", "datasets", config.data.source)]
-    # Defaults name built-ins of later stages; only ids the user wrote are checked here.
-    if "policy" in config.select.model_fields_set:
-        checks.append(("select.policy", "selection_policies", config.select.policy))
-    if "formats" in config.export.model_fields_set:
-        checks += [(f"export.formats[{i}]", "exporters", f) for i, f in enumerate(config.export.formats)]
-    search = config.search
-    if search is not None:
-        checks += [(f"search.students[{i}]", "students", s) for i, s in enumerate(search.students)]
-        checks += [(f"search.student_sizes.{s}", "students", s) for s in search.student_sizes]
-        for i, steps in enumerate(search.pruning):
-            checks += [(f"search.pruning[{i}][{j}].pruner", "pruners", st.pruner) for j, st in enumerate(steps)]
-        checks += [
-            (f"search.quantization[{i}]", "quantizers", q)
-            for i, q in enumerate(search.quantization)
-            if q != "none"
-        ]
-        losses = search.space.get("losses", [])
-        for i, loss in enumerate(_domain_values(losses)):
-            checks.append((f"search.space.losses[{i}]", "distill_losses", loss))
+def check_plugin_ids(raw: dict[str, Any], registry: Registry) -> list[str]:
+    """Every plugin id the config file names must be registered; one problem per unknown id.
+
+    Works on the raw mapping, so unknown ids are reported together with structural problems,
+    and ids left to their defaults (built-ins of later stages) are not checked.
+    """
     problems = []
-    for where, kind, plugin_id in checks:
+    for where, kind, plugin_id in _named_plugin_ids(raw):
         known = registry[kind].ids()
         if plugin_id not in known:
             allowed = ", ".join(known) or "(none registered)"
@@ -415,6 +401,39 @@ def check_plugin_ids(config: RunConfig, registry: Registry) -> list[str]:
                 f"allowed: {allowed}"
             )
     return problems
+
+
+def _named_plugin_ids(raw: dict[str, Any]) -> list[tuple[str, str, str]]:
+    """(key path, kind, id) for every plugin id written in the config; wrong shapes are skipped
+    (the structural validation reports them)."""
+
+    def section(*keys: str) -> Any:
+        value: Any = raw
+        for key in keys:
+            value = value.get(key) if isinstance(value, dict) else None
+        return value
+
+    def strings(where: str, kind: str, value: Any, skip: tuple[str, ...] = ()) -> list[tuple[str, str, str]]:
+        items = value if isinstance(value, list) else []
+        return [(f"{where}[{i}]", kind, v) for i, v in enumerate(items) if isinstance(v, str) and v not in skip]
+
+    found = []
+    if isinstance(section("data", "source"), str):
+        found.append(("data.source", "datasets", section("data", "source")))
+    if isinstance(section("select", "policy"), str):
+        found.append(("select.policy", "selection_policies", section("select", "policy")))
+    found += strings("export.formats", "exporters", section("export", "formats"))
+    found += strings("search.students", "students", section("search", "students"))
+    sizes = section("search", "student_sizes")
+    found += [(f"search.student_sizes.{s}", "students", s) for s in sizes or {} if isinstance(s, str)]
+    found += strings("search.quantization", "quantizers", section("search", "quantization"), skip=("none",))
+    for i, steps in enumerate(section("search", "pruning") or []):
+        for j, step in enumerate(steps if isinstance(steps, list) else []):
+            if isinstance(step, dict) and isinstance(step.get("pruner"), str):
+                found.append((f"search.pruning[{i}][{j}].pruner", "pruners", step["pruner"]))
+    losses = _domain_values(section("search", "space", "losses") or [])
+    found += [(f"search.space.losses[{i}]", "distill_losses", loss) for i, loss in enumerate(losses)]
+    return found
 
 
 def _domain_values(value: Any) -> list[str]:

@@ -253,11 +253,43 @@ def tokenizer_fingerprint(tokenizer: Any) -> str:
 # --- tokenizer and tokenization -------------------------------------------------------------
 
 
+def prepare_tokenizer(config: TokenizerConfig, dsd: DatasetDict) -> Any:
+    """The configured tokenizer, or one trained on the train split when none is named."""
+    if config.name_or_path is None:
+        return train_tokenizer(column(dsd["train"], "text"), config.vocab_size, config.min_frequency)
+    return load_tokenizer(config)
+
+
+def train_tokenizer(texts: list[str], vocab_size: int, min_frequency: int = 2) -> Any:
+    """A WordPiece vocabulary learnt from ``texts``, tokenizing as bert-base-chinese does.
+
+    Chinese characters are split one per token (``handle_chinese_chars``), so the vocabulary is
+    mostly characters; other scripts get word pieces. Used when no pretrained vocabulary can be
+    downloaded (the quickstart).
+    """
+    import tempfile
+
+    from tokenizers import BertWordPieceTokenizer
+    from transformers import BertTokenizerFast
+
+    trainer = BertWordPieceTokenizer(clean_text=True, handle_chinese_chars=True,
+                                     strip_accents=False, lowercase=True)
+    trainer.train_from_iterator(texts, vocab_size=vocab_size, min_frequency=min_frequency,
+                                special_tokens=["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"],
+                                show_progress=False)
+    with tempfile.TemporaryDirectory() as folder:
+        vocab_file = trainer.save_model(folder)[0]
+        return BertTokenizerFast(vocab_file=vocab_file, do_lower_case=True)
+
+
 def load_tokenizer(config: TokenizerConfig) -> Any:
     """A vocab.txt gives a ``BertTokenizerFast``; a folder or hub id goes through ``AutoTokenizer``."""
     from transformers import AutoTokenizer, BertTokenizerFast
 
     name = config.name_or_path
+    if name is None:
+        raise DataError("tokenizer.name_or_path is null: the tokenizer is trained on the data "
+                        "(use prepare_tokenizer)")
     path = Path(name).expanduser()
     if name.endswith(".txt"):
         if not path.is_file():

@@ -126,8 +126,8 @@ def test_missing_config_file(tmp_path):
 
 
 def test_default_plugin_ids_are_not_checked_until_written(write_config, minimal_config):
-    config = load_config(write_config(minimal_config), registry=fake_registry())
-    assert check_plugin_ids(config, fake_registry()) == []
+    load_config(write_config(minimal_config), registry=fake_registry())
+    assert check_plugin_ids(minimal_config, fake_registry()) == []
     minimal_config["export"] = {"formats": ["onnx"]}
     (problem,) = problems(write_config(minimal_config), registry=fake_registry())
     assert problem.startswith("export.formats[0]: unknown exporters id 'onnx'")
@@ -144,3 +144,15 @@ def test_schema_lists_sections():
     assert {"name", "data", "tokenizer", "teacher", "search", "guard", "select", "export", "ray",
             "store"} <= set(schema["properties"])
     assert schema["required"] == ["name", "data", "tokenizer"]
+
+
+def test_unknown_ids_reported_with_structural_problems(write_config, minimal_config):
+    minimal_config["search"] = {"students": ["robreta-l4"], "trials": "many"}
+    found = problems(write_config(minimal_config), registry=fake_registry())
+    assert [p.split(":")[0] for p in found] == ["search.trials", "search.students[0]"]
+
+
+def test_wrongly_shaped_sections_do_not_crash_the_id_check(write_config, minimal_config):
+    minimal_config["search"] = {"students": "roberta-l4", "pruning": ["heads"], "space": []}
+    found = problems(write_config(minimal_config), registry=fake_registry())
+    assert found and all(p.startswith("search.") for p in found)

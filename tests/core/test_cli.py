@@ -1,0 +1,95 @@
+"""The CLI as a user meets it: the installed `alambic` script, run in a subprocess."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+from tests.conftest import PROJECT, needs_shared_data
+
+ALAMBIC = shutil.which("alambic", path=os.path.dirname(sys.executable)) or "alambic"
+
+
+def alambic(*args: str, cwd=PROJECT) -> subprocess.CompletedProcess:
+    return subprocess.run([ALAMBIC, *args], capture_output=True, text=True, cwd=cwd,
+                          env={**os.environ, "COLUMNS": "200"})
+
+
+@pytest.mark.parametrize("command", [[], ["plugins"], ["config"], ["config", "check"],
+                                     ["config", "schema"], ["data"], ["data", "inspect"], ["run"]])
+def test_every_command_has_help(command):
+    result = alambic(*command, "--help")
+    assert result.returncode == 0, result.stderr
+    assert "Usage: alambic" in result.stdout
+
+
+def test_plugins_json_lists_every_hook_with_builtins():
+    listing = json.loads(alambic("plugins", "--json").stdout)
+    assert set(listing["plugins"]) == {"datasets", "students", "distill_losses", "pruners",
+                                       "quantizers", "selection_policies", "exporters"}
+    students = {p["id"]: p for p in listing["plugins"]["students"]}
+    assert {"roberta-l4", "tinybert-4l", "mobilebert-adapter"} <= set(students)
+    assert students["roberta-l4"]["package"] == "alambic" and students["roberta-l4"]["plugin"] == "students"
+    assert listing["failed"] == []
+
+
+def test_config_check_ok_and_errors(write_config, minimal_config):
+    ok = alambic("config", "check", str(write_config(minimal_config)))
+    assert ok.returncode == 0 and "ok" in ok.stdout
+    minimal_config["search"] = {"students": ["robreta-l4"]}
+    minimal_config["teacher"] = {"epochs": "three"}
+    bad = alambic("config", "check", str(write_config(minimal_config)))
+    assert bad.returncode == 2
+    assert "search.students[0]: unknown students id 'robreta-l4' (did you mean 'roberta-l4'?)" in bad.stderr
+    assert "teacher.epochs: Input should be a valid integer; got 'three'" in bad.stderr
+    assert "Traceback" not in bad.stderr
+
+
+def test_config_check_names_bad_tsv_line_in_data_inspect(write_config, minimal_config, tiny_tsv):
+    lines = tiny_tsv.read_text(encoding="utf-8").splitlines()
+    lines[6] = "缺少标签的一行"  # line 7: one column instead of two
+    tiny_tsv.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    path = write_config(minimal_config)
+    result = alambic("data", "inspect", str(path), "--json")
+    summary = json.loads(result.stdout)
+    assert summary["bad_rows"]["count"] == 1
+    assert summary["bad_rows"]["first"][0].startswith(f"{tiny_tsv}:7:")
+
+
+def test_config_schema_is_json():
+    schema = json.loads(alambic("config", "schema").stdout)
+    assert schema["title"] == "RunConfig" and "search" in schema["properties"]
+
+
+def test_examples_pass_config_check():
+    for example in ("examples/quickstart.yaml", "examples/thucnews.yaml"):
+        if "thucnews" in example and not (PROJECT.parent / "shared" / "data").is_dir():
+            continue
+        result = alambic("config", "check", example)
+        assert result.returncode == 0, result.stderr
+
+
+def test_run_is_honest_about_what_it_does(write_config, minimal_config):
+    result = alambic("run", str(write_config(minimal_config)))
+    assert result.returncode == 0
+    assert "not available yet" in result.stderr and "Nothing was trained" in result.stderr
+
+
+@needs_shared_data()
+def test_data_inspect_on_thucnews():
+    result = alambic("data", "inspect", "examples/thucnews.yaml", "--json")
+    assert result.returncode == 0, result.stderr
+    summary = json.loads(result.stdout)
+    assert {k: v["rows"] for k, v in summary["splits"].items()} == {
+        "train": 45_000, "validation": 10_000, "test": 10_000}
+    assert summary["label_names"] == ["财经", "房产", "股票", "教育", "科技", "社会", "时政", "体育", "游戏", "娱乐"]
+    tokens = summary["splits"]["train"]["tokens"]
+    assert 10 <= tokens["p50"] <= tokens["p90"] <= tokens["p99"] <= tokens["max"] <= 64
+    assert summary["bad_rows"]["count"] == 0
+    human = alambic("data", "inspect", "examples/thucnews.yaml")
+    assert "45,000" in human.stdout and "财经" in human.stdout

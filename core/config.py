@@ -134,6 +134,27 @@ class TeacherConfig(Section):
     trust_remote_code: bool = False
 
 
+# --- distillation ---------------------------------------------------------------------------
+
+
+class DistillConfig(Section):
+    """Defaults for one distillation (`alambic distill`); a search varies them per candidate."""
+
+    temperature: float = Field(4.0, gt=0, le=100)
+    alpha: float = Field(0.7, ge=0, le=1, description="weight of the KD term; 1 - alpha weighs the CE term")
+    learning_rate: float = Field(1e-4, gt=0, lt=1)
+    epochs: int = Field(3, ge=1, le=100)
+    batch_size: int = Field(32, ge=1, le=4096)
+    warmup_ratio: float = Field(0.1, ge=0, lt=1)
+    weight_decay: float = Field(0.01, ge=0, lt=1)
+    losses: list[str] = Field(default_factory=lambda: ["kd"], min_length=1,
+                              description="distillation-loss plugin ids; kd is the logits loss")
+    loss_weights: dict[str, float] = Field(default_factory=dict, description="weight per loss id (default 1)")
+    layer_map: list[int] | None = Field(None, description="teacher layer for each student layer; null = uniform")
+    early_stopping_patience: int | None = Field(None, ge=1)
+    seed: int = 42
+
+
 # --- search ---------------------------------------------------------------------------------
 
 
@@ -157,7 +178,7 @@ class Resources(Section):
     max_concurrent: int | None = Field(None, ge=1, description="null = derived from resources")
 
 
-DISTILL_SETTINGS = ("temperature", "alpha", "learning_rate", "epochs", "batch_size", "losses")
+DISTILL_SETTINGS = tuple(DistillConfig.model_fields)  # a search may vary any of them
 
 
 class SearchConfig(Section):
@@ -226,7 +247,13 @@ class ExportConfig(Section):
 
 
 class RayConfig(Section):
-    address: str | None = Field(None, description="null = start a local Ray in-process")
+    address: str | None = Field(None, description="null = start a local Ray in-process; "
+                                "'auto' or ray://host:port = an existing cluster")
+    workers: int = Field(1, ge=1, description="Ray Train workers for teacher training and distillation")
+    cpus_per_worker: float = Field(1, gt=0)
+    gpus_per_worker: float | Literal["auto"] = Field(
+        "auto", description="auto = 1 when the cluster has GPUs, else 0 (CPU, gloo)")
+    max_failures: int = Field(1, ge=0, description="restarts of a training run after a worker dies")
 
 
 class RunConfig(Section):
@@ -234,6 +261,7 @@ class RunConfig(Section):
     data: DataConfig
     tokenizer: TokenizerConfig
     teacher: TeacherConfig = TeacherConfig()
+    distill: DistillConfig = DistillConfig()
     search: SearchConfig | None = None
     guard: GuardConfig = GuardConfig()
     select: SelectConfig = SelectConfig()
@@ -431,6 +459,7 @@ def _named_plugin_ids(raw: dict[str, Any]) -> list[tuple[str, str, str]]:
         for j, step in enumerate(steps if isinstance(steps, list) else []):
             if isinstance(step, dict) and isinstance(step.get("pruner"), str):
                 found.append((f"search.pruning[{i}][{j}].pruner", "pruners", step["pruner"]))
+    found += strings("distill.losses", "distill_losses", section("distill", "losses"))
     losses = _domain_values(section("search", "space", "losses") or [])
     found += [(f"search.space.losses[{i}]", "distill_losses", loss) for i, loss in enumerate(losses)]
     return found

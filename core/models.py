@@ -132,11 +132,13 @@ def bert_config(
 
 
 def teacher_config(
-    num_labels: int, id2label: Labels = None, overrides: Mapping[str, int | None] | None = None
+    num_labels: int, id2label: Labels = None, overrides: Mapping[str, int | None] | None = None,
+    vocab_size: int | None = None,
 ) -> BertConfig:
     """bert-base-chinese's architecture (12 x 768, 12 heads, FFN 3072), with size overrides."""
     size = BERT_BASE_CHINESE.override(overrides, "teacher.architecture")
-    return bert_config(size, num_labels, id2label, who="teacher.architecture")
+    extra = {"vocab_size": vocab_size} if vocab_size is not None else {}
+    return bert_config(size, num_labels, id2label, who="teacher.architecture", **extra)
 
 
 # --- students ---------------------------------------------------------------------------------
@@ -169,10 +171,17 @@ class Student:
 
     @classmethod
     def build(
-        cls, num_labels: int, id2label: Labels = None, **overrides: int | None
+        cls, num_labels: int, id2label: Labels = None, vocab_size: int | None = None,
+        **overrides: int | None,
     ) -> PreTrainedModel:
-        """A randomly initialised model from config alone (no download)."""
-        return cls.model_class()(cls.config(num_labels, id2label, overrides))
+        """A randomly initialised model from config alone (no download).
+
+        ``vocab_size`` replaces the Chinese vocabulary's size, for a tokenizer trained on the data.
+        """
+        config = cls.config(num_labels, id2label, overrides)
+        if vocab_size is not None:
+            config.vocab_size = vocab_size
+        return cls.model_class()(config)
 
     @classmethod
     def from_pretrained(

@@ -1,0 +1,188 @@
+"""Ray Train, the driver side: start (or join) Ray, run a per-worker function in a TorchTrainer.
+
+The per-worker functions live beside what they train (``teacher.teacher_worker``,
+``distill.distill_worker``); this module only knows how to launch one and collect its result
+(STYLE item 8: the per-worker function and the driver function kept apart).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from alambic.config import RayConfig
+from alambic.errors import AlambicError
+
+log = logging.getLogger(__name__)
+
+
+def ensure_ray(address: str | None, quiet: bool = False) -> None:
+    """Join the cluster at ``address``, or start a local Ray in-process when there is none."""
+    import ray
+
+    if ray.is_initialized():
+        return
+    # Ray's own usage reporting would try to reach the network; alambic runs offline.
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    os.environ.setdefault("RAY_TRAIN_ENABLE_STATE_TRACKING", "0")
+    kwargs: dict[str, Any] = {
+        "log_to_driver": not quiet, "logging_level": logging.WARNING,
+        "runtime_env": {"worker_process_setup_hook": "alambic.distributed.quiet_ray_loggers"},
+    }
+    if address is None:
+        kwargs |= {"include_dashboard": False, "num_cpus": os.cpu_count()}
+    try:
+        ray.init(address=address, **kwargs)
+    except (ConnectionError, RuntimeError) as exc:
+        raise AlambicError(f"ray.address: could not connect to the Ray cluster at {address!r}: {exc}") from None
+
+
+#: Ray loggers whose messages are noise for alambic's users, silenced in every Ray worker process.
+NOISY_RAY_LOGGERS = (
+    # without the dashboard, its state API is absent and this cleaner warns every few seconds
+    "ray.train.v2._internal.execution.controller.placement_group_cleaner",
+)
+
+
+def quiet_ray_loggers() -> None:
+    """Ray's `worker_process_setup_hook`: runs at the start of every worker process."""
+    for name in NOISY_RAY_LOGGERS:
+        logging.getLogger(name).setLevel(logging.ERROR)
+
+
+def cluster_has_gpus() -> bool:
+    import ray
+
+    return ray.cluster_resources().get("GPU", 0) > 0
+
+
+@dataclass(frozen=True)
+class TrainRun:
+    """What came back from a TorchTrainer: the last reported metrics and checkpoint folder."""
+
+    metrics: dict[str, Any]
+    checkpoint: Path | None
+
+
+def run_trainer(worker: Callable[[dict[str, Any]], None], loop_config: dict[str, Any], *, name: str,
+                storage_path: Path, ray_config: RayConfig, quiet: bool = False) -> TrainRun:
+    """Run ``worker`` on ``ray_config.workers`` Ray Train workers (DDP: NCCL on GPUs, gloo on CPU)."""
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
+
+    ensure_ray(ray_config.address, quiet=quiet)
+    gpus = ray_config.gpus_per_worker
+    use_gpu = cluster_has_gpus() if gpus == "auto" else gpus > 0
+    resources = {"CPU": ray_config.cpus_per_worker}
+    if use_gpu:
+        resources["GPU"] = 1 if gpus == "auto" else gpus
+    trainer = TorchTrainer(
+        worker,
+        train_loop_config=loop_config,
+        scaling_config=ScalingConfig(num_workers=ray_config.workers, use_gpu=use_gpu,
+                                     resources_per_worker=resources),
+        run_config=RunConfig(
+            name=name,
+            storage_path=str(storage_path),
+            # workers report a checkpoint only when an epoch is the best so far, so the last
+            # checkpoint is the best one; keep just that
+            checkpoint_config=CheckpointConfig(num_to_keep=1),
+            failure_config=FailureConfig(max_failures=ray_config.max_failures),
+        ),
+    )
+    result = trainer.fit()
+    if result.error is not None:
+        raise AlambicError(f"training run '{name}' failed: {result.error}") from result.error
+    checkpoint = Path(result.checkpoint.path) if result.checkpoint is not None else None
+    return TrainRun(metrics=dict(result.metrics or {}), checkpoint=checkpoint)
+
+
+LOCAL_CHECKPOINT_KEY = "_local_checkpoint_dir"
+
+
+def launch(worker: Callable[[dict[str, Any]], None], loop_config: dict[str, Any], *, name: str,
+           scratch: Path, ray_config: RayConfig, local: bool = False, quiet: bool = False) -> TrainRun:
+    """Run a per-worker function on Ray Train, or (``local``) in this process."""
+    if local:
+        return run_local(worker, loop_config, scratch / "local" / name)
+    return run_trainer(worker, loop_config, name=name, storage_path=scratch / "ray",
+                       ray_config=ray_config, quiet=quiet)
+
+
+def run_local(worker: Callable[[dict[str, Any]], None], loop_config: dict[str, Any],
+              checkpoint_dir: Path) -> TrainRun:
+    """Run a per-worker function in this process (world size 1): notebooks, tests, debugging."""
+    checkpoint_dir.mkdir(parents=True, exist_ok=True)
+    worker({**loop_config, LOCAL_CHECKPOINT_KEY: checkpoint_dir})
+    metrics_file = checkpoint_dir / "metrics.json"
+    metrics = json.loads(metrics_file.read_text()) if metrics_file.is_file() else {}
+    return TrainRun(metrics=metrics, checkpoint=checkpoint_dir if metrics_file.is_file() else None)
+
+
+@dataclass(frozen=True)
+class WorkerContext:
+    rank: int
+    world_size: int
+    in_ray: bool
+    local_checkpoint_dir: Path | None = None
+
+    @property
+    def device(self) -> Any:
+        import torch
+
+        if self.in_ray:
+            import ray.train.torch
+
+            return ray.train.torch.get_device()
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def worker_context(loop_config: dict[str, Any]) -> WorkerContext:
+    """Rank and world size inside a Ray Train worker; (0, 1) in a plain process (run_local)."""
+    local = loop_config.get(LOCAL_CHECKPOINT_KEY)
+    if local is not None:
+        return WorkerContext(0, 1, False, Path(local))
+    import ray.train
+
+    context = ray.train.get_context()
+    return WorkerContext(context.get_world_rank(), context.get_world_size(), True)
+
+
+def prepare_model(model: Any, context: WorkerContext) -> Any:
+    """Move to the worker's device; under Ray with several workers, wrap in DDP."""
+    if context.in_ray:
+        import ray.train.torch
+
+        return ray.train.torch.prepare_model(model)
+    return model.to(context.device)
+
+
+def report_epoch(model: Any, metrics: dict[str, Any], is_best: bool, context: WorkerContext) -> None:
+    """Report an epoch's metrics; checkpoint the model (HF folder + metrics.json) when it is the best.
+
+    Every rank reports (Ray needs all of them), only rank 0 writes the checkpoint.
+    """
+    import tempfile
+
+    from alambic.training import unwrap
+
+    scalars = {k: v for k, v in metrics.items() if isinstance(v, (int, float, str, bool))}
+    with tempfile.TemporaryDirectory() as folder:
+        checkpoint_dir = Path(folder)
+        if is_best and context.rank == 0:
+            unwrap(model).save_pretrained(checkpoint_dir, safe_serialization=True)
+            (checkpoint_dir / "metrics.json").write_text(json.dumps(metrics, ensure_ascii=False, indent=2))
+        if context.in_ray:
+            import ray.train
+
+            checkpoint = ray.train.Checkpoint.from_directory(folder) if is_best and context.rank == 0 else None
+            ray.train.report(scalars, checkpoint=checkpoint)
+        elif is_best and context.local_checkpoint_dir is not None:
+            for item in checkpoint_dir.iterdir():
+                shutil.copy2(item, context.local_checkpoint_dir / item.name)

@@ -1,0 +1,219 @@
+"""The teacher: fine-tune (or build and train) a BERT classifier, and cache its logits once.
+
+Driver side (``train_teacher``, ``teacher_logits``) and per-worker side (``teacher_worker``) are
+kept apart: the worker runs inside a Ray Train ``TorchTrainer`` (or a plain process in tests).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from alambic.config import TeacherConfig
+from alambic.store import stable_hash
+from alambic.training import TrainSettings
+
+log = logging.getLogger(__name__)
+
+METRICS_FILE = "metrics.json"
+
+
+@dataclass(frozen=True)
+class TeacherRecord:
+    key: str  # the teacher stage's hash
+    path: Path  # a save_pretrained folder (safetensors), with its tokenizer and metrics.json
+    metrics: dict[str, Any]
+    reused: bool
+
+
+def teacher_settings(config: TeacherConfig) -> TrainSettings:
+    return TrainSettings(
+        epochs=config.epochs, learning_rate=config.learning_rate, batch_size=config.batch_size,
+        gradient_accumulation=config.gradient_accumulation, warmup_ratio=config.warmup_ratio,
+        weight_decay=config.weight_decay, mixed_precision=config.mixed_precision,
+        early_stopping_patience=config.early_stopping_patience, seed=config.seed,
+    )
+
+
+# --- per worker -----------------------------------------------------------------------------
+
+
+def build_teacher(spec: dict[str, Any]) -> Any:
+    """The teacher model: loaded from a hub id / local folder, or built from its architecture."""
+    from transformers import AutoModelForSequenceClassification, BertForSequenceClassification
+
+    from alambic.models import load_pretrained, teacher_config
+
+    id2label = dict(enumerate(spec["label_names"]))
+    num_labels = len(id2label)
+    if spec["model"] is None:
+        config = teacher_config(num_labels, id2label, spec["architecture"], vocab_size=spec["vocab_size"])
+        return BertForSequenceClassification(config)
+    return load_pretrained(spec["model"], AutoModelForSequenceClassification, num_labels=num_labels,
+                           id2label=id2label, trust_remote_code=spec["trust_remote_code"],
+                           config_key="teacher.model")
+
+
+def freeze_below_top(model: Any, top_layers: int | None) -> None:
+    """Train only the top-k encoder layers (and the pooler and head): the seeds' GPU recipe."""
+    if top_layers is None:
+        return
+    layers = model.base_model.encoder.layer
+    frozen = len(layers) - top_layers
+    for parameter in model.base_model.embeddings.parameters():
+        parameter.requires_grad = False
+    for layer in layers[:max(0, frozen)]:
+        for parameter in layer.parameters():
+            parameter.requires_grad = False
+    log.info("training the top %d of %d encoder layers", min(top_layers, len(layers)), len(layers))
+
+
+def use_eight_bit(optimizer: str) -> bool:
+    """8-bit AdamW needs bitsandbytes and a CUDA GPU; otherwise plain AdamW (and say so)."""
+    if optimizer != "adamw-8bit":
+        return False
+    import importlib.util
+
+    import torch
+
+    if torch.cuda.is_available() and importlib.util.find_spec("bitsandbytes"):
+        return True
+    log.warning("teacher.optimizer adamw-8bit needs bitsandbytes and a CUDA GPU: using plain AdamW")
+    return False
+
+
+def teacher_worker(loop_config: dict[str, Any]) -> None:
+    """Per-worker training function: build the teacher, train it, report each epoch to Ray."""
+    from alambic.distributed import prepare_model, report_epoch, worker_context
+    from alambic.training import fit, seed_everything
+
+    context = worker_context(loop_config)
+    spec = loop_config["model"]
+    seed_everything(loop_config["settings"].seed)
+    model = build_teacher(spec)
+    freeze_below_top(model, spec["train_top_layers"])
+    if spec["gradient_checkpointing"]:
+        model.gradient_checkpointing_enable()
+    model = prepare_model(model, context)
+    fit(model, loop_config["train"], loop_config["validation"], loop_config["settings"],
+        rank=context.rank, world_size=context.world_size,
+        eight_bit_optimizer=use_eight_bit(spec["optimizer"]),
+        on_epoch=lambda epoch, metrics, is_best: report_epoch(model, metrics, is_best, context))
+
+
+# --- driver ---------------------------------------------------------------------------------
+
+
+def teacher_key(config: TeacherConfig, tokenized_key: str, label_names: list[str]) -> str:
+    return stable_hash({"stage": "teacher", "teacher": config, "data": tokenized_key, "labels": label_names})[:32]
+
+
+def train_teacher(ctx: Any, local: bool = False) -> TeacherRecord:
+    """Train the teacher, or reuse the one this config and data already produced.
+
+    Training runs on Ray Train; ``local`` runs the same worker function in this process.
+    """
+    from alambic.distributed import launch
+    from alambic.models import check_vocab
+
+    config, data = ctx.config.teacher, ctx.prepared
+    key = teacher_key(config, data.tokenized_key, data.label_names)
+    spec = {
+        "model": config.model, "architecture": config.architecture.model_dump(),
+        "label_names": data.label_names, "vocab_size": len(data.tokenizer),
+        "trust_remote_code": config.trust_remote_code, "train_top_layers": config.train_top_layers,
+        "gradient_checkpointing": config.gradient_checkpointing, "optimizer": config.optimizer,
+    }
+    if config.trust_remote_code:
+        log.warning("teacher.trust_remote_code is on: code shipped with %s will run on this machine",
+                    config.model)
+
+    def build(folder: Path) -> dict[str, Any]:
+        check_vocab(build_teacher(spec), data.tokenizer)  # fail before Ray starts, not in a worker
+        start = time.perf_counter()
+        run = launch(
+            teacher_worker,
+            {"model": spec, "settings": teacher_settings(config),
+             "train": data.tokenized["train"], "validation": data.tokenized["validation"]},
+            name=f"teacher-{key[:12]}", scratch=ctx.cache_dir, ray_config=ctx.config.ray,
+            local=local, quiet=ctx.quiet,
+        )
+        return finish_model_folder(run.checkpoint, folder, data, time.perf_counter() - start)
+
+    manifest, reused = ctx.store.get_or_build_stage(key, "teacher", build)
+    path = ctx.store.local_path(ctx.store.stage_path(key))
+    record = TeacherRecord(key=key, path=path, metrics=manifest.meta, reused=reused)
+    log.info("teacher %s %s: test accuracy %.4f", key[:12], "reused" if reused else "trained",
+             record.metrics["test"]["accuracy"])
+    ctx.pm.hook.alambic_after_teacher(context=ctx, teacher=record)
+    return record
+
+
+def finish_model_folder(checkpoint: Path | None, folder: Path, data: Any, wall_time_s: float,
+                        extra: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Copy the best checkpoint into ``folder`` with the tokenizer, score it on test, write metrics."""
+    from transformers import AutoModelForSequenceClassification
+
+    from alambic.models import params
+    from alambic.training import evaluate
+
+    if checkpoint is None:
+        raise RuntimeError("training finished without reporting a checkpoint")
+    for item in checkpoint.iterdir():
+        if item.is_file():
+            shutil.copy2(item, folder / item.name)
+    validation = json.loads((folder / METRICS_FILE).read_text())
+    data.tokenizer.save_pretrained(folder)
+    model = AutoModelForSequenceClassification.from_pretrained(folder, use_safetensors=True)
+    test = evaluate(model, data.tokenized["test"])
+    metrics = {"validation": validation, "test": test, "params": params(model),
+               "wall_time_s": round(wall_time_s, 1), **(extra or {})}
+    (folder / METRICS_FILE).write_text(json.dumps(metrics, ensure_ascii=False, indent=2))
+    return {"validation": _headline(validation), "test": _headline(test), "params": metrics["params"],
+            "wall_time_s": metrics["wall_time_s"], **(extra or {})}
+
+
+def _headline(metrics: dict[str, Any]) -> dict[str, Any]:
+    return {k: metrics[k] for k in ("accuracy", "macro_f1", "epoch") if k in metrics}
+
+
+def teacher_logits(ctx: Any, teacher: TeacherRecord) -> Any:
+    """The teacher's logits on the train split, (rows, labels) float32: computed once per
+    (teacher, tokenized data) and stored as Parquet; every distillation reads them from there."""
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    data = ctx.prepared
+    key = stable_hash({"stage": "teacher-logits", "teacher": teacher.key, "data": data.tokenized_key})[:32]
+
+    def build(folder: Path) -> dict[str, Any]:
+        import torch
+        from transformers import AutoModelForSequenceClassification
+
+        from alambic.training import predict
+
+        model = AutoModelForSequenceClassification.from_pretrained(teacher.path, use_safetensors=True)
+        start = time.perf_counter()
+        rows, logits = predict(model.to("cuda" if torch.cuda.is_available() else "cpu"), data.tokenized["train"])
+        order = np.argsort(rows)
+        table = pa.table({"row": pa.array(rows[order], pa.int64()),
+                          "logits": pa.FixedSizeListArray.from_arrays(
+                              pa.array(logits[order].astype(np.float32).ravel()), logits.shape[1])})
+        pq.write_table(table, folder / "logits.parquet")
+        return {"rows": int(len(rows)), "seconds": round(time.perf_counter() - start, 1)}
+
+    _, reused = ctx.store.get_or_build_stage(key, "teacher-logits", build)
+    log.info("teacher logits %s", "reused" if reused else "computed")
+    table = pq.read_table(ctx.store.local_path(ctx.store.stage_path(key)) / "logits.parquet")
+    logits = np.asarray(table.column("logits").combine_chunks().flatten()).reshape(table.num_rows, -1)
+    return logits
+
+
+def describe(record: TeacherRecord) -> dict[str, Any]:
+    return {**asdict(record), "path": str(record.path)}

@@ -170,6 +170,34 @@ class _nothing:
         return None
 
 
+# --- teacher & distillation -----------------------------------------------------------------
+
+LocalOption = Annotated[bool, typer.Option(
+    "--local", help="Train in this process instead of on Ray Train (debugging, notebooks).")]
+
+
+@app.command()
+def teacher(path: Annotated[Path, typer.Argument(help="The run config (YAML).")], local: LocalOption = False) -> None:
+    """Fine-tune the teacher (or build it from config and train it); reuse it if already trained."""
+    from alambic.run import RunContext
+    from alambic.teacher import train_teacher
+
+    ctx = RunContext.open(path, quiet=State.quiet)
+    record = train_teacher(ctx, local=local)
+    _print_model_record("teacher", record.path, record.metrics, record.reused)
+
+
+def _print_model_record(what: str, path: Path, metrics: dict, reused: bool) -> None:
+    table = Table(title=f"{what} ({'reused from the store' if reused else 'trained'})")
+    for column in ("split", "accuracy", "macro-F1"):
+        table.add_column(column)
+    for split in ("validation", "test"):
+        table.add_row(split, f"{metrics[split]['accuracy']:.4f}", f"{metrics[split]['macro_f1']:.4f}")
+    console.print(table)
+    console.print(f"params {metrics['params']:,}  wall time {metrics['wall_time_s']} s  ->  {path}",
+                  highlight=False)
+
+
 # --- run ------------------------------------------------------------------------------------
 
 

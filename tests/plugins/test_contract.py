@@ -33,7 +33,39 @@ def contract_students(cls: type) -> None:
     assert model.config.vocab_size == 21128, "students share bert-base-chinese's vocabulary"
 
 
-CONTRACTS = {"datasets": contract_datasets, "students": contract_students}
+def contract_distill_losses(cls: type) -> None:
+    import torch
+    from transformers import BertForSequenceClassification
+
+    from alambic.losses import NEEDS, DistillLoss, output_flags
+    from alambic.models import Size, bert_config
+
+    assert issubclass(cls, DistillLoss), "a distillation loss subclasses alambic.losses.DistillLoss"
+    assert cls.needs and cls.needs <= NEEDS, f"needs must be a non-empty subset of {sorted(NEEDS)}"
+    teacher_config = bert_config(Size(layers=2, hidden=48, heads=4, ffn=96), num_labels=3)
+    student_config = bert_config(Size(layers=1, hidden=32, heads=2, ffn=64), num_labels=3)
+    loss = cls(teacher_config, student_config, layer_map=None)
+    assert isinstance(loss, torch.nn.Module) and loss.id == cls.id
+    torch.manual_seed(0)
+    teacher = BertForSequenceClassification(teacher_config).eval()
+    student = BertForSequenceClassification(student_config)
+    ids = torch.randint(0, 21128, (2, 7))
+    batch = {"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": torch.tensor([0, 2])}
+    batch["attention_mask"][1, 5:] = 0
+    flags = output_flags([loss])
+    with torch.no_grad():
+        teacher_out = teacher(input_ids=ids, attention_mask=batch["attention_mask"], **flags)
+    student_out = student(input_ids=ids, attention_mask=batch["attention_mask"], **flags)
+    value = loss(student_out, teacher_out, batch)
+    assert isinstance(value, torch.Tensor) and value.ndim == 0, "forward returns a scalar tensor"
+    assert torch.isfinite(value) and value.requires_grad, "a finite loss the student learns from"
+
+
+CONTRACTS = {
+    "datasets": contract_datasets,
+    "students": contract_students,
+    "distill_losses": contract_distill_losses,
+}
 
 
 def test_builtins_loaded_without_failures():

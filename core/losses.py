@@ -21,15 +21,16 @@ torch is imported inside the functions: plugin discovery (``alambic plugins``) s
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, fields
 from typing import TYPE_CHECKING, Any, ClassVar
 
+import torch
+import torch.nn.functional as F
+
 from alambic.errors import AlambicError, did_you_mean
 
 if TYPE_CHECKING:
-    import torch
     from transformers import PretrainedConfig
 
 #: what a loss may need from the teacher; "logits" alone can come from the cached teacher logits
@@ -49,8 +50,6 @@ def kd_loss(
 
     ``alpha = 0`` is plain fine-tuning (cross-entropy on the labels); the teacher gets no gradient.
     """
-    import torch.nn.functional as F
-
     z_s = student_logits.float()  # (B, C)
     z_t = teacher_logits.detach().float()  # (B, C), possibly from the cache
     t = float(temperature)
@@ -168,18 +167,14 @@ class NoOptions:
     """A loss without options."""
 
 
-class DistillLoss:
+class DistillLoss(torch.nn.Module):
     """Base of distillation-loss plugins: set ``id``, ``needs``, a docstring, maybe ``Options``.
 
-    Subclass it like a ``torch.nn.Module``: call ``super().__init__(...)`` first, create
-    projections, define ``forward(student_out, teacher_out, batch)`` returning the weighted term
-    (a scalar). ``student_out``/``teacher_out`` are transformers model outputs (``logits``;
-    ``hidden_states``: L + 1 of (B, T, H); ``attentions``: L of (B, heads, T, T)); ``batch`` has
-    at least ``labels`` (B,) and ``attention_mask`` (B, T).
-
-    The class itself does not import torch, so listing plugins stays light; each *instance* is a
-    ``torch.nn.Module`` (``isinstance(loss, torch.nn.Module)``; ``issubclass`` of the plugin class
-    is not), through a subclass that mixes ``torch.nn.Module`` in when the first one is made.
+    Call ``super().__init__(...)`` first, create projections, define
+    ``forward(student_out, teacher_out, batch)`` returning the weighted term (a scalar).
+    ``student_out``/``teacher_out`` are transformers model outputs (``logits``; ``hidden_states``:
+    L + 1 of (B, T, H); ``attentions``: L of (B, heads, T, T)); ``batch`` has at least ``labels``
+    (B,) and ``attention_mask`` (B, T).
     """
 
     id: ClassVar[str] = ""
@@ -188,15 +183,12 @@ class DistillLoss:
     #: a frozen dataclass of the loss's options, built from the keyword options
     Options: ClassVar[type] = NoOptions
 
-    def __new__(cls, *args: Any, **kwargs: Any) -> DistillLoss:
-        return object.__new__(_module_class(cls))
-
     def __init__(
         self, teacher_config: PretrainedConfig, student_config: PretrainedConfig,
         layer_map: Sequence[int | None] | Mapping[int, int] | None = None, weight: float = 1.0,
         **options: Any,
     ) -> None:
-        super().__init__()  # torch.nn.Module's, next in the instance's class
+        super().__init__()
         if isinstance(weight, bool) or not isinstance(weight, (int, float)) or weight < 0:
             raise AlambicError(f"distill loss '{self.id}': weight must be a number >= 0, got {weight!r}")
         self.weight = float(weight)
@@ -212,27 +204,6 @@ class DistillLoss:
     def forward(self, student_out: Any, teacher_out: Any, batch: Mapping[str, Any]) -> torch.Tensor:
         raise NotImplementedError(f"{type(self).__qualname__} must define forward()")
 
-    def __reduce__(self) -> tuple[Any, ...]:  # pickle by the plugin class, not the mixed-in one
-        plugin_class = type(self).__dict__.get("_plugin_class", type(self))
-        return (_restore, (plugin_class, self.__getstate__()))
-
-
-@functools.cache
-def _module_class(cls: type) -> type:
-    import torch
-
-    if issubclass(cls, torch.nn.Module):
-        return cls
-    names = {"__module__": cls.__module__, "__qualname__": cls.__qualname__, "__doc__": cls.__doc__,
-             "_plugin_class": cls}
-    return type(cls.__name__, (cls, torch.nn.Module), names)
-
-
-def _restore(cls: type, state: dict[str, Any]) -> DistillLoss:
-    loss = object.__new__(_module_class(cls))
-    loss.__setstate__(state)
-    return loss
-
 
 def _options(loss_id: str, options_class: type, given: Mapping[str, Any]) -> Any:
     allowed = [f.name for f in fields(options_class)]
@@ -247,8 +218,6 @@ def _options(loss_id: str, options_class: type, given: Mapping[str, Any]) -> Any
 
 def projection(student_width: int, teacher_width: int) -> torch.nn.Module:
     """A learned ``Linear(student -> teacher, bias=False)`` when widths differ, else identity."""
-    import torch
-
     if student_width == teacher_width:
         return torch.nn.Identity()
     return torch.nn.Linear(student_width, teacher_width, bias=False)

@@ -31,9 +31,9 @@ from alambic.losses import (
     projection,
 )
 
-if TYPE_CHECKING:
-    import torch
+import torch
 
+if TYPE_CHECKING:
     from alambic.registry import KindRegistry
 
 
@@ -70,8 +70,6 @@ class HiddenMse(DistillLoss):
 
     def __init__(self, teacher_config: Any, student_config: Any, layer_map: Any = None,
                  weight: float = 1.0, **options: Any) -> None:
-        import torch
-
         super().__init__(teacher_config, student_config, layer_map, weight, **options)
         widths = (student_config.hidden_size, teacher_config.hidden_size)
         self.projections = torch.nn.ModuleList(projection(*widths) for _ in self.pairs())

@@ -5,8 +5,6 @@ from __future__ import annotations
 import copy
 import math
 import pickle
-import subprocess
-import sys
 from dataclasses import dataclass
 
 import pytest
@@ -220,8 +218,7 @@ def toy(**kw) -> Toy:
 
 def test_an_instance_is_a_module_with_its_options_and_layer_map():
     loss = toy(weight=2.0, scale=3.0)
-    assert isinstance(loss, (Toy, torch.nn.Module)) and type(loss).__name__ == "Toy"
-    assert not issubclass(Toy, torch.nn.Module)  # the class stays torch-free for plugin listing
+    assert isinstance(loss, torch.nn.Module) and type(loss) is Toy
     assert loss.options == ToyOptions(scale=3.0) and loss.weight == 2.0
     assert loss.layer_map == [2, 5, 8, 11] and loss.pairs() == [(0, 2), (1, 5), (2, 8), (3, 11)]
     assert [name for name, _ in loss.named_parameters()] == ["gain"]
@@ -261,12 +258,3 @@ def test_which_teacher_outputs_are_needed():
     assert needs_online_teacher([Toy, Deep])
     assert output_flags([Toy]) == {"output_hidden_states": False, "output_attentions": False}
     assert output_flags([Toy, Deep]) == {"output_hidden_states": True, "output_attentions": False}
-
-
-def test_importing_the_losses_module_stays_light():
-    code = (
-        "import sys, alambic; a = 'alambic.losses' in sys.modules; import alambic.losses; "
-        "print(a, 'torch' in sys.modules)"
-    )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    assert out.stdout.split() == ["False", "False"]

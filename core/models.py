@@ -156,6 +156,16 @@ class Student:
     hub_id: ClassVar[str | None] = None
     #: the full-size architecture that overrides apply to
     size: ClassVar[Size]
+    #: a student distilled first and transferred into this one (the MobileBERT adapter's roberta-l4)
+    donor: ClassVar[str | None] = None
+
+    @classmethod
+    def prepare_from_donor(cls, student: Any, donor: Any, train: Any, context: Any) -> None:
+        """Initialise and pre-train ``student`` from the trained ``donor``, before distillation.
+
+        Called in each training worker (``context``: rank, world size, device) when ``donor`` is set.
+        """
+        raise NotImplementedError(f"{cls.__qualname__} names a donor but defines no prepare_from_donor()")
 
     @classmethod
     def config(
@@ -172,15 +182,18 @@ class Student:
     @classmethod
     def build(
         cls, num_labels: int, id2label: Labels = None, vocab_size: int | None = None,
-        **overrides: int | None,
+        attn_implementation: str | None = None, **overrides: int | None,
     ) -> PreTrainedModel:
         """A randomly initialised model from config alone (no download).
 
-        ``vocab_size`` replaces the Chinese vocabulary's size, for a tokenizer trained on the data.
+        ``vocab_size`` replaces the Chinese vocabulary's size, for a tokenizer trained on the data;
+        ``attn_implementation="eager"`` when attention maps are needed (SDPA cannot return them).
         """
         config = cls.config(num_labels, id2label, overrides)
         if vocab_size is not None:
             config.vocab_size = vocab_size
+        if attn_implementation is not None:
+            config._attn_implementation = attn_implementation
         return cls.model_class()(config)
 
     @classmethod

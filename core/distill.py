@@ -1,0 +1,199 @@
+"""Distillation: a student learns from the teacher.
+
+The ``kd`` loss reads the teacher's logits from the cache (computed once per teacher and data);
+intermediate losses (hidden states, attention maps) need the teacher run online, every step.
+A student that declares a ``donor`` (the MobileBERT adapter: a trained roberta-l4) is first
+initialised and trained from the donor, then distilled from the teacher like any other.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import yaml
+from pydantic import ValidationError
+
+from alambic.config import DistillConfig, key_path
+from alambic.errors import AlambicError, ConfigError
+from alambic.store import stable_hash
+from alambic.training import TrainSettings
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class StudentRecord:
+    key: str  # the distillation stage's hash
+    student: str  # student plugin id
+    path: Path  # a save_pretrained folder (safetensors), with its tokenizer and metrics.json
+    metrics: dict[str, Any]
+    reused: bool
+
+
+# --- settings -------------------------------------------------------------------------------
+
+
+def parse_set(pairs: Sequence[str]) -> dict[str, Any]:
+    """``["temperature=2", "losses=[kd, hidden-mse]"]`` -> a dict; values are read as YAML."""
+    overrides = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key.strip():
+            raise AlambicError(f"--set {pair!r}: expected key=value, e.g. --set temperature=2")
+        overrides[key.strip()] = yaml.safe_load(value) if value.strip() else None
+    return overrides
+
+
+def distill_settings(base: DistillConfig, overrides: Mapping[str, Any], where: str = "--set") -> DistillConfig:
+    """The config's distillation settings with ``overrides`` applied, validated like the config."""
+    try:
+        return DistillConfig.model_validate({**base.model_dump(), **overrides})
+    except ValidationError as exc:
+        problems = [f"{key_path(tuple(e['loc']))}: {e['msg']}; got {e['input']!r}" for e in exc.errors()]
+        raise ConfigError(where, problems) from None
+
+
+def train_settings(settings: DistillConfig) -> TrainSettings:
+    return TrainSettings(
+        epochs=settings.epochs, learning_rate=settings.learning_rate, batch_size=settings.batch_size,
+        warmup_ratio=settings.warmup_ratio, weight_decay=settings.weight_decay,
+        early_stopping_patience=settings.early_stopping_patience, seed=settings.seed,
+    )
+
+
+def build_losses(loss_classes: Sequence[type], settings: DistillConfig, teacher_config: Any,
+                 student_config: Any) -> list[Any]:
+    """One module per loss id; each gets the settings its options name (kd: temperature, alpha)."""
+    from alambic.losses import NoOptions
+
+    losses = []
+    for cls in loss_classes:
+        accepted = {f.name for f in dataclasses.fields(cls.Options)} if cls.Options is not NoOptions else set()
+        options = {name: getattr(settings, name) for name in accepted if hasattr(settings, name)}
+        losses.append(cls(teacher_config, student_config, layer_map=settings.layer_map,
+                          weight=settings.loss_weights.get(cls.id, 1.0), **options))
+    return losses
+
+
+# --- per worker -----------------------------------------------------------------------------
+
+
+def build_student(spec: dict[str, Any], attn_implementation: str | None = None) -> Any:
+    """The student from config (random init), at the run's vocabulary size and size overrides."""
+    id2label = dict(enumerate(spec["label_names"]))
+    return spec["student_class"].build(len(id2label), id2label, vocab_size=spec["vocab_size"],
+                                       attn_implementation=attn_implementation, **spec["sizes"])
+
+
+def distill_worker(loop_config: dict[str, Any]) -> None:
+    """Per-worker function: build the student, (donor transfer,) distill, report each epoch."""
+    import torch
+    from transformers import AutoConfig, AutoModelForSequenceClassification
+
+    from alambic.distributed import prepare_model, report_epoch, worker_context
+    from alambic.losses import needs_online_teacher, output_flags
+    from alambic.training import MODEL_INPUTS, fit, seed_everything
+
+    context = worker_context(loop_config)
+    settings: DistillConfig = loop_config["settings"]
+    spec = loop_config["student"]
+    seed_everything(settings.seed)
+    flags = output_flags(loop_config["loss_classes"])
+    attention = "eager" if flags["output_attentions"] else None  # SDPA cannot return attention maps
+    student = build_student(spec, attention)
+    teacher_config = AutoConfig.from_pretrained(loop_config["teacher_path"])
+    losses = build_losses(loop_config["loss_classes"], settings, teacher_config, student.config)
+    online = needs_online_teacher(losses)
+    device = context.device
+    if loop_config.get("donor_path"):
+        donor = AutoModelForSequenceClassification.from_pretrained(loop_config["donor_path"], use_safetensors=True)
+        spec["student_class"].prepare_from_donor(student, donor.to(device), loop_config["train"], context)
+    teacher = None
+    if online:
+        teacher = AutoModelForSequenceClassification.from_pretrained(
+            loop_config["teacher_path"], use_safetensors=True,
+            attn_implementation=attention,
+        ).to(device).eval().requires_grad_(False)
+    cached = None if online else torch.tensor(loop_config["teacher_logits"])
+    for loss in losses:
+        loss.to(device)
+    model = prepare_model(student, context)
+
+    def compute_loss(model: Any, batch: dict[str, Any], rows: Any) -> tuple[Any, dict[str, float]]:
+        inputs = {k: batch[k] for k in MODEL_INPUTS if k in batch}
+        student_out = model(**inputs, **flags)
+        if teacher is not None:
+            with torch.no_grad():
+                teacher_out = teacher(**inputs, **flags)
+        else:
+            teacher_out = SimpleNamespace(logits=cached[torch.as_tensor(rows)].to(device))
+        parts = {loss.id: loss(student_out, teacher_out, batch) for loss in losses}
+        return sum(parts.values()), {k: float(v.detach()) for k, v in parts.items()}
+
+    extra = [(f"{loss.id}.{name}", p) for loss in losses for name, p in loss.named_parameters()]
+    fit(model, loop_config["train"], loop_config["validation"], train_settings(settings), compute_loss,
+        extra_parameters=extra, rank=context.rank, world_size=context.world_size,
+        on_epoch=lambda epoch, metrics, is_best: report_epoch(model, metrics, is_best, context))
+
+
+# --- driver ---------------------------------------------------------------------------------
+
+
+def student_sizes(ctx: Any, student_id: str) -> dict[str, int]:
+    """The size overrides the config gives this student (search.student_sizes), if any."""
+    search = ctx.config.search
+    sizes = search.student_sizes.get(student_id) if search else None
+    return {k: v for k, v in sizes.model_dump().items() if v is not None} if sizes else {}
+
+
+def distill(ctx: Any, student_id: str, overrides: Mapping[str, Any] | None = None, *, local: bool = False,
+            teacher: Any = None) -> StudentRecord:
+    """Distill ``student_id`` from the run's teacher, or reuse the identical distillation."""
+    from alambic.distributed import launch
+    from alambic.losses import needs_online_teacher
+    from alambic.teacher import finish_model_folder, teacher_logits, train_teacher
+
+    settings = distill_settings(ctx.config.distill, overrides or {})
+    teacher = teacher or train_teacher(ctx, local=local)
+    student_class = ctx.registry["students"].get(student_id)
+    loss_classes = [ctx.registry["distill_losses"].get(loss_id) for loss_id in settings.losses]
+    donor = None
+    if student_class.donor:
+        donor = distill(ctx, student_class.donor, overrides, local=local, teacher=teacher)
+    data = ctx.prepared
+    sizes = student_sizes(ctx, student_id)
+    key = stable_hash({"stage": "distill", "teacher": teacher.key, "data": data.tokenized_key,
+                       "student": student_id, "sizes": sizes, "settings": settings,
+                       "donor": donor.key if donor else None})[:32]
+
+    def build(folder: Path) -> dict[str, Any]:
+        online = needs_online_teacher(loss_classes)
+        loop_config = {
+            "student": {"student_class": student_class, "label_names": data.label_names,
+                        "vocab_size": len(data.tokenizer), "sizes": sizes},
+            "settings": settings, "loss_classes": loss_classes, "teacher_path": str(teacher.path),
+            "teacher_logits": None if online else teacher_logits(ctx, teacher),
+            "donor_path": str(donor.path) if donor else None,
+            "train": data.tokenized["train"], "validation": data.tokenized["validation"],
+        }
+        start = time.perf_counter()
+        run = launch(distill_worker, loop_config, name=f"distill-{student_id}-{key[:12]}", scratch=ctx.cache_dir,
+                     ray_config=ctx.config.ray, local=local, quiet=ctx.quiet)
+        extra = {"student": student_id, "sizes": sizes, "settings": settings.model_dump(),
+                 "teacher": teacher.key, "online_teacher": online, "donor": donor.key if donor else None}
+        return finish_model_folder(run.checkpoint, folder, data, time.perf_counter() - start, extra)
+
+    manifest, reused = ctx.store.get_or_build_stage(key, "distill", build)
+    record = StudentRecord(key=key, student=student_id, path=ctx.store.local_path(ctx.store.stage_path(key)),
+                           metrics=manifest.meta, reused=reused)
+    log.info("student %s %s %s: test accuracy %.4f", student_id, key[:12], "reused" if reused else "distilled",
+             record.metrics["test"]["accuracy"])
+    ctx.pm.hook.alambic_after_distill(context=ctx, student=record)
+    return record

@@ -198,6 +198,31 @@ def _print_model_record(what: str, path: Path, metrics: dict, reused: bool) -> N
                   highlight=False)
 
 
+# --- compare --------------------------------------------------------------------------------
+
+
+@app.command()
+def compare(
+    model_a: Annotated[Path, typer.Argument(help="Model A, the reference: a save_pretrained folder.")],
+    model_b: Annotated[Path, typer.Argument(help="Model B, the candidate (e.g. the adapter).")],
+    config: Annotated[Path, typer.Option("--config", "-c", help="The run config (YAML) whose data to use.")],
+    split: Annotated[str, typer.Option(help="Data split to compare on: train, validation or test.")] = "test",
+    max_examples: Annotated[int, typer.Option(min=1, help="Compare on at most this many examples.")] = 2000,
+    as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
+) -> None:
+    """Accuracy, latency, memory and layer-by-layer similarity (CKA, attention KL) of two models."""
+    from alambic.compare import compare_dirs, format_report
+
+    quiet = State.quiet or as_json
+    with console.status("comparing", spinner="dots") if not quiet else _nothing():
+        result = compare_dirs(model_a, model_b, config, split=split, max_examples=max_examples)
+    if as_json:
+        print(json.dumps(result, ensure_ascii=False, indent=2))
+        return
+    for table in format_report(result):
+        console.print(table)
+
+
 # --- run ------------------------------------------------------------------------------------
 
 

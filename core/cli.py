@@ -187,6 +187,27 @@ def teacher(path: Annotated[Path, typer.Argument(help="The run config (YAML).")]
     _print_model_record("teacher", record.path, record.metrics, record.reused)
 
 
+@app.command()
+def distill(
+    path: Annotated[Path, typer.Argument(help="The run config (YAML).")],
+    student: Annotated[str, typer.Option("--student", "-s", help="Student plugin id, e.g. roberta-l4.")],
+    settings: Annotated[list[str] | None, typer.Option(
+        "--set", help="Override a distill setting, e.g. --set temperature=2 --set losses=[kd,hidden-mse].")] = None,
+    local: LocalOption = False,
+) -> None:
+    """Distill a student from the run's teacher (trained first if needed); reuse identical runs."""
+    from alambic.distill import distill as run_distill
+    from alambic.distill import parse_set
+    from alambic.run import RunContext
+
+    ctx = RunContext.open(path, quiet=State.quiet)
+    record = run_distill(ctx, student, parse_set(settings or []), local=local)
+    teacher_accuracy = record.metrics.get("teacher_test_accuracy")
+    _print_model_record(f"student {student}", record.path, record.metrics, record.reused)
+    if teacher_accuracy:
+        console.print(f"{record.metrics['test']['accuracy'] / teacher_accuracy:.1%} of the teacher's test accuracy")
+
+
 def _print_model_record(what: str, path: Path, metrics: dict, reused: bool) -> None:
     table = Table(title=f"{what} ({'reused from the store' if reused else 'trained'})")
     for column in ("split", "accuracy", "macro-F1"):

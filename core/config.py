@@ -284,7 +284,7 @@ def load_config(path: str | Path, registry: Registry | None = None) -> RunConfig
     try:
         config = RunConfig.model_validate(raw)
     except ValidationError as exc:
-        raise ConfigError(str(path), _describe_all(exc.errors()) + id_problems) from None
+        raise ConfigError(str(path), describe_errors(exc.errors()) + id_problems) from None
     config = _resolve_paths(config, path.parent)
     problems = _missing_files(config) + id_problems
     if problems:
@@ -317,25 +317,26 @@ def key_path(loc: tuple[Any, ...]) -> str:
     return out or "(top level)"
 
 
-def _describe_all(errs: list[dict[str, Any]]) -> list[str]:
-    """One line per key: the members of a union that all failed are merged into one message."""
+def describe_errors(errs: list[dict[str, Any]], root: type[BaseModel] | None = None) -> list[str]:
+    """One line per key (relative to ``root``, default the whole run config); the members of a
+    union that all failed are merged into one message."""
     by_key: dict[tuple[Any, ...], list[dict[str, Any]]] = {}
     for err in errs:
         by_key.setdefault(tuple(p for p in err["loc"] if not _is_union_tag(p)), []).append(err)
     lines = []
     for loc, group in by_key.items():
         if len(group) == 1:
-            lines.append(_describe(loc, group[0]))
+            lines.append(_describe(loc, group[0], root or RunConfig))
         else:
             wanted = " or ".join(e["msg"].removeprefix("Input should be ") for e in group)
             lines.append(f"{key_path(loc)}: Input should be {wanted}; got {group[0]['input']!r}")
     return lines
 
 
-def _describe(loc: tuple[Any, ...], err: dict[str, Any]) -> str:
+def _describe(loc: tuple[Any, ...], err: dict[str, Any], root: type[BaseModel]) -> str:
     where = key_path(loc)
     if err["type"] == "extra_forbidden":
-        allowed = _allowed_keys(loc[:-1])
+        allowed = _allowed_keys(loc[:-1], root)
         return (
             f"{where}: unknown key{did_you_mean(str(loc[-1]), allowed)}; "
             f"allowed keys: {', '.join(allowed)}"
@@ -356,9 +357,9 @@ def _is_union_tag(part: Any) -> bool:
     return isinstance(part, str) and (part in {"str", "int", "float", "bool"} or "[" in part or part.startswith("literal"))
 
 
-def _allowed_keys(loc: tuple[Any, ...]) -> list[str]:
+def _allowed_keys(loc: tuple[Any, ...], root: type[BaseModel]) -> list[str]:
     """The field names of the section at ``loc`` (for unknown-key messages)."""
-    model: Any = RunConfig
+    model: Any = root
     for part in loc:
         if isinstance(part, int):
             continue

@@ -20,7 +20,7 @@ from typing import Any
 import yaml
 from pydantic import ValidationError
 
-from alambic.config import DistillConfig, key_path
+from alambic.config import DistillConfig, describe_errors
 from alambic.errors import AlambicError, ConfigError
 from alambic.store import stable_hash
 from alambic.training import TrainSettings
@@ -56,8 +56,7 @@ def distill_settings(base: DistillConfig, overrides: Mapping[str, Any], where: s
     try:
         return DistillConfig.model_validate({**base.model_dump(), **overrides})
     except ValidationError as exc:
-        problems = [f"{key_path(tuple(e['loc']))}: {e['msg']}; got {e['input']!r}" for e in exc.errors()]
-        raise ConfigError(where, problems) from None
+        raise ConfigError(where, describe_errors(exc.errors(), root=DistillConfig)) from None
 
 
 def train_settings(settings: DistillConfig) -> TrainSettings:
@@ -187,7 +186,8 @@ def distill(ctx: Any, student_id: str, overrides: Mapping[str, Any] | None = Non
         run = launch(distill_worker, loop_config, name=f"distill-{student_id}-{key[:12]}", scratch=ctx.cache_dir,
                      ray_config=ctx.config.ray, local=local, quiet=ctx.quiet)
         extra = {"student": student_id, "sizes": sizes, "settings": settings.model_dump(),
-                 "teacher": teacher.key, "online_teacher": online, "donor": donor.key if donor else None}
+                 "teacher": teacher.key, "teacher_test_accuracy": teacher.metrics["test"]["accuracy"],
+                 "online_teacher": online, "donor": donor.key if donor else None}
         return finish_model_folder(run.checkpoint, folder, data, time.perf_counter() - start, extra)
 
     manifest, reused = ctx.store.get_or_build_stage(key, "distill", build)

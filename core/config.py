@@ -153,6 +153,10 @@ class DistillConfig(Section):
     layer_map: list[int] | None = Field(None, description="teacher layer for each student layer; null = uniform")
     early_stopping_patience: int | None = Field(None, ge=1)
     seed: int = 42
+    # students with a donor (mobilebert-adapter): layer-by-layer transfer from the donor first
+    transfer_epochs: int = Field(1, ge=1, le=100, description="transfer epochs per layer")
+    transfer_max_steps: int | None = Field(None, ge=1, description="cap on transfer steps per layer")
+    transfer_learning_rate: float = Field(1e-3, gt=0, lt=1)
 
 
 # --- search ---------------------------------------------------------------------------------
@@ -250,7 +254,9 @@ class RayConfig(Section):
     address: str | None = Field(None, description="null = start a local Ray in-process; "
                                 "'auto' or ray://host:port = an existing cluster")
     workers: int = Field(1, ge=1, description="Ray Train workers for teacher training and distillation")
-    cpus_per_worker: float = Field(1, gt=0)
+    cpus_per_worker: float | Literal["auto"] = Field(
+        "auto", description="auto = this machine's cores / workers with a local Ray, 1 on a cluster "
+        "(torch in a Ray worker uses as many threads as it has CPUs)")
     gpus_per_worker: float | Literal["auto"] = Field(
         "auto", description="auto = 1 when the cluster has GPUs, else 0 (CPU, gloo)")
     max_failures: int = Field(1, ge=0, description="restarts of a training run after a worker dies")

@@ -98,9 +98,10 @@ def distill_worker(loop_config: dict[str, Any]) -> None:
 
     from alambic.distributed import prepare_model, report_epoch, worker_context
     from alambic.losses import needs_online_teacher, output_flags
-    from alambic.training import MODEL_INPUTS, fit, seed_everything
+    from alambic.training import MODEL_INPUTS, fast_cpu_math, fit, seed_everything
 
     context = worker_context(loop_config)
+    fast_cpu_math()
     settings: DistillConfig = loop_config["settings"]
     spec = loop_config["student"]
     seed_everything(settings.seed)
@@ -113,7 +114,7 @@ def distill_worker(loop_config: dict[str, Any]) -> None:
     device = context.device
     if loop_config.get("donor_path"):
         donor = AutoModelForSequenceClassification.from_pretrained(loop_config["donor_path"], use_safetensors=True)
-        spec["student_class"].prepare_from_donor(student, donor.to(device), loop_config["train"], context)
+        spec["student_class"].prepare_from_donor(student, donor.to(device), loop_config["train"], context, settings)
     teacher = None
     if online:
         teacher = AutoModelForSequenceClassification.from_pretrained(

@@ -62,6 +62,15 @@ def cluster_has_gpus() -> bool:
     return ray.cluster_resources().get("GPU", 0) > 0
 
 
+def cpus_per_worker(ray_config: RayConfig) -> float:
+    """Ray gives a worker's torch as many threads as it has CPUs: on a local Ray, share them all."""
+    if ray_config.cpus_per_worker != "auto":
+        return ray_config.cpus_per_worker
+    if ray_config.address is None:
+        return max(1, (os.cpu_count() or 1) // ray_config.workers)
+    return 1
+
+
 @dataclass(frozen=True)
 class TrainRun:
     """What came back from a TorchTrainer: the last reported metrics and checkpoint folder."""
@@ -79,7 +88,7 @@ def run_trainer(worker: Callable[[dict[str, Any]], None], loop_config: dict[str,
     ensure_ray(ray_config.address, quiet=quiet)
     gpus = ray_config.gpus_per_worker
     use_gpu = cluster_has_gpus() if gpus == "auto" else gpus > 0
-    resources = {"CPU": ray_config.cpus_per_worker}
+    resources = {"CPU": cpus_per_worker(ray_config)}
     if use_gpu:
         resources["GPU"] = 1 if gpus == "auto" else gpus
     trainer = TorchTrainer(

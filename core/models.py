@@ -160,10 +160,11 @@ class Student:
     donor: ClassVar[str | None] = None
 
     @classmethod
-    def prepare_from_donor(cls, student: Any, donor: Any, train: Any, context: Any) -> None:
+    def prepare_from_donor(cls, student: Any, donor: Any, train: Any, context: Any, settings: Any) -> None:
         """Initialise and pre-train ``student`` from the trained ``donor``, before distillation.
 
-        Called in each training worker (``context``: rank, world size, device) when ``donor`` is set.
+        Called in each training worker (``context``: rank, world size, device) when ``donor`` is
+        set; ``settings`` are the distillation's (``DistillConfig``, with its ``transfer_*`` keys).
         """
         raise NotImplementedError(f"{cls.__qualname__} names a donor but defines no prepare_from_donor()")
 

@@ -60,6 +60,24 @@ class MobileBertAdapter(Student):
     hub_id = None  # built from config, then initialised from a trained roberta-l4 student
     # hidden = the inter-block width; attention and the FFNs run inside the bottleneck (hidden // 4)
     size = Size(layers=4, hidden=512, heads=4, ffn=512)
+    donor = "roberta-l4"  # distilled first, then transferred in (plugins/mobilebert_transfer.py)
+
+    @classmethod
+    def prepare_from_donor(
+        cls, student: PreTrainedModel, donor: PreTrainedModel, train: object, context: object,
+        settings: object,
+    ) -> None:
+        """Copy what transfers from the trained roberta-l4, then train layer by layer against it.
+
+        Both steps log what they did: the SVD's energy kept and each layer's transfer losses.
+        ``settings`` (the distillation's) give the transfer's epochs, step cap, learning rate, seed.
+        """
+        from alambic.plugins.mobilebert_transfer import init_from_donor, layerwise_transfer
+
+        init_from_donor(student, donor)
+        layerwise_transfer(student, donor, train, context, epochs_per_layer=settings.transfer_epochs,
+                           batch_size=settings.batch_size, learning_rate=settings.transfer_learning_rate,
+                           seed=settings.seed, max_steps=settings.transfer_max_steps)
 
     @classmethod
     def config(

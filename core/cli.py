@@ -248,18 +248,34 @@ def compare(
 
 
 @app.command()
-def run(path: Annotated[Path, typer.Argument(help="The run config (YAML).")]) -> None:
-    """The whole pipeline: data, teacher, search, front, select, export, report."""
-    from alambic.config import load_config
-    from alambic.manager import build_registry
+def run(path: Annotated[Path, typer.Argument(help="The run config (YAML).")], local: LocalOption = False) -> None:
+    """The whole pipeline: data, teacher, students (then search, front, select, export, report)."""
+    from alambic.pipeline import PLANNED_STEPS, run_pipeline
+    from alambic.run import RunContext
 
-    config = load_config(path, registry=build_registry())
-    errors.print(
-        f"[yellow]config '{config.name}' is valid, but `alambic run` is not available yet[/yellow]: "
-        "this build has the data, config and plugin layers; training, search and export "
-        "arrive with the next releases. Nothing was trained. Try `alambic data inspect "
-        + str(path) + "`."
-    )
+    ctx = RunContext.open(path, quiet=State.quiet)
+    students = ctx.config.search.students if ctx.config.search else []
+    console.print(f"run '{ctx.config.name}': data -> teacher -> {len(students)} student(s) "
+                  f"({', '.join(students) or 'none'}); artifacts in {ctx.store.uri}", highlight=False)
+    with console.status("starting", spinner="dots") if not State.quiet else _nothing() as status:
+        def on_step(name: str, index: int, total: int) -> None:
+            if status is not None:
+                status.update(f"step {index + 1}/{total}: {name}")
+            console.print(f"[bold]step {index + 1}/{total}[/bold]: {name}")
+
+        result = run_pipeline(ctx, local=local, on_step=on_step)
+    teacher_accuracy = result.teacher.metrics["test"]["accuracy"]
+    table = Table(title=f"run '{ctx.config.name}' ({result.seconds:.0f} s)")
+    for column in ("model", "test accuracy", "macro-F1", "of teacher", "params", "", "folder"):
+        table.add_column(column)
+    for name, record in [("teacher", result.teacher)] + [(s.student, s) for s in result.students]:
+        test = record.metrics["test"]
+        table.add_row(name, f"{test['accuracy']:.4f}", f"{test['macro_f1']:.4f}",
+                      f"{test['accuracy'] / teacher_accuracy:.1%}", f"{record.metrics['params']:,}",
+                      "reused" if record.reused else "trained", str(record.path))
+    console.print(table)
+    errors.print(f"[yellow]not yet available[/yellow] in this release: {', '.join(PLANNED_STEPS)} "
+                 "(pruning, quantization, the Pareto front and ONNX / Core ML export).")
 
 
 def main() -> None:

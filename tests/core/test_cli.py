@@ -74,10 +74,24 @@ def test_examples_pass_config_check():
         assert result.returncode == 0, result.stderr
 
 
-def test_run_is_honest_about_what_it_does(write_config, minimal_config):
-    result = alambic("run", str(write_config(minimal_config)))
-    assert result.returncode == 0
-    assert "not available yet" in result.stderr and "Nothing was trained" in result.stderr
+def test_run_trains_teacher_and_students_and_says_what_is_missing(write_config, minimal_config, tmp_path):
+    tiny = {"layers": 1, "hidden": 32, "heads": 2, "ffn": 64}
+    minimal_config |= {
+        "store": str(tmp_path / "artifacts"),
+        "tokenizer": {"name_or_path": None, "vocab_size": 200, "min_frequency": 1, "max_length": 16},
+        "teacher": {"architecture": tiny, "epochs": 1, "batch_size": 8},
+        "distill": {"epochs": 1, "batch_size": 8},
+        "search": {"students": ["roberta-l4", "tinybert-4l"],
+                   "student_sizes": {"roberta-l4": tiny, "tinybert-4l": tiny}},
+    }
+    path = write_config(minimal_config)
+    first = alambic("run", str(path), "--local")
+    assert first.returncode == 0, first.stderr
+    assert "step 4/4: distill tinybert-4l" in first.stdout
+    assert first.stdout.count("trained") >= 3 and "roberta-l4" in first.stdout
+    assert "not yet available" in first.stderr and "export" in first.stderr
+    again = alambic("run", str(path), "--local")
+    assert again.returncode == 0 and again.stdout.count("reused") == 3
 
 
 @needs_shared_data()

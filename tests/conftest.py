@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import socket
+
 import pytest
 import yaml
 
@@ -49,3 +51,18 @@ def minimal_config(tiny_tsv: Path) -> dict:
                  "text_column": 0, "label_column": 1},
         "tokenizer": {"name_or_path": str(VOCAB), "max_length": 32},
     }
+
+
+@pytest.fixture
+def no_network(monkeypatch: pytest.MonkeyPatch) -> list[tuple]:
+    """Offline mode on, and any attempt to resolve or connect is recorded and refused."""
+    touched: list[tuple] = []
+
+    def refuse(*args, **kwargs):
+        touched.append(args)
+        raise RuntimeError("the test touched the network")
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(socket, "getaddrinfo", refuse)
+    monkeypatch.setattr(socket.socket, "connect", refuse)
+    return touched

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import re
-import socket
 from pathlib import Path
 
 import pytest
@@ -43,21 +42,6 @@ def saved(tmp_path: Path) -> tuple[BertForSequenceClassification, Path]:
     model = tiny_bert()
     model.save_pretrained(tmp_path / "ckpt")
     return model, tmp_path / "ckpt"
-
-
-@pytest.fixture
-def no_network(monkeypatch: pytest.MonkeyPatch) -> list[tuple]:
-    """Offline mode on, and any attempt to resolve or connect is recorded and refused."""
-    touched: list[tuple] = []
-
-    def refuse(*args, **kwargs):
-        touched.append(args)
-        raise RuntimeError("the test touched the network")
-
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    monkeypatch.setattr(socket, "getaddrinfo", refuse)
-    monkeypatch.setattr(socket.socket, "connect", refuse)
-    return touched
 
 
 def batch() -> torch.Tensor:

@@ -68,11 +68,11 @@ def test_teacher_from_a_local_checkpoint_uses_the_loading_path(tiny_run, tmp_pat
     assert record.metrics["params"] == sum(p.numel() for p in BertForSequenceClassification(config).parameters())
 
 
-def test_hub_id_offline_fails_clearly(tiny_run, monkeypatch):
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+def test_hub_id_offline_fails_clearly(tiny_run, no_network):
     ctx = tiny_run(model="bert-base-chinese")
     with pytest.raises(AlambicError, match="could not download 'bert-base-chinese'.*local directory"):
         train_teacher(ctx, local=True)
+    assert no_network == []
 
 
 def test_vocabulary_mismatch_fails_before_training(tiny_run, tmp_path, monkeypatch):

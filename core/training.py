@@ -14,6 +14,7 @@ from __future__ import annotations
 import copy
 import logging
 import math
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -253,7 +254,7 @@ def fit(model: torch.nn.Module, train: Any, validation: Any, settings: TrainSett
     stale = 0
     for epoch in range(settings.epochs):
         model.train()
-        step = 0
+        step, epoch_start, loss_sums = 0, time.perf_counter(), {}
         for step, (rows, batch) in enumerate(iterate(train, settings.batch_size, seed=settings.seed, epoch=epoch,
                                                      shuffle=True, bucket=settings.bucket, rank=rank,
                                                      world_size=world_size), start=1):
@@ -269,10 +270,13 @@ def fit(model: torch.nn.Module, train: Any, validation: Any, settings: TrainSett
                 scaler.update()
                 optimizer.zero_grad(set_to_none=True)
                 scheduler.step()
+            for name, value in parts.items():
+                loss_sums[name] = loss_sums.get(name, 0.0) + value
             if progress:
                 progress(epoch * steps_per_epoch + step, settings.epochs * steps_per_epoch, parts)
         metrics = evaluate(model, validation, settings.eval_batch_size, rank=rank, world_size=world_size)
-        metrics = {"epoch": epoch, **metrics}
+        losses = {f"train_{k}": v / max(1, step) for k, v in loss_sums.items()}
+        metrics = {"epoch": epoch, "epoch_seconds": round(time.perf_counter() - epoch_start, 1), **losses, **metrics}
         is_best = metrics["macro_f1"] > result.best_metrics.get("macro_f1", -1.0)
         result.history.append({k: v for k, v in metrics.items() if k not in ("per_class", "confusion")})
         if is_best:
@@ -281,8 +285,9 @@ def fit(model: torch.nn.Module, train: Any, validation: Any, settings: TrainSett
             result.best_state = copy.deepcopy(unwrap(model).state_dict())
         else:
             stale += 1
-        log.info("epoch %d: accuracy %.4f macro-F1 %.4f%s", epoch, metrics["accuracy"], metrics["macro_f1"],
-                 " (best)" if is_best else "")
+        log.info("epoch %d/%d (%.0f s): %s, validation accuracy %.4f macro-F1 %.4f%s", epoch + 1, settings.epochs,
+                 metrics["epoch_seconds"], ", ".join(f"{k} {v:.4f}" for k, v in losses.items()),
+                 metrics["accuracy"], metrics["macro_f1"], " (best)" if is_best else "")
         if on_epoch:
             on_epoch(epoch, metrics, is_best)
         if settings.early_stopping_patience and stale >= settings.early_stopping_patience:

@@ -61,10 +61,63 @@ def contract_distill_losses(cls: type) -> None:
     assert torch.isfinite(value) and value.requires_grad, "a finite loss the student learns from"
 
 
+def contract_pruners(cls: type) -> None:
+    import copy
+    import json
+    import tempfile
+    from dataclasses import fields, is_dataclass
+    from pathlib import Path
+
+    import torch
+    from datasets import ClassLabel, Dataset, Features, List, Value
+    from transformers import BertForSequenceClassification, BertTokenizerFast
+
+    from alambic.errors import AlambicError
+    from alambic.models import Size, bert_config, params
+    from alambic.pruning import PruneContext, Pruner, PruneResult
+
+    assert issubclass(cls, Pruner), "a pruner subclasses alambic.pruning.Pruner"
+    assert is_dataclass(cls.Options) and cls.Options.__dataclass_params__.frozen, "Options: a frozen dataclass"
+    strength = "amount" in {f.name for f in fields(cls.Options)}
+    options = cls.options(0.5) if strength else cls.options()
+    with pytest.raises(AlambicError, match="unknown option"):
+        cls.options(0.5, no_such_option=1) if strength else cls.options(no_such_option=1)
+    half = cls.half(options)
+    assert (half.amount == 0.25) if strength else half is None, "half(): half the amount, None without one"
+
+    tokens = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *"中国新闻体育股市科技的是"]
+    with tempfile.TemporaryDirectory() as folder:
+        (Path(folder) / "vocab.txt").write_text("\n".join(tokens) + "\n", encoding="utf-8")
+        tokenizer = BertTokenizerFast(vocab_file=str(Path(folder) / "vocab.txt"), do_lower_case=True)
+    texts = ["中国新闻", "体育新闻", "股市的新闻", "科技是", "中国体育", "新闻科技"] * 3
+    ids = tokenizer(texts)["input_ids"]
+    features = Features({"input_ids": List(Value("int32")), "attention_mask": List(Value("int8")),
+                         "token_type_ids": List(Value("int8")), "label": ClassLabel(names=["a", "b", "c"]),
+                         "length": Value("int64")})
+    split = Dataset.from_dict({"input_ids": ids, "attention_mask": [[1] * len(r) for r in ids],
+                               "token_type_ids": [[0] * len(r) for r in ids], "label": [i % 3 for i in range(len(ids))],
+                               "length": [len(r) for r in ids]}, features=features)
+    context = PruneContext(validation=split, train=split.select(range(4)), tokenizer=tokenizer, batches=2, batch_size=4)
+    torch.manual_seed(0)
+    config = bert_config(Size(layers=2, hidden=32, heads=4, ffn=64), num_labels=3, vocab_size=len(tokens))
+    model = BertForSequenceClassification(config).eval()
+    state = copy.deepcopy(model.state_dict())
+
+    result = cls.apply(model, options, context)
+    assert isinstance(result, PruneResult) and result.report["pruner"] == cls.id
+    assert all(torch.equal(state[k], v) for k, v in model.state_dict().items()), "apply() leaves its input alone"
+    assert result.report["params_before"] == params(model) >= result.report["params_after"] == params(result.model)
+    json.dumps(result.report)
+    enc = result.tokenizer(["中国新闻"], return_tensors="pt")
+    with torch.no_grad():
+        assert result.model.eval()(**enc).logits.shape == (1, 3)
+
+
 CONTRACTS = {
     "datasets": contract_datasets,
     "students": contract_students,
     "distill_losses": contract_distill_losses,
+    "pruners": contract_pruners,
 }
 
 

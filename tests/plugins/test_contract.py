@@ -113,11 +113,41 @@ def contract_pruners(cls: type) -> None:
         assert result.model.eval()(**enc).logits.shape == (1, 3)
 
 
+def contract_quantizers(cls: type) -> None:
+    import dataclasses
+    import tempfile
+    from pathlib import Path
+
+    from datasets import Dataset
+    from transformers import BertForSequenceClassification
+
+    from alambic.models import Size, bert_config
+    from alambic.quantization import RUNTIMES, QuantContext, Quantizer, QuantSource
+
+    assert issubclass(cls, Quantizer), "a quantizer subclasses alambic.quantization.Quantizer"
+    assert cls.runtime in RUNTIMES and set(cls.runtimes) <= set(RUNTIMES)
+    assert dataclasses.is_dataclass(cls.Options) and cls.Options.__dataclass_params__.frozen
+    first_line = cls.__doc__.strip().splitlines()[0]
+    assert "ONNX Runtime" in first_line or "PyTorch" in first_line, "the first line names the runtime"
+    options = cls.options()  # the defaults are valid
+    model = BertForSequenceClassification(bert_config(Size(layers=1, hidden=32, heads=2, ffn=64), 3)).eval()
+    rows = [[101, *range(1000 + i, 1004 + i), 102] for i in range(8)]
+    calibration = Dataset.from_dict({"input_ids": rows, "attention_mask": [[1] * 6] * 8,
+                                     "token_type_ids": [[0] * 6] * 8, "label": [0, 1, 2] * 2 + [0, 1]})
+    with tempfile.TemporaryDirectory() as tmp:
+        result = cls.apply(QuantSource(model=model), options, QuantContext(Path(tmp), calibration))
+        assert result.runtime == cls.runtime_of(options), "the output runs where the quantizer says"
+        assert result.files and all(f.is_file() for f in result.files)
+        assert (result.model is not None) == (result.runtime == "pytorch")
+        assert result.report["quantizer"] == cls.id
+
+
 CONTRACTS = {
     "datasets": contract_datasets,
     "students": contract_students,
     "distill_losses": contract_distill_losses,
     "pruners": contract_pruners,
+    "quantizers": contract_quantizers,
 }
 
 

@@ -1,0 +1,217 @@
+"""Built-in quantizers: dynamic and static INT8, FP16, and per-module-kind mixed precision.
+
+============  ==========================================================  ==========================
+id            what                                                        runtime of the output
+============  ==========================================================  ==========================
+dynamic-int8  int8 weights of linear layers (and embeddings), activations  onnxruntime (default), or
+              quantized per batch at run time                             pytorch (needs torchao)
+static-int8   int8 weights and activations, QDQ format, activation ranges  onnxruntime
+              calibrated on validation batches (minmax/entropy/percentile)
+fp16          half-precision weights and arithmetic; for GPU/NPU targets   onnxruntime
+mixed         a precision per module kind: attention, ffn, embeddings      onnxruntime
+============  ==========================================================  ==========================
+
+Each class only adapts a function of :mod:`alambic.quantization`, which does the work.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import alambic
+from alambic.errors import AlambicError
+from alambic.quantization import (
+    CALIBRATION_METHODS,
+    PRECISIONS,
+    QuantContext,
+    Quantized,
+    Quantizer,
+    QuantSource,
+    choice,
+    int8_dynamic,
+    int8_dynamic_torch,
+    int8_static,
+    mixed_precision,
+    op_counts,
+    to_fp16,
+)
+
+if TYPE_CHECKING:
+    from pathlib import Path
+
+    from alambic.registry import KindRegistry
+
+
+def _onnx_result(source: Path, out: Path, extra: dict | None = None) -> Quantized:
+    """An ONNX Runtime result: the file, and its size against the fp32 graph's."""
+    from alambic.onnx_export import file_bytes
+
+    fp32, size = file_bytes(source), file_bytes(out)
+    report = {"source": str(source), "fp32_bytes": fp32, "bytes": size, "size_ratio": round(size / fp32, 4),
+              "ops": op_counts(out)} | (extra or {})
+    return Quantized(runtime="onnxruntime", files=[out], report=report)
+
+
+# --- dynamic INT8 ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class DynamicInt8Options:
+    runtime: str = "onnxruntime"  # or "pytorch" (torchao: Linear layers, weights always per channel)
+    per_channel: bool = False  # one weight scale per output channel: more accurate, a bit slower
+    reduce_range: bool = False  # 7-bit weights: avoids int16 overflow on CPUs without VNNI
+    # int8 embedding tables too (most of a small model's bytes); None = yes for onnxruntime, no for
+    # pytorch, where only Linear layers are quantized
+    embeddings: bool | None = None
+
+    def __post_init__(self) -> None:
+        who = "quantizer 'dynamic-int8'"
+        choice(who, "runtime", self.runtime, DynamicInt8.runtimes)
+        if self.runtime == "pytorch" and (self.reduce_range or self.embeddings):
+            raise AlambicError(f"{who}: reduce_range and embeddings apply to runtime onnxruntime only; "
+                               f"runtime pytorch quantizes Linear layers only")
+
+
+class DynamicInt8(Quantizer):
+    """Dynamic INT8 of linear layers and embeddings, for ONNX Runtime (default) or PyTorch."""
+
+    id = "dynamic-int8"
+    runtime = "onnxruntime"
+    runtimes = ("onnxruntime", "pytorch")
+    Options = DynamicInt8Options
+
+    @classmethod
+    def quantize(cls, source: QuantSource, options: DynamicInt8Options, context: QuantContext) -> Quantized:
+        if options.runtime == "pytorch":
+            return _torch_dynamic(source, context)
+        fp32 = source.onnx_path(context)
+        out = int8_dynamic(fp32, context.work_dir / "model.int8-dynamic.onnx", per_channel=options.per_channel,
+                           reduce_range=options.reduce_range, embeddings=options.embeddings is not False)
+        return _onnx_result(fp32, out)
+
+
+def _torch_dynamic(source: QuantSource, context: QuantContext) -> Quantized:
+    import torch
+
+    from alambic.compare import weight_bytes
+
+    if source.model is None:
+        raise AlambicError("quantizer 'dynamic-int8' with runtime pytorch needs the PyTorch model, not only ONNX")
+    model = int8_dynamic_torch(source.model)
+    path = context.work_dir / "model.int8-dynamic.pt"
+    torch.save(model.state_dict(), path)  # loading it needs torchao too (its int8 tensor class)
+    fp32, size = weight_bytes(source.model)["total_bytes"], path.stat().st_size
+    return Quantized(runtime="pytorch", files=[path], model=model,
+                     report={"fp32_bytes": fp32, "bytes": size, "size_ratio": round(size / fp32, 4),
+                             "weights": "int8, per output channel (torchao); embeddings fp32"})
+
+
+# --- static INT8 ----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class StaticInt8Options:
+    method: str = "minmax"  # minmax | entropy | percentile: how activation ranges are chosen
+    percentile: float = 99.999  # with method percentile: the clipping percentile of |activation|
+    histogram_bins: int = 2048  # entropy/percentile histogram resolution (>= 512); entropy's cost ~ its square
+    per_channel: bool = False
+    reduce_range: bool = False  # 7-bit weights, for CPUs without VNNI
+    embeddings: bool = True  # int8 embedding tables too
+    examples: int = 256  # validation rows used for calibration
+    batch_size: int = 16
+    sequence_length: int | None = None  # every calibration batch is padded to it; None = longest row
+
+    def __post_init__(self) -> None:
+        who = "quantizer 'static-int8'"
+        choice(who, "method", self.method, CALIBRATION_METHODS)
+        if not 0 < self.percentile <= 100:
+            raise AlambicError(f"{who}: percentile must be in (0, 100], got {self.percentile!r}")
+        if self.histogram_bins < 512:
+            raise AlambicError(f"{who}: histogram_bins must be >= 512, got {self.histogram_bins!r}")
+        for name in ("examples", "batch_size"):
+            if getattr(self, name) < 1:
+                raise AlambicError(f"{who}: {name} must be >= 1, got {getattr(self, name)!r}")
+
+
+class StaticInt8(Quantizer):
+    """Static INT8 in QDQ format, ranges calibrated on validation batches, for ONNX Runtime."""
+
+    id = "static-int8"
+    runtime = "onnxruntime"
+    Options = StaticInt8Options
+
+    @classmethod
+    def quantize(cls, source: QuantSource, options: StaticInt8Options, context: QuantContext) -> Quantized:
+        fp32 = source.onnx_path(context)
+        out = int8_static(fp32, context.work_dir / "model.int8-static.onnx", context.calibration,
+                          method=options.method, per_channel=options.per_channel,
+                          reduce_range=options.reduce_range, examples=options.examples,
+                          batch_size=options.batch_size, sequence_length=options.sequence_length,
+                          percentile=options.percentile, histogram_bins=options.histogram_bins,
+                          embeddings=options.embeddings)
+        return _onnx_result(fp32, out)
+
+
+# --- FP16 -----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Fp16Options:
+    keep_io_types: bool = True  # int64 ids in, float32 logits out, as the fp32 graph
+
+
+class Fp16(Quantizer):
+    """FP16 weights and arithmetic, for ONNX Runtime on GPU/NPU (Core ML, NNAPI); slow on CPU."""
+
+    id = "fp16"
+    runtime = "onnxruntime"
+    Options = Fp16Options
+
+    @classmethod
+    def quantize(cls, source: QuantSource, options: Fp16Options, context: QuantContext) -> Quantized:
+        fp32 = source.onnx_path(context)
+        out = to_fp16(fp32, context.work_dir / "model.fp16.onnx", keep_io_types=options.keep_io_types)
+        note = "ONNX Runtime's CPU provider runs fp16 mostly through casts: measure it on a GPU/NPU provider"
+        return _onnx_result(fp32, out, {"note": note})
+
+
+# --- mixed ----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class MixedOptions:
+    attention: str = "fp16"  # self-attention and its output projection
+    ffn: str = "int8"  # the rest of each encoder layer
+    embeddings: str = "int8"  # embedding tables
+    per_channel: bool = False  # for the int8 kinds
+    reduce_range: bool = False
+
+    def __post_init__(self) -> None:
+        for kind in ("attention", "ffn", "embeddings"):
+            choice("quantizer 'mixed'", kind, getattr(self, kind), PRECISIONS)
+
+
+class Mixed(Quantizer):
+    """A precision per module kind (attention, FFN, embeddings: int8/fp16/fp32), for ONNX Runtime."""
+
+    id = "mixed"
+    runtime = "onnxruntime"
+    Options = MixedOptions
+
+    @classmethod
+    def quantize(cls, source: QuantSource, options: MixedOptions, context: QuantContext) -> Quantized:
+        fp32 = source.onnx_path(context)
+        policy = {"attention": options.attention, "ffn": options.ffn, "embeddings": options.embeddings}
+        out = mixed_precision(fp32, context.work_dir / "model.mixed.onnx", policy,
+                              per_channel=options.per_channel, reduce_range=options.reduce_range)
+        return _onnx_result(fp32, out, {"policy": policy})
+
+
+QUANTIZERS: tuple[type[Quantizer], ...] = (DynamicInt8, StaticInt8, Fp16, Mixed)
+
+
+@alambic.hookimpl
+def alambic_register_quantizers(register: KindRegistry) -> None:
+    for cls in QUANTIZERS:
+        register.add(cls)

@@ -10,7 +10,7 @@ import json
 import logging
 import shutil
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -214,6 +214,3 @@ def teacher_logits(ctx: Any, teacher: TeacherRecord) -> Any:
     logits = np.asarray(table.column("logits").combine_chunks().flatten()).reshape(table.num_rows, -1)
     return logits
 
-
-def describe(record: TeacherRecord) -> dict[str, Any]:
-    return {**asdict(record), "path": str(record.path)}

@@ -26,14 +26,13 @@ import json
 import logging
 import math
 import os
-import subprocess
-import sys
-import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from alambic.errors import AlambicError
+# batch-1 latency and the peak RSS of a child process: shared with alambic.measure
+from alambic.measure import latency_ms, peak_rss
 
 if TYPE_CHECKING:
     from datasets import Dataset
@@ -43,7 +42,6 @@ if TYPE_CHECKING:
 #: accuracy points between A and B above which the comparison is flagged (the guard's budget)
 MAX_ACCURACY_DIFF = 1.0
 EPS = 1e-12  # floor of attention probabilities before the log
-_RSS_MARK = "ALAMBIC_RSS "
 
 
 # --- similarity measures ----------------------------------------------------------------------
@@ -157,86 +155,11 @@ def compare_predictions(labels: Sequence[int], preds_a: Sequence[int], preds_b: 
 # --- models -----------------------------------------------------------------------------------
 
 
-def fixed_input(vocab_size: int, length: int) -> dict[str, Tensor]:
-    """A batch-1 input of ``length`` tokens, the same for every model and process (seeded ids)."""
-    import torch
-
-    gen = torch.Generator().manual_seed(0)
-    ids = torch.randint(1, vocab_size, (1, length), generator=gen)  # (1, T); 0 is padding
-    return {"input_ids": ids, "attention_mask": torch.ones_like(ids), "token_type_ids": torch.zeros_like(ids)}
-
-
-def latency_ms(model: Any, length: int = 32, runs: int = 50, warmup: int = 10) -> dict[str, float]:
-    """p50/p90 milliseconds of one forward pass at batch 1, warm-up excluded, current torch threads."""
-    import numpy as np
-    import torch
-
-    batch = fixed_input(model.get_input_embeddings().num_embeddings, length)
-    times = []
-    with torch.inference_mode():
-        for i in range(warmup + runs):
-            start = time.perf_counter()
-            model(**batch)
-            if i >= warmup:
-                times.append((time.perf_counter() - start) * 1000)
-    return {"p50": float(np.percentile(times, 50)), "p90": float(np.percentile(times, 90))}
-
-
 def weight_bytes(model: Any) -> dict[str, int]:
     """Bytes of the parameters (shared tensors once) and buffers of a torch module."""
     param = sum(p.numel() * p.element_size() for p in model.parameters())
     buffer = sum(b.numel() * b.element_size() for b in model.buffers())
     return {"param_bytes": param, "buffer_bytes": buffer, "total_bytes": param + buffer}
-
-
-def peak_rss(folder: str | os.PathLike[str], length: int = 32, threads: int | None = None,
-             timeout: float = 600) -> dict[str, int]:
-    """Peak RSS of a fresh Python process that loads ``folder`` and runs one batch-1 inference.
-
-    ``baseline_rss_bytes`` is the child's peak after importing torch and transformers, before
-    loading: the difference is what the model itself costs.
-    """
-    import torch
-
-    threads = threads or torch.get_num_threads()
-    cmd = [sys.executable, "-m", "alambic.compare", os.fspath(folder), str(length), str(threads)]
-    try:
-        done = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, check=False)
-    except subprocess.TimeoutExpired:
-        raise AlambicError(f"measuring memory of {folder}: no answer in {timeout:.0f} s") from None
-    for line in reversed(done.stdout.splitlines()):
-        if line.startswith(_RSS_MARK):
-            return json.loads(line[len(_RSS_MARK):])
-    tail = (done.stderr.strip().splitlines() or ["(no output)"])[-1]
-    raise AlambicError(f"measuring memory of {folder}: the child process failed (exit {done.returncode}): {tail}")
-
-
-def _memory_child(folder: str, length: int, threads: int) -> None:
-    """In the child that :func:`peak_rss` starts: import, load, infer once, print the peaks."""
-    import torch
-    from transformers import AutoModelForSequenceClassification
-
-    from alambic.models import load_pretrained
-
-    torch.set_num_threads(threads)
-    baseline = _own_peak_rss()
-    model = load_pretrained(folder, AutoModelForSequenceClassification).eval()
-    with torch.inference_mode():
-        model(**fixed_input(model.get_input_embeddings().num_embeddings, length))
-    print(_RSS_MARK + json.dumps({"peak_rss_bytes": _own_peak_rss(), "baseline_rss_bytes": baseline}))
-
-
-def _own_peak_rss() -> int:
-    """This process's peak RSS in bytes. On Linux it is VmHWM: ``ru_maxrss`` carries the parent's
-    high-water mark across fork + exec, so a child of a big process would report the parent's."""
-    import resource
-
-    try:
-        with open("/proc/self/status", encoding="ascii") as status:
-            return next(int(line.split()[1]) * 1024 for line in status if line.startswith("VmHWM:"))
-    except (OSError, StopIteration):
-        rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-        return rss if sys.platform == "darwin" else rss * 1024  # bytes on macOS, KiB elsewhere
 
 
 @contextlib.contextmanager
@@ -565,6 +488,3 @@ def _layer(i: int) -> str:
 def _number(value: float | None) -> str:
     return "-" if value is None else f"{value:.4f}"
 
-
-if __name__ == "__main__":  # the memory child: python -m alambic.compare FOLDER LENGTH THREADS
-    _memory_child(sys.argv[1], int(sys.argv[2]), int(sys.argv[3]))

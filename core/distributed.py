@@ -82,7 +82,7 @@ class TrainRun:
 def run_trainer(worker: Callable[[dict[str, Any]], None], loop_config: dict[str, Any], *, name: str,
                 storage_path: Path, ray_config: RayConfig, quiet: bool = False) -> TrainRun:
     """Run ``worker`` on ``ray_config.workers`` Ray Train workers (DDP: NCCL on GPUs, gloo on CPU)."""
-    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig, TrainingFailedError
     from ray.train.torch import TorchTrainer
 
     ensure_ray(ray_config.address, quiet=quiet)
@@ -105,7 +105,10 @@ def run_trainer(worker: Callable[[dict[str, Any]], None], loop_config: dict[str,
             failure_config=FailureConfig(max_failures=ray_config.max_failures),
         ),
     )
-    result = trainer.fit()
+    try:
+        result = trainer.fit()
+    except TrainingFailedError as exc:  # raised once FailureConfig's restarts are used up
+        raise AlambicError(f"training run '{name}' failed: {exc}") from exc
     if result.error is not None:
         raise AlambicError(f"training run '{name}' failed: {result.error}") from result.error
     checkpoint = Path(result.checkpoint.path) if result.checkpoint is not None else None

@@ -71,3 +71,15 @@ def test_worker_context_outside_ray_is_local(tmp_path):
     context = worker_context({"_local_checkpoint_dir": tmp_path})
     assert (context.rank, context.world_size, context.in_ray) == (0, 1, False)
     assert context.device == torch.device("cpu")
+
+
+def failing_worker(loop_config):
+    raise ValueError("this worker always fails")
+
+
+def test_a_failing_worker_is_a_clear_error(runs, tmp_path):
+    from alambic.errors import AlambicError
+
+    with pytest.raises(AlambicError, match="(?s)training run .broken. failed.*this worker always fails"):
+        launch(failing_worker, {}, name="broken", scratch=tmp_path,
+               ray_config=RayConfig(workers=1, max_failures=0, gpus_per_worker=0), quiet=True)

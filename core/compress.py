@@ -1,0 +1,440 @@
+"""Compress a trained classifier: pruning steps, then a quantizer, each under the accuracy guard.
+
+::
+
+    steps = parse_steps("heads:0.25,ffn:0.3,vocab", ctx.registry)
+    record = compress(ctx, "artifacts/run/stages/<distill-key>", steps, quant="dynamic-int8")
+    record.decisions          # every guard decision: step, strength, accuracy before/after, outcome
+    record.before.headline()  # the input model, measured (PyTorch, test split)
+    record.after.headline()   # what a phone ships, measured in its runtime
+    record.agreement          # quantized ONNX vs its fp32 ONNX source: argmax agreement on test
+    record.artifact           # the quantized ONNX graph, or the (pruned) model folder
+
+The loop::
+
+    model, tokenizer = load(model_dir)              # the folder's tokenizer, else the run's
+    accuracy = validation accuracy of model
+    for step in steps:                              # guarded: kept, retried at half, or reverted
+        model = Pruner.apply(model, options, PruneContext(validation, train, tokenizer))
+        (after vocabulary pruning: the splits are remapped, the tokenizer is the pruned one)
+    save model/                                     # safetensors + tokenizer
+    quantized = Quantizer.apply(model)              # guarded too; no half strength: kept or reverted
+    measure before and after (alambic.measure) on the test split; write record.json
+
+The result is a stage of the store (``stages/<key>/``), keyed by the model folder's content, the
+data, the steps, the quantizer and its options, the guard and the measuring settings; the same
+call again reuses it::
+
+    model/        the pruned fp32 model: model.safetensors, config.json, tokenizer (vocab.txt ...)
+    quantized/    the quantizer's files (model.int8-dynamic.onnx, its fp32.onnx source,
+                  quantization.json) when the quantization was kept
+    record.json   steps, decisions, pruning reports, measurements before/after, agreement
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import shutil
+import tempfile
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from alambic.config import PruningStep
+from alambic.errors import AlambicError
+from alambic.guard import GuardDecision, describe_options, format_decisions, guarded_step
+from alambic.measure import DEFAULT_LENGTHS, Measurement, format_measurements, vocab_files
+from alambic.store import stable_hash
+
+if TYPE_CHECKING:
+    from rich.table import Table
+
+log = logging.getLogger(__name__)
+
+RECORD_FILE = "record.json"
+MODEL_DIR = "model"
+QUANT_DIR = "quantized"
+#: a quantized ONNX graph should predict as its fp32 source on at least this share of the test rows
+MIN_AGREEMENT = 0.99
+_TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.txt")
+
+
+@dataclass(frozen=True)
+class MeasureSettings:
+    """How before and after are measured (part of the stage key: other settings, other figures)."""
+
+    lengths: tuple[int, ...] = DEFAULT_LENGTHS
+    threads: int = 1
+    runs: int = 50
+    warmup: int = 10
+    memory: bool = True  # peak RSS in a child process
+
+
+@dataclass
+class CompressRecord:
+    key: str  # the compress stage's hash
+    path: Path  # the stage folder (model/, quantized/, record.json)
+    decisions: list[GuardDecision]
+    before: Measurement
+    after: Measurement
+    artifact: Path  # what a phone ships: the quantized graph or state dict, or the model folder
+    runtime: str  # "pytorch" | "onnxruntime"
+    agreement: dict[str, Any] | None  # quantized ONNX vs fp32 ONNX on the test split
+    reused: bool
+    record: dict[str, Any] = field(default_factory=dict)  # record.json
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**self.record, "key": self.key, "path": str(self.path), "artifact": str(self.artifact),
+                "runtime": self.runtime, "reused": self.reused}
+
+
+# --- steps ----------------------------------------------------------------------------------
+
+
+def parse_steps(text: str | None, registry: Any = None) -> list[PruningStep]:
+    """``"heads:0.25,ffn:0.3,vocab"`` -> pruning steps (pruner id, optional amount in [0, 1]).
+
+    With a ``registry`` the pruner ids and amounts are checked against the pruners (an unknown
+    id gets a did-you-mean; a strength given to a pruner without one is refused).
+    """
+    if text is None or not text.strip() or text.strip().lower() == "none":
+        return []
+    steps = []
+    for number, raw in enumerate(text.split(","), start=1):
+        part = raw.strip()
+        if not part:
+            raise AlambicError(f"--steps {text!r}: step {number} is empty; steps are comma-separated "
+                               f"pruner[:amount], e.g. heads:0.25,ffn:0.3,vocab")
+        name, sep, amount_text = (s.strip() for s in part.partition(":"))
+        if not name:
+            raise AlambicError(f"--steps: step {part!r} has no pruner id before ':' (e.g. heads:0.25)")
+        amount = None
+        if sep:
+            try:
+                amount = float(amount_text)
+            except ValueError:
+                raise AlambicError(f"--steps: step {part!r}: amount {amount_text!r} is not a number; "
+                                   f"give a fraction in [0, 1], e.g. {name}:0.25") from None
+            if not (math.isfinite(amount) and 0 <= amount <= 1):
+                raise AlambicError(f"--steps: step {part!r}: amount must be a fraction in [0, 1], got {amount_text}")
+        if registry is not None:
+            try:
+                registry["pruners"].get(name).options(amount)
+            except AlambicError as exc:
+                raise AlambicError(f"--steps: step {part!r}: {exc}") from None
+        steps.append(PruningStep(pruner=name, amount=amount))
+    return steps
+
+
+def parse_lengths(text: str) -> tuple[int, ...]:
+    """``"16,32,64,128"`` -> the sequence lengths latency is measured at (sorted, each >= 2)."""
+    try:
+        lengths = tuple(sorted({int(part) for part in text.split(",") if part.strip()}))
+    except ValueError:
+        raise AlambicError(f"--lengths {text!r}: expected whole numbers separated by commas, "
+                           f"e.g. 16,32,64,128") from None
+    if not lengths or lengths[0] < 2:
+        raise AlambicError(f"--lengths {text!r}: give at least one sequence length, each >= 2")
+    return lengths
+
+
+def step_label(step: PruningStep) -> str:
+    """How a step is written on the command line: ``heads:0.25``, ``vocab``."""
+    label = step.pruner if step.amount is None else f"{step.pruner}:{step.amount:g}"
+    if step.options:
+        label += "(" + ", ".join(f"{k}={v}" for k, v in sorted(step.options.items())) + ")"
+    return label
+
+
+# --- inputs ---------------------------------------------------------------------------------
+
+
+def model_digest(model_dir: str | Path) -> str:
+    """A hash of a model folder's content: its store manifest's file hashes, else every file's."""
+    from alambic.data import file_sha256
+
+    folder = Path(model_dir)
+    manifest = folder / "manifest.json"
+    if manifest.is_file():
+        try:
+            files = json.loads(manifest.read_text(encoding="utf-8"))["files"]
+            return stable_hash(sorted((f["path"], f["sha256"]) for f in files))
+        except (ValueError, KeyError, TypeError):
+            pass  # not a store manifest: hash the files
+    files = sorted(p for p in folder.rglob("*") if p.is_file())
+    return stable_hash([(p.relative_to(folder).as_posix(), file_sha256(p)) for p in files])
+
+
+def _load_inputs(ctx: Any, model_dir: Path) -> tuple[Any, Any, Any, str, str]:
+    """(model, tokenizer, tokenized splits, tokenized key, where the tokenizer came from)."""
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    from alambic.data import tokenize_data, tokenized_key
+    from alambic.models import check_vocab, load_pretrained
+
+    if not model_dir.is_dir():
+        raise AlambicError(f"--model: folder not found: {model_dir} (give a folder written by save_pretrained)")
+    if not (model_dir / "config.json").is_file():
+        raise AlambicError(f"--model: {model_dir} has no config.json (not a save_pretrained folder)")
+    model = load_pretrained(model_dir, AutoModelForSequenceClassification, config_key="--model").eval()
+    data = ctx.prepared
+    if any((model_dir / name).is_file() for name in _TOKENIZER_FILES):
+        try:
+            tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
+        except (OSError, ValueError) as exc:
+            raise AlambicError(f"{model_dir}: its saved tokenizer cannot be loaded: {exc}") from None
+        max_length = ctx.config.tokenizer.max_length
+        tokenized = tokenize_data(data.raw, tokenizer, max_length, ctx.cache_dir, data.report.fingerprint,
+                                  progress=not ctx.quiet)
+        key, source = tokenized_key(data.report.fingerprint, tokenizer, max_length), str(model_dir)
+    else:
+        tokenizer, tokenized, key, source = data.tokenizer, data.tokenized, data.tokenized_key, "run"
+    check_vocab(model, tokenizer)
+    if model.config.num_labels != len(data.label_names):
+        raise AlambicError(f"{model_dir} classifies into {model.config.num_labels} labels but the data has "
+                           f"{len(data.label_names)}: {data.label_names}")
+    if len(tokenized["validation"]) == 0 or len(tokenized["test"]) == 0:
+        raise AlambicError("compress needs validation rows (the guard) and test rows (the measurements)")
+    return model, tokenizer, tokenized, key, source
+
+
+# --- the loop -------------------------------------------------------------------------------
+
+
+def compress(ctx: Any, model_dir: str | Path, steps: Sequence[PruningStep], quant: str | None = None,
+             quant_options: Mapping[str, Any] | None = None, *, measure: MeasureSettings | None = None,
+             on_decision: Callable[[GuardDecision], None] | None = None) -> CompressRecord:
+    """Prune ``model_dir`` step by step and quantize it, under the run's guard; measure before and
+    after; store the result as a stage (reused when the same call was made before).
+
+    :param steps: pruning steps (:func:`parse_steps`); run in order.
+    :param quant: a quantizer id, or None / "none" for no quantization.
+    :param quant_options: the quantizer's options (e.g. ``{"per_channel": True}``).
+    :param measure: lengths, threads, runs of the measurements (:class:`MeasureSettings`).
+    :param on_decision: called with each guard decision as it is made (not when reused).
+    """
+    measure = measure or MeasureSettings()
+    model_dir = Path(model_dir).expanduser()
+    quant = None if quant in (None, "", "none") else quant
+    pruners = [ctx.registry["pruners"].get(step.pruner) for step in steps]
+    options = [P.options(step.amount, **step.options) for P, step in zip(pruners, steps, strict=True)]
+    Quantizer = ctx.registry["quantizers"].get(quant) if quant else None
+    quant_opts = Quantizer.options(quant_options) if Quantizer else None
+    if quant_options and not Quantizer:
+        raise AlambicError("quantizer options given without a quantizer (--quant)")
+    model, tokenizer, tokenized, data_key, tokenizer_source = _load_inputs(ctx, model_dir)
+    guard = ctx.config.guard
+    inputs = {"stage": "compress", "model": model_digest(model_dir), "data": data_key,
+              "steps": [s.model_dump() for s in steps], "quant": quant,
+              "quant_options": describe_options(quant_opts), "guard": guard.model_dump(), "measure": measure}
+    key = stable_hash(inputs)[:32]
+
+    def build(folder: Path) -> dict[str, Any]:
+        start = time.perf_counter()
+        record = _run(ctx, folder, model, tokenizer, tokenized, model_dir, steps, pruners, options,
+                      Quantizer, quant_opts, measure, on_decision)
+        record |= {"key": key, "model_dir": str(model_dir), "tokenizer": tokenizer_source, "inputs": inputs,
+                   "wall_time_s": round(time.perf_counter() - start, 1)}
+        (folder / RECORD_FILE).write_text(json.dumps(record, ensure_ascii=False, indent=2, default=str) + "\n",
+                                          encoding="utf-8")
+        return {"artifact": record["artifact"], "runtime": record["runtime"],
+                "before": record["before_headline"], "after": record["after_headline"],
+                "outcomes": {d["step"]: d["outcome"] for d in record["decisions"]}}
+
+    _, reused = ctx.store.get_or_build_stage(key, "compress", build)
+    path = ctx.store.local_path(ctx.store.stage_path(key))
+    record = json.loads((path / RECORD_FILE).read_text(encoding="utf-8"))
+    result = CompressRecord(
+        key=key, path=path, decisions=[GuardDecision.from_dict(d) for d in record["decisions"]],
+        before=Measurement.from_dict(record["before"]), after=Measurement.from_dict(record["after"]),
+        artifact=path / record["artifact"], runtime=record["runtime"], agreement=record.get("agreement"),
+        reused=reused, record=record)
+    log.info("compress %s %s: %s; test accuracy %.4f -> %.4f", key[:12], "reused" if reused else "built",
+             ", ".join(f"{s['step']} {s['outcome']}" for s in record["steps"]), result.before.accuracy,
+             result.after.accuracy)
+    ctx.pm.hook.alambic_after_candidate_measured(context=ctx, record=result.to_dict())
+    return result
+
+
+def _run(ctx: Any, folder: Path, model: Any, tokenizer: Any, tokenized: Any, model_dir: Path,
+         steps: Sequence[PruningStep], pruners: Sequence[type], options: Sequence[Any], Quantizer: Any,
+         quant_opts: Any, measure: MeasureSettings, on_decision: Any) -> dict[str, Any]:
+    """The guarded steps, the files and the measurements of one compression; the record."""
+    from alambic.guard import final_outcome
+    from alambic.pruning import PruneContext
+    from alambic.quantization import QuantSource
+    from alambic.training import evaluate
+
+    guard = ctx.config.guard
+    splits = {name: tokenized[name] for name in ("train", "validation", "test")}
+    accuracy = evaluate(model, splits["validation"])["accuracy"]
+    start_accuracy = accuracy
+    decisions: list[GuardDecision] = []
+    summary, reports = [], []
+    for step, Pruner, opts in zip(steps, pruners, options, strict=True):
+        context = PruneContext(validation=splits["validation"], train=splits["train"], tokenizer=tokenizer)
+        result, made = guarded_step(
+            apply=lambda o, P=Pruner, c=context: P.apply(model, o, c),
+            evaluate=lambda r: evaluate(r.model, r.remap(splits["validation"]))["accuracy"],
+            options=opts, half=Pruner.half, accuracy_before=accuracy, max_drop=guard.max_drop,
+            retries=guard.retries, name=step_label(step), plugin=Pruner.id, on_decision=on_decision)
+        decisions += made
+        summary.append({"step": step_label(step), "outcome": final_outcome(made)})
+        if result is not None:
+            model, accuracy = result.model, made[-1].accuracy_after
+            if result.token_map is not None:
+                splits = {name: result.remap(split) for name, split in splits.items()}
+                tokenizer = result.tokenizer
+            reports.append(result.report)
+
+    model_path = folder / MODEL_DIR
+    model.save_pretrained(model_path)  # safetensors
+    tokenizer.save_pretrained(model_path)
+    runtime, artifact, quant_report, agreement, quantized = "pytorch", MODEL_DIR, None, None, None
+    if Quantizer is not None:
+        source = QuantSource(model=model)
+        quantized, made = _quantize(source, Quantizer, quant_opts, folder / QUANT_DIR, splits["validation"],
+                                    accuracy, guard, measure.threads, on_decision)
+        decisions += made
+        summary.append({"step": f"quant:{Quantizer.id}", "outcome": final_outcome(made)})
+        if quantized is not None:
+            accuracy = made[-1].accuracy_after
+            runtime = quantized.runtime
+            shipped = _onnx_file(quantized) if runtime == "onnxruntime" else quantized.files[0]
+            artifact = _relative(shipped, folder)
+            quant_report = {k: _relative(v, folder) if k == "source" else v for k, v in quantized.report.items()}
+            quant_report["files"] = [_relative(f, folder) for f in quantized.files]
+            if runtime == "onnxruntime" and source.onnx is not None:  # None: the quantizer exported itself
+                agreement = _agreement(Path(source.onnx), _onnx_file(quantized), splits["test"], measure.threads)
+
+    before, after = _measure(folder, model_dir, tokenized["test"], splits["test"], runtime=runtime,
+                             artifact=folder / artifact, quantized=quantized, measure=measure,
+                             original_tokenizer=ctx.prepared.tokenizer)
+    return {
+        "steps": summary, "decisions": [d.to_dict() for d in decisions], "pruning": reports,
+        "quantization": quant_report, "guard": guard.model_dump(),
+        "validation_accuracy": {"before": start_accuracy, "after": accuracy},
+        "runtime": runtime, "artifact": artifact,
+        "before": before.to_dict(), "after": after.to_dict(),
+        "before_headline": before.headline(), "after_headline": after.headline(),
+        "agreement": agreement,
+    }
+
+
+def _quantize(source: Any, Quantizer: Any, opts: Any, work_dir: Path, validation: Any, accuracy: float,
+              guard: Any, threads: int, on_decision: Any) -> tuple[Any, list[GuardDecision]]:
+    """The quantization step under the guard: no half strength, so kept or reverted."""
+    from alambic.quantization import QuantContext
+
+    context = QuantContext(work_dir=work_dir, calibration=validation)
+
+    def apply(o: Any) -> Any:
+        return Quantizer.apply(source, o, context)  # exports source.onnx into work_dir once
+
+    def score(result: Any) -> float:
+        if result.runtime == "onnxruntime":
+            from alambic.measure import onnx_evaluate
+            from alambic.onnx_export import ort_session
+
+            return onnx_evaluate(ort_session(_onnx_file(result), threads), validation)["accuracy"]
+        from alambic.training import evaluate
+
+        return evaluate(result.model, validation)["accuracy"]
+
+    result, made = guarded_step(apply, score, opts, half=lambda o: None, accuracy_before=accuracy,
+                                max_drop=guard.max_drop, retries=guard.retries, name=f"quant:{Quantizer.id}",
+                                plugin=Quantizer.id, on_decision=on_decision)
+    if result is None:
+        shutil.rmtree(work_dir, ignore_errors=True)  # a reverted quantization ships nothing
+    return result, made
+
+
+def _onnx_file(quantized: Any) -> Path:
+    found = [f for f in quantized.files if Path(f).suffix == ".onnx"]
+    if not found:
+        raise AlambicError(f"quantizer '{quantized.report.get('quantizer')}' says onnxruntime but wrote no .onnx file")
+    return Path(found[0])
+
+
+def _relative(path: Any, folder: Path) -> Any:
+    """A path inside the stage folder, relative to it (the stage is renamed, maybe downloaded)."""
+    try:
+        return Path(path).resolve().relative_to(folder.resolve()).as_posix()
+    except (TypeError, ValueError):
+        return path
+
+
+def _agreement(source: Path, quantized: Path, test: Any, threads: int) -> dict[str, Any]:
+    """Argmax agreement of the quantized graph with its fp32 ONNX source on the whole test split."""
+    from alambic.onnx_export import compare_logits
+
+    found = compare_logits(source, quantized, test, max_examples=len(test), threads=threads)
+    found |= {"reference": source.name, "split": "test", "threshold": MIN_AGREEMENT,
+              "ok": found["argmax_agreement"] >= MIN_AGREEMENT}
+    if not found["ok"]:
+        log.warning("the quantized graph agrees with its fp32 source on %.2f%% of the test rows (< %.0f%%)",
+                    100 * found["argmax_agreement"], 100 * MIN_AGREEMENT)
+    return found
+
+
+def _measure(folder: Path, model_dir: Path, test_before: Any, test_after: Any, *, runtime: str, artifact: Path,
+             quantized: Any, measure: MeasureSettings, original_tokenizer: Any) -> tuple[Measurement, Measurement]:
+    """Before: the input folder in PyTorch. After: the artifact in its runtime. Both on test."""
+    from alambic.measure import measure_onnx, measure_pytorch
+
+    common = {"runs": measure.runs, "warmup": measure.warmup, "memory": measure.memory}
+    with tempfile.TemporaryDirectory(prefix="alambic-vocab-") as tmp:
+        vocab = vocab_files(model_dir)
+        if not vocab:  # the run's tokenizer: its vocabulary ships with the model too
+            original_tokenizer.save_pretrained(tmp)
+            vocab = vocab_files(tmp)
+        before = measure_pytorch(model_dir, test_before, measure.lengths, measure.threads,
+                                 tokenizer_files=vocab, **common)
+    model_path = folder / MODEL_DIR
+    if runtime == "onnxruntime":
+        after = measure_onnx(artifact, test_after, measure.lengths, measure.threads,
+                             tokenizer_files=vocab_files(model_path), vocab_size=_vocab_size(model_path), **common)
+    elif quantized is not None:
+        after = measure_pytorch(model_path, test_after, measure.lengths, measure.threads, weights=artifact,
+                                model=quantized.model, **common)
+    else:
+        after = measure_pytorch(model_path, test_after, measure.lengths, measure.threads, **common)
+    after.artifact = _relative(artifact, folder)
+    before.artifact = str(model_dir)
+    return before, after
+
+
+def _vocab_size(model_path: Path) -> int | None:
+    try:
+        return int(json.loads((model_path / "config.json").read_text(encoding="utf-8"))["vocab_size"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+# --- report ---------------------------------------------------------------------------------
+
+
+def format_record(record: CompressRecord) -> list[Table]:
+    """Two rich tables: before/after measurements, then the guard's decisions."""
+    title = f"compress {record.key[:12]}{' (reused)' if record.reused else ''}: {record.runtime}"
+    tables = [format_measurements({"before": record.before, "after": record.after}, title=title),
+              format_decisions(record.decisions)]
+    if record.agreement:
+        from rich.table import Table
+
+        a = record.agreement
+        table = Table("quantized vs fp32 ONNX", "test rows", "argmax agreement", "max |logit diff|",
+                      title="quantization check")
+        mark = "[green]ok[/green]" if a["ok"] else f"[red]below {a['threshold']:.0%}[/red]"
+        table.add_row(a.get("reference", ""), f"{a['examples']:,}", f"{a['argmax_agreement']:.2%} {mark}",
+                      f"{a['max_abs_diff']:.4f}")
+        tables.append(table)
+    return tables
+
+
+__all__ = ["CompressRecord", "MIN_AGREEMENT", "MeasureSettings", "compress", "format_record", "model_digest",
+           "parse_lengths", "parse_steps", "step_label"]

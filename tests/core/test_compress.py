@@ -1,0 +1,198 @@
+"""core/compress.py: parse the steps, prune and quantize a trained model under the guard, measure
+before and after, store the result and its record, reuse it."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import yaml
+from rich.console import Console
+
+from alambic import compress as compress_module
+from alambic.compress import (
+    MeasureSettings,
+    compress,
+    format_record,
+    model_digest,
+    parse_lengths,
+    parse_steps,
+    step_label,
+)
+from alambic.config import PruningStep
+from alambic.errors import AlambicError
+from alambic.manager import build_registry
+from tests.core.test_guard import Scramble
+
+FAST = MeasureSettings(lengths=(8, 16), threads=1, runs=3, warmup=1)
+
+
+# --- steps ----------------------------------------------------------------------------------
+
+
+def test_steps_are_parsed_in_order():
+    steps = parse_steps(" heads:0.25, ffn:0.3 ,vocab", build_registry())
+    assert steps == [PruningStep(pruner="heads", amount=0.25), PruningStep(pruner="ffn", amount=0.3),
+                     PruningStep(pruner="vocab")]
+    assert [step_label(s) for s in steps] == ["heads:0.25", "ffn:0.3", "vocab"]
+    assert parse_steps("") == parse_steps(None) == parse_steps("none") == []
+
+
+@pytest.mark.parametrize(("text", "message"), [
+    ("heads:0.25,,vocab", r"step 2 is empty"),
+    ("heads:lots", r"step 'heads:lots': amount 'lots' is not a number"),
+    ("ffn:1.5", r"step 'ffn:1.5': amount must be a fraction in \[0, 1\]"),
+    ("ffn:nan", r"amount must be a fraction"),
+    (":0.3", r"no pruner id"),
+    ("head:0.25", r"step 'head:0.25': unknown pruners id 'head' \(did you mean 'heads'\?\)"),
+    ("vocab:0.5", r"step 'vocab:0.5': pruner 'vocab' has no strength"),
+])
+def test_bad_steps_name_the_bad_part(text, message):
+    with pytest.raises(AlambicError, match=message):
+        parse_steps(text, build_registry())
+
+
+def test_lengths_are_parsed():
+    assert parse_lengths("64, 16,32,16") == (16, 32, 64)
+    for bad in ("16,x", "", "1,16"):
+        with pytest.raises(AlambicError, match="--lengths"):
+            parse_lengths(bad)
+
+
+def test_model_digest_follows_the_content(tmp_path):
+    (tmp_path / "config.json").write_text("{}")
+    first = model_digest(tmp_path)
+    assert model_digest(tmp_path) == first
+    (tmp_path / "config.json").write_text('{"a": 1}')
+    assert model_digest(tmp_path) != first
+    (tmp_path / "manifest.json").write_text(json.dumps({"files": [{"path": "x", "sha256": "0" * 64, "size": 1}]}))
+    assert model_digest(tmp_path) != first  # a store stage: its manifest's hashes
+
+
+# --- end to end -----------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """A run of 160 headlines whose label is their first character, and a 2-layer roberta-l4
+    trained on them (its folder holds its tokenizer)."""
+    from alambic.plugins.students import RobertaL4
+    from alambic.run import RunContext
+    from alambic.training import TrainSettings, evaluate, fit
+
+    root = tmp_path_factory.mktemp("run")
+    rows = [f"{'好坏'[i % 2]}消息第{i}条\t{i % 2}" for i in range(160)]
+    (root / "train.tsv").write_text("\n".join(rows) + "\n", encoding="utf-8")
+    config = {
+        "name": "tiny", "store": str(root / "artifacts"),
+        "data": {"train": "train.tsv", "format": "tsv", "header": False, "text_column": 0, "label_column": 1,
+                 "split": {"validation": 0.2, "test": 0.2}},
+        "tokenizer": {"name_or_path": None, "vocab_size": 200, "min_frequency": 1, "max_length": 16},
+        "guard": {"max_drop": 1.0, "retries": 2},
+    }
+    (root / "run.yaml").write_text(yaml.safe_dump(config, allow_unicode=True), encoding="utf-8")
+    ctx = RunContext.open(root / "run.yaml", quiet=True)
+    data = ctx.prepared
+    import torch
+
+    torch.manual_seed(0)
+    model = RobertaL4.build(num_labels=2, id2label=data.label_names, layers=2, hidden=64, heads=4, ffn=128,
+                            vocab_size=len(data.tokenizer))
+    fit(model, data.tokenized["train"], data.tokenized["validation"],
+        TrainSettings(epochs=3, learning_rate=3e-3, batch_size=8, warmup_ratio=0.0))
+    assert evaluate(model, data.tokenized["validation"])["accuracy"] == 1.0, "the rule was not learnt"
+    folder = root / "trained"
+    model.save_pretrained(folder)
+    data.tokenizer.save_pretrained(folder)
+    return root, folder
+
+
+def test_compress_prunes_quantizes_measures_and_is_reused(trained, monkeypatch):
+    from alambic.run import RunContext
+
+    root, folder = trained
+    ctx = RunContext.open(root / "run.yaml", quiet=True)
+    ctx.registry["pruners"].add(Scramble)  # a step made to hurt accuracy
+    steps = parse_steps("ffn:0.25,scramble:0.8,vocab", ctx.registry)
+    printed = []
+    record = compress(ctx, folder, steps, "dynamic-int8", measure=FAST, on_decision=printed.append)
+
+    assert not record.reused and record.path.is_dir()
+    assert printed == record.decisions
+    # the guard: the step made to hurt is retried at half strength twice, then reverted
+    scramble = [d for d in record.decisions if d.plugin == "scramble"]
+    assert [(d.outcome, d.strength) for d in scramble] == [("retried", 0.8), ("retried", 0.4), ("reverted", 0.2)]
+    assert all(d.drop_points > 1.0 for d in scramble)
+    outcomes = {s["step"]: s["outcome"] for s in record.record["steps"]}
+    assert outcomes["scramble:0.8"] == "reverted"
+    assert outcomes["vocab"] == "kept" and outcomes["quant:dynamic-int8"] == "kept"
+    assert all(d.drop_points <= 1.0 for d in record.decisions if d.outcome == "kept")
+
+    # the files: the pruned model, the quantized graph, the record
+    files = {p.relative_to(record.path).as_posix() for p in record.path.rglob("*") if p.is_file()}
+    assert {"model/model.safetensors", "model/config.json", "model/vocab.txt", "record.json",
+            "quantized/model.int8-dynamic.onnx", "manifest.json"} <= files
+    assert record.artifact == record.path / "quantized" / "model.int8-dynamic.onnx"
+    assert record.runtime == "onnxruntime" == record.after.runtime
+
+    # measured before (PyTorch, the input folder) and after (ONNX Runtime, the artifact), on test
+    before, after = record.before, record.after
+    test_rows = len(ctx.prepared.tokenized["test"])
+    assert before.examples == after.examples == test_rows
+    assert after.params < before.params  # the vocabulary (and FFN) went
+    assert after.size_bytes < before.size_bytes / 2  # int8
+    assert set(after.files) == {"model.int8-dynamic.onnx", "vocab.txt"}
+    assert set(before.files) == {"model.safetensors", "config.json", "vocab.txt"}
+    for m in (before, after):
+        assert m.threads == 1 and m.machine["threads"] == 1 and m.machine["cpu"]
+        assert set(m.latency_ms) == {"8", "16"} and m.memory["peak_rss_bytes"] > 0
+    # the quantized graph against its fp32 source, on the whole test split
+    agreement = record.agreement
+    assert agreement["examples"] == test_rows and agreement["split"] == "test"
+    assert agreement["argmax_agreement"] >= 0.99 and agreement["ok"] is True
+
+    saved = json.loads((record.path / "record.json").read_text(encoding="utf-8"))
+    assert saved["decisions"] == [d.to_dict() for d in record.decisions]
+    assert saved["agreement"] == agreement and saved["before"] == before.to_dict()
+    console = Console(width=200, record=True)
+    for table in format_record(record):
+        console.print(table)
+    text = console.export_text()
+    assert "reverted" in text and "retried" in text and "argmax agreement" in text and "before" in text
+
+    # the same call again: reused, nothing re-run
+    monkeypatch.setattr(compress_module, "guarded_step", lambda *a, **k: pytest.fail("ran again"))
+    ctx2 = RunContext.open(root / "run.yaml", quiet=True)
+    ctx2.registry["pruners"].add(Scramble)
+    again = compress(ctx2, folder, steps, "dynamic-int8", measure=FAST)
+    assert again.reused and again.key == record.key and again.path == record.path
+    assert again.decisions == record.decisions and again.after == record.after
+
+
+def test_without_quantizer_the_pruned_folder_is_the_artifact(trained):
+    from alambic.run import RunContext
+
+    root, folder = trained
+    ctx = RunContext.open(root / "run.yaml", quiet=True)
+    settings = MeasureSettings(lengths=(8,), threads=1, runs=2, warmup=0, memory=False)
+    record = compress(ctx, folder, parse_steps("vocab"), None, measure=settings)
+    assert record.runtime == "pytorch" and record.artifact == record.path / "model"
+    assert record.agreement is None and record.after.memory == {}
+    assert record.after.params < record.before.params
+    assert [d.outcome for d in record.decisions] == ["kept"]
+
+
+def test_compress_refuses_bad_inputs(trained, tmp_path):
+    from alambic.errors import PluginError
+    from alambic.run import RunContext
+
+    root, folder = trained
+    ctx = RunContext.open(root / "run.yaml", quiet=True)
+    with pytest.raises(AlambicError, match="folder not found"):
+        compress(ctx, tmp_path / "nowhere", [], None)
+    with pytest.raises(PluginError, match="did you mean 'dynamic-int8'"):
+        compress(ctx, folder, [], "dynamic-int9")
+    with pytest.raises(AlambicError, match="unknown option 'per_chanel'"):
+        compress(ctx, folder, [], "dynamic-int8", {"per_chanel": True})
+    with pytest.raises(AlambicError, match="without a quantizer"):
+        compress(ctx, folder, [], None, {"per_channel": True})

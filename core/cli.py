@@ -208,6 +208,70 @@ def distill(
         console.print(f"{record.metrics['test']['accuracy'] / teacher_accuracy:.1%} of the teacher's test accuracy")
 
 
+@app.command()
+def compress(
+    path: Annotated[Path, typer.Argument(help="The run config (YAML): its data, tokenizer and guard.")],
+    model: Annotated[Path, typer.Option("--model", "-m", help=(
+        "The model to compress: a save_pretrained folder (e.g. a distilled student's stage folder)."))],
+    steps: Annotated[str, typer.Option(help=(
+        "Pruning steps in order, comma-separated pruner[:amount], e.g. heads:0.25,ffn:0.3,vocab; "
+        "'none' for no pruning. `alambic plugins` lists the pruners."))] = "none",
+    quant: Annotated[str, typer.Option(help=(
+        "A quantizer id (dynamic-int8, static-int8, fp16, mixed, ...) or 'none'."))] = "none",
+    quant_options: Annotated[list[str] | None, typer.Option(
+        "--quant-option", help="A quantizer option, e.g. --quant-option runtime=pytorch.")] = None,
+    lengths: Annotated[str, typer.Option(help="Sequence lengths latency is measured at.")] = "16,32,64,128",
+    threads: Annotated[int, typer.Option(min=1, help="Intra-op threads while measuring latency.")] = 1,
+    runs: Annotated[int, typer.Option(min=1, help="Timed runs per length (after warm-up).")] = 50,
+    memory: Annotated[bool, typer.Option(help="Measure peak RSS in a fresh process.")] = True,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the record as JSON.")] = False,
+) -> None:
+    """Prune and quantize a trained model under the accuracy guard; measure it before and after.
+
+    Each step is evaluated on the validation split: one that costs more than guard.max_drop points
+    is retried at half strength (guard.retries times), then reverted. The result, its guard
+    decisions and its measurements are stored as a stage, reused when the same call is made again.
+    """
+    from alambic.compress import MeasureSettings, format_record, parse_lengths, parse_steps
+    from alambic.compress import compress as run_compress
+    from alambic.run import RunContext
+
+    ctx = RunContext.open(path, quiet=State.quiet or as_json)
+    settings = MeasureSettings(lengths=parse_lengths(lengths), threads=threads, runs=runs,
+                               warmup=min(10, runs), memory=memory)
+    pruning = parse_steps(steps, ctx.registry)
+    options = _key_values(quant_options or [], "--quant-option")
+    def show(d) -> None:  # each guard decision as it is made
+        if not as_json:
+            console.print(f"guard {d.step} (try {d.attempt}): validation accuracy {d.accuracy_before:.4f} -> "
+                          f"{d.accuracy_after:.4f}, {d.note}", highlight=False, markup=False)
+
+    record = run_compress(ctx, model, pruning, quant, options or None, measure=settings, on_decision=show)
+    if as_json:
+        print(json.dumps(record.to_dict(), ensure_ascii=False, indent=2, default=str))
+        return
+    for table in format_record(record):
+        console.print(table)
+    console.print(f"ships: {record.artifact} ({record.runtime})  record: {record.path / 'record.json'}",
+                  highlight=False)
+
+
+def _key_values(items: list[str], flag: str) -> dict[str, object]:
+    """``["per_channel=true", "calibration=entropy"]`` -> a dict, values read as YAML scalars."""
+    import yaml
+
+    found: dict[str, object] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise AlambicError(f"{flag} {item!r}: expected key=value, e.g. {flag} per_channel=true")
+        try:
+            found[key.strip()] = yaml.safe_load(value) if value.strip() else ""
+        except yaml.YAMLError:
+            raise AlambicError(f"{flag} {item!r}: cannot read the value {value!r}") from None
+    return found
+
+
 def _print_model_record(what: str, path: Path, metrics: dict, reused: bool) -> None:
     table = Table(title=f"{what} ({'reused from the store' if reused else 'trained'})")
     for column in ("split", "accuracy", "macro-F1"):

@@ -196,3 +196,37 @@ def test_compress_refuses_bad_inputs(trained, tmp_path):
         compress(ctx, folder, [], "dynamic-int8", {"per_chanel": True})
     with pytest.raises(AlambicError, match="without a quantizer"):
         compress(ctx, folder, [], None, {"per_channel": True})
+
+
+def test_cli_compress_prints_before_after_and_the_guard(trained):
+    from tests.core.test_cli import alambic
+
+    root, folder = trained
+    done = alambic("compress", str(root / "run.yaml"), "--model", str(folder), "--steps", "ffn:0.25,vocab",
+                   "--quant", "dynamic-int8", "--quant-option", "per_channel=true", "--lengths", "8",
+                   "--runs", "2", "--no-memory", cwd=root)
+    assert done.returncode == 0, done.stderr
+    out = done.stdout
+    assert "guard ffn:0.25 (try 0): validation accuracy" in out and "guard vocab (try 0)" in out
+    assert "before" in out and "after" in out and "argmax agreement" in out
+    assert "ships:" in out and "model.int8-dynamic.onnx (onnxruntime)" in out
+
+    as_json = alambic("compress", str(root / "run.yaml"), "--model", str(folder), "--steps", "ffn:0.25,vocab",
+                      "--quant", "dynamic-int8", "--quant-option", "per_channel=true", "--lengths", "8",
+                      "--runs", "2", "--no-memory", "--json", cwd=root)
+    record = json.loads(as_json.stdout)
+    assert record["reused"] is True and record["runtime"] == "onnxruntime"
+    assert [s["outcome"] for s in record["steps"]] == ["kept", "kept", "kept"]
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["--steps", "head:0.3"], "did you mean 'heads'"),
+    (["--quant-option", "per_channel"], "expected key=value"),
+    (["--lengths", "x"], "--lengths 'x'"),
+])
+def test_cli_compress_bad_arguments_are_one_clear_error(trained, args, message):
+    from tests.core.test_cli import alambic
+
+    root, folder = trained
+    done = alambic("compress", str(root / "run.yaml"), "--model", str(folder), *args, cwd=root)
+    assert done.returncode == 2 and message in done.stderr and "Traceback" not in done.stderr

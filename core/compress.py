@@ -10,25 +10,22 @@
     record.agreement          # quantized ONNX vs its fp32 ONNX source: argmax agreement on test
     record.artifact           # the quantized ONNX graph, or the (pruned) model folder
 
-The loop::
+The loop, in two stages of the store::
 
-    model, tokenizer = load(model_dir)              # the folder's tokenizer, else the run's
-    accuracy = validation accuracy of model
-    for step in steps:                              # guarded: kept, retried at half, or reverted
-        model = Pruner.apply(model, options, PruneContext(validation, train, tokenizer))
-        (after vocabulary pruning: the splits are remapped, the tokenizer is the pruned one)
-    save model/                                     # safetensors + tokenizer
-    quantized = Quantizer.apply(model)              # guarded too; no half strength: kept or reverted
-    measure before and after (alambic.measure) on the test split; write record.json
+    prune stage (stages/<prune-key>/: model/, prune.json), keyed by the model, data, steps, guard:
+        model, tokenizer = load(model_dir)          # the folder's tokenizer, else the run's
+        for step in steps:                          # guarded: kept, retried at half, or reverted
+            model = Pruner.apply(model, options, PruneContext(validation, train, tokenizer))
+            (after vocabulary pruning: the splits are remapped, the tokenizer is the pruned one)
+        save model/                                 # safetensors + the pruned model's tokenizer
+    compress stage (stages/<key>/), keyed by the prune stage, quantizer, options, guard, measuring:
+        model/       the pruned model, copied in: the stage ships whole
+        quantized/   Quantizer.apply(model): guarded too, no half strength: kept or reverted
+        record.json  steps, decisions, pruning reports, measurements before/after, agreement
 
-The result is a stage of the store (``stages/<key>/``), keyed by the model folder's content, the
-data, the steps, the quantizer and its options, the guard and the measuring settings; the same
-call again reuses it::
-
-    model/        the pruned fp32 model: model.safetensors, config.json, tokenizer (vocab.txt ...)
-    quantized/    the quantizer's files (model.int8-dynamic.onnx, its fp32.onnx source,
-                  quantization.json) when the quantization was kept
-    record.json   steps, decisions, pruning reports, measurements before/after, agreement
+Candidates that share a pruning but not a quantizer prune once; the same call again reuses both
+stages. Before is the input folder in PyTorch on the test split; after is what a phone ships, in
+its runtime, on the test split tokenized by the pruned model's own tokenizer.
 """
 
 from __future__ import annotations
@@ -56,6 +53,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 RECORD_FILE = "record.json"
+PRUNE_FILE = "prune.json"
 MODEL_DIR = "model"
 QUANT_DIR = "quantized"
 #: a quantized ONNX graph should predict as its fp32 source on at least this share of the test rows
@@ -86,6 +84,8 @@ class CompressRecord:
     agreement: dict[str, Any] | None  # quantized ONNX vs fp32 ONNX on the test split
     reused: bool
     record: dict[str, Any] = field(default_factory=dict)  # record.json
+    prune_key: str | None = None  # the pruning stage (None: no steps)
+    prune_reused: bool = True
 
     def to_dict(self) -> dict[str, Any]:
         return {**self.record, "key": self.key, "path": str(self.path), "artifact": str(self.artifact),
@@ -169,6 +169,13 @@ def model_digest(model_dir: str | Path) -> str:
     return stable_hash([(p.relative_to(folder).as_posix(), file_sha256(p)) for p in files])
 
 
+def _check_model_dir(model_dir: Path) -> None:
+    if not model_dir.is_dir():
+        raise AlambicError(f"--model: folder not found: {model_dir} (give a folder written by save_pretrained)")
+    if not (model_dir / "config.json").is_file():
+        raise AlambicError(f"--model: {model_dir} has no config.json (not a save_pretrained folder)")
+
+
 def _load_inputs(ctx: Any, model_dir: Path) -> tuple[Any, Any, Any, str, str]:
     """(model, tokenizer, tokenized splits, tokenized key, where the tokenizer came from)."""
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
@@ -176,10 +183,7 @@ def _load_inputs(ctx: Any, model_dir: Path) -> tuple[Any, Any, Any, str, str]:
     from alambic.data import tokenize_data, tokenized_key
     from alambic.models import check_vocab, load_pretrained
 
-    if not model_dir.is_dir():
-        raise AlambicError(f"--model: folder not found: {model_dir} (give a folder written by save_pretrained)")
-    if not (model_dir / "config.json").is_file():
-        raise AlambicError(f"--model: {model_dir} has no config.json (not a save_pretrained folder)")
+    _check_model_dir(model_dir)
     model = load_pretrained(model_dir, AutoModelForSequenceClassification, config_key="--model").eval()
     data = ctx.prepared
     if any((model_dir / name).is_file() for name in _TOKENIZER_FILES):
@@ -205,11 +209,87 @@ def _load_inputs(ctx: Any, model_dir: Path) -> tuple[Any, Any, Any, str, str]:
 # --- the loop -------------------------------------------------------------------------------
 
 
+@dataclass(frozen=True)
+class PruneRecord:
+    """The pruning stage's result: the pruned model folder (with its tokenizer) and its decisions."""
+
+    key: str | None  # None: no steps, the input folder itself
+    model_dir: Path
+    record: dict[str, Any]  # steps, decisions, pruning reports, validation accuracy before/after
+    reused: bool
+
+
+def prune(ctx: Any, model_dir: str | Path, steps: Sequence[PruningStep], *,
+          on_decision: Callable[[GuardDecision], None] | None = None) -> PruneRecord:
+    """The guarded pruning steps on ``model_dir``, stored as a stage (``model/`` + ``prune.json``)
+    keyed by the model's content, the data, the steps and the guard; reused when made before.
+    With no steps the input folder is the result and nothing is written."""
+    model_dir = Path(model_dir).expanduser()
+    if not steps:
+        return PruneRecord(key=None, model_dir=model_dir, record={"steps": [], "decisions": [], "pruning": []},
+                           reused=True)
+    pruners = [ctx.registry["pruners"].get(step.pruner) for step in steps]
+    options = [P.options(step.amount, **step.options) for P, step in zip(pruners, steps, strict=True)]
+    _check_model_dir(model_dir)
+    inputs = {"stage": "prune", "model": model_digest(model_dir), "data": ctx.prepared.tokenized_key,
+              "steps": [s.model_dump() for s in steps], "guard": ctx.config.guard.model_dump()}
+    key = stable_hash(inputs)[:32]
+
+    def build(folder: Path) -> dict[str, Any]:
+        model, tokenizer, tokenized, _, _ = _load_inputs(ctx, model_dir)
+        record = _prune(ctx, folder, model, tokenizer, tokenized, steps, pruners, options, on_decision)
+        record |= {"key": key, "inputs": inputs}
+        (folder / PRUNE_FILE).write_text(json.dumps(record, ensure_ascii=False, indent=2, default=str) + "\n",
+                                         encoding="utf-8")
+        return {"outcomes": {s["step"]: s["outcome"] for s in record["steps"]}}
+
+    _, reused = ctx.store.get_or_build_stage(key, "prune", build)
+    path = ctx.store.local_path(ctx.store.stage_path(key))
+    record = json.loads((path / PRUNE_FILE).read_text(encoding="utf-8"))
+    return PruneRecord(key=key, model_dir=path / MODEL_DIR, record=record, reused=reused)
+
+
+def _prune(ctx: Any, folder: Path, model: Any, tokenizer: Any, tokenized: Any, steps: Sequence[PruningStep],
+           pruners: Sequence[type], options: Sequence[Any], on_decision: Any) -> dict[str, Any]:
+    """Each step under the guard, in order; the pruned model saved in ``folder/model``."""
+    from alambic.guard import final_outcome
+    from alambic.pruning import PruneContext
+    from alambic.training import evaluate
+
+    guard = ctx.config.guard
+    splits = {name: tokenized[name] for name in ("train", "validation")}
+    accuracy = start_accuracy = evaluate(model, splits["validation"])["accuracy"]
+    decisions: list[GuardDecision] = []
+    summary, reports = [], []
+    for step, Pruner, opts in zip(steps, pruners, options, strict=True):
+        context = PruneContext(validation=splits["validation"], train=splits["train"], tokenizer=tokenizer)
+        result, made = guarded_step(
+            apply=lambda o, P=Pruner, c=context: P.apply(model, o, c),
+            evaluate=lambda r: evaluate(r.model, r.remap(splits["validation"]))["accuracy"],
+            options=opts, half=Pruner.half, accuracy_before=accuracy, max_drop=guard.max_drop,
+            retries=guard.retries, name=step_label(step), plugin=Pruner.id, on_decision=on_decision)
+        decisions += made
+        summary.append({"step": step_label(step), "outcome": final_outcome(made)})
+        if result is not None:
+            model, accuracy = result.model, made[-1].accuracy_after
+            if result.token_map is not None:  # the data in the new vocabulary, the new tokenizer
+                splits = {name: result.remap(split) for name, split in splits.items()}
+                tokenizer = result.tokenizer
+            reports.append(result.report)
+    model.save_pretrained(folder / MODEL_DIR)  # safetensors
+    tokenizer.save_pretrained(folder / MODEL_DIR)  # the pruned model's own vocabulary
+    return {"steps": summary, "decisions": [d.to_dict() for d in decisions], "pruning": reports,
+            "validation_accuracy": {"before": start_accuracy, "after": accuracy}}
+
+
 def compress(ctx: Any, model_dir: str | Path, steps: Sequence[PruningStep], quant: str | None = None,
              quant_options: Mapping[str, Any] | None = None, *, measure: MeasureSettings | None = None,
              on_decision: Callable[[GuardDecision], None] | None = None) -> CompressRecord:
     """Prune ``model_dir`` step by step and quantize it, under the run's guard; measure before and
     after; store the result as a stage (reused when the same call was made before).
+
+    Pruning is a stage of its own (:func:`prune`), so candidates that differ only in their
+    quantizer prune once.
 
     :param steps: pruning steps (:func:`parse_steps`); run in order.
     :param quant: a quantizer id, or None / "none" for no quantization.
@@ -220,24 +300,24 @@ def compress(ctx: Any, model_dir: str | Path, steps: Sequence[PruningStep], quan
     measure = measure or MeasureSettings()
     model_dir = Path(model_dir).expanduser()
     quant = None if quant in (None, "", "none") else quant
-    pruners = [ctx.registry["pruners"].get(step.pruner) for step in steps]
-    options = [P.options(step.amount, **step.options) for P, step in zip(pruners, steps, strict=True)]
+    for step in steps:  # every id and option checked before any work
+        ctx.registry["pruners"].get(step.pruner).options(step.amount, **step.options)
     Quantizer = ctx.registry["quantizers"].get(quant) if quant else None
     quant_opts = Quantizer.options(quant_options) if Quantizer else None
     if quant_options and not Quantizer:
         raise AlambicError("quantizer options given without a quantizer (--quant)")
-    model, tokenizer, tokenized, data_key, tokenizer_source = _load_inputs(ctx, model_dir)
+    _check_model_dir(model_dir)
+    pruned = prune(ctx, model_dir, steps, on_decision=on_decision)
     guard = ctx.config.guard
-    inputs = {"stage": "compress", "model": model_digest(model_dir), "data": data_key,
-              "steps": [s.model_dump() for s in steps], "quant": quant,
-              "quant_options": describe_options(quant_opts), "guard": guard.model_dump(), "measure": measure}
+    inputs = {"stage": "compress", "model": model_digest(model_dir), "data": ctx.prepared.tokenized_key,
+              "pruned": pruned.key, "quant": quant, "quant_options": describe_options(quant_opts),
+              "guard": guard.model_dump(), "measure": measure}
     key = stable_hash(inputs)[:32]
 
     def build(folder: Path) -> dict[str, Any]:
         start = time.perf_counter()
-        record = _run(ctx, folder, model, tokenizer, tokenized, model_dir, steps, pruners, options,
-                      Quantizer, quant_opts, measure, on_decision)
-        record |= {"key": key, "model_dir": str(model_dir), "tokenizer": tokenizer_source, "inputs": inputs,
+        record = _quantize_and_measure(ctx, folder, model_dir, pruned, Quantizer, quant_opts, measure, on_decision)
+        record |= {"key": key, "model_dir": str(model_dir), "prune_key": pruned.key, "inputs": inputs,
                    "wall_time_s": round(time.perf_counter() - start, 1)}
         (folder / RECORD_FILE).write_text(json.dumps(record, ensure_ascii=False, indent=2, default=str) + "\n",
                                           encoding="utf-8")
@@ -252,52 +332,32 @@ def compress(ctx: Any, model_dir: str | Path, steps: Sequence[PruningStep], quan
         key=key, path=path, decisions=[GuardDecision.from_dict(d) for d in record["decisions"]],
         before=Measurement.from_dict(record["before"]), after=Measurement.from_dict(record["after"]),
         artifact=path / record["artifact"], runtime=record["runtime"], agreement=record.get("agreement"),
-        reused=reused, record=record)
+        reused=reused, record=record, prune_key=pruned.key, prune_reused=pruned.reused)
     log.info("compress %s %s: %s; test accuracy %.4f -> %.4f", key[:12], "reused" if reused else "built",
-             ", ".join(f"{s['step']} {s['outcome']}" for s in record["steps"]), result.before.accuracy,
-             result.after.accuracy)
+             ", ".join(f"{s['step']} {s['outcome']}" for s in record["steps"]) or "nothing",
+             result.before.accuracy, result.after.accuracy)
     ctx.pm.hook.alambic_after_candidate_measured(context=ctx, record=result.to_dict())
     return result
 
 
-def _run(ctx: Any, folder: Path, model: Any, tokenizer: Any, tokenized: Any, model_dir: Path,
-         steps: Sequence[PruningStep], pruners: Sequence[type], options: Sequence[Any], Quantizer: Any,
-         quant_opts: Any, measure: MeasureSettings, on_decision: Any) -> dict[str, Any]:
-    """The guarded steps, the files and the measurements of one compression; the record."""
+def _quantize_and_measure(ctx: Any, folder: Path, model_dir: Path, pruned: PruneRecord, Quantizer: Any,
+                          quant_opts: Any, measure: MeasureSettings, on_decision: Any) -> dict[str, Any]:
+    """The pruned model copied in, quantized under the guard, both ends measured; the record."""
     from alambic.guard import final_outcome
-    from alambic.pruning import PruneContext
     from alambic.quantization import QuantSource
     from alambic.training import evaluate
 
     guard = ctx.config.guard
-    splits = {name: tokenized[name] for name in ("train", "validation", "test")}
-    accuracy = evaluate(model, splits["validation"])["accuracy"]
-    start_accuracy = accuracy
-    decisions: list[GuardDecision] = []
-    summary, reports = [], []
-    for step, Pruner, opts in zip(steps, pruners, options, strict=True):
-        context = PruneContext(validation=splits["validation"], train=splits["train"], tokenizer=tokenizer)
-        result, made = guarded_step(
-            apply=lambda o, P=Pruner, c=context: P.apply(model, o, c),
-            evaluate=lambda r: evaluate(r.model, r.remap(splits["validation"]))["accuracy"],
-            options=opts, half=Pruner.half, accuracy_before=accuracy, max_drop=guard.max_drop,
-            retries=guard.retries, name=step_label(step), plugin=Pruner.id, on_decision=on_decision)
-        decisions += made
-        summary.append({"step": step_label(step), "outcome": final_outcome(made)})
-        if result is not None:
-            model, accuracy = result.model, made[-1].accuracy_after
-            if result.token_map is not None:
-                splits = {name: result.remap(split) for name, split in splits.items()}
-                tokenizer = result.tokenizer
-            reports.append(result.report)
-
-    model_path = folder / MODEL_DIR
-    model.save_pretrained(model_path)  # safetensors
-    tokenizer.save_pretrained(model_path)
+    _, _, tokenized_before, _, _ = _load_inputs(ctx, model_dir)
+    shutil.copytree(pruned.model_dir, folder / MODEL_DIR)  # the stage ships whole: export reads it alone
+    model, _, tokenized, _, _ = _load_inputs(ctx, folder / MODEL_DIR)
+    accuracy = evaluate(model, tokenized["validation"])["accuracy"]  # in the pruned model's own vocabulary
+    decisions = [GuardDecision.from_dict(d) for d in pruned.record["decisions"]]
+    summary = list(pruned.record["steps"])
     runtime, artifact, quant_report, agreement, quantized = "pytorch", MODEL_DIR, None, None, None
     if Quantizer is not None:
         source = QuantSource(model=model)
-        quantized, made = _quantize(source, Quantizer, quant_opts, folder / QUANT_DIR, splits["validation"],
+        quantized, made = _quantize(source, Quantizer, quant_opts, folder / QUANT_DIR, tokenized["validation"],
                                     accuracy, guard, measure.threads, on_decision)
         decisions += made
         summary.append({"step": f"quant:{Quantizer.id}", "outcome": final_outcome(made)})
@@ -309,15 +369,16 @@ def _run(ctx: Any, folder: Path, model: Any, tokenizer: Any, tokenized: Any, mod
             quant_report = {k: _relative(v, folder) if k == "source" else v for k, v in quantized.report.items()}
             quant_report["files"] = [_relative(f, folder) for f in quantized.files]
             if runtime == "onnxruntime" and source.onnx is not None:  # None: the quantizer exported itself
-                agreement = _agreement(Path(source.onnx), _onnx_file(quantized), splits["test"], measure.threads)
+                agreement = _agreement(Path(source.onnx), _onnx_file(quantized), tokenized["test"], measure.threads)
 
-    before, after = _measure(folder, model_dir, tokenized["test"], splits["test"], runtime=runtime,
+    before, after = _measure(folder, model_dir, tokenized_before["test"], tokenized["test"], runtime=runtime,
                              artifact=folder / artifact, quantized=quantized, measure=measure,
                              original_tokenizer=ctx.prepared.tokenizer)
+    validation = pruned.record.get("validation_accuracy", {})
     return {
-        "steps": summary, "decisions": [d.to_dict() for d in decisions], "pruning": reports,
+        "steps": summary, "decisions": [d.to_dict() for d in decisions], "pruning": pruned.record["pruning"],
         "quantization": quant_report, "guard": guard.model_dump(),
-        "validation_accuracy": {"before": start_accuracy, "after": accuracy},
+        "validation_accuracy": {"before": validation.get("before", accuracy), "after": accuracy},
         "runtime": runtime, "artifact": artifact,
         "before": before.to_dict(), "after": after.to_dict(),
         "before_headline": before.headline(), "after_headline": after.headline(),
@@ -436,5 +497,5 @@ def format_record(record: CompressRecord) -> list[Table]:
     return tables
 
 
-__all__ = ["CompressRecord", "MIN_AGREEMENT", "MeasureSettings", "compress", "format_record", "model_digest",
+__all__ = ["CompressRecord", "MIN_AGREEMENT", "MeasureSettings", "PruneRecord", "compress", "prune", "format_record", "model_digest",
            "parse_lengths", "parse_steps", "step_label"]

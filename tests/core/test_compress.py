@@ -230,3 +230,21 @@ def test_cli_compress_bad_arguments_are_one_clear_error(trained, args, message):
     root, folder = trained
     done = alambic("compress", str(root / "run.yaml"), "--model", str(folder), *args, cwd=root)
     assert done.returncode == 2 and message in done.stderr and "Traceback" not in done.stderr
+
+
+def test_candidates_that_differ_only_in_quantizer_prune_once(trained, monkeypatch):
+    from alambic.run import RunContext
+
+    root, folder = trained
+    ctx = RunContext.open(root / "run.yaml", quiet=True)
+    settings = MeasureSettings(lengths=(8,), threads=1, runs=2, warmup=0, memory=False)
+    steps = parse_steps("ffn:0.5")
+    first = compress(ctx, folder, steps, None, measure=settings)
+    assert not first.prune_reused and first.prune_key
+    assert (first.path / "model" / "model.safetensors").is_file()  # the stage ships whole
+    calls = []
+    monkeypatch.setattr(compress_module, "_prune", lambda *a, **k: calls.append(a) or pytest.fail("pruned again"))
+    second = compress(ctx, folder, steps, "fp16", measure=settings)
+    assert second.prune_reused and second.prune_key == first.prune_key and not second.reused
+    assert [d["step"] for d in second.record["decisions"]] == ["ffn:0.5", "quant:fp16"]
+    assert second.runtime == "onnxruntime" and not calls

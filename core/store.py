@@ -31,6 +31,7 @@ uploads of one artifact may mix files; `verify` detects that and `get_or_build_s
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import datetime
 import enum
@@ -41,11 +42,16 @@ import os
 import shutil
 import tempfile
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path, PurePath, PurePosixPath
 from typing import TYPE_CHECKING, Any
 
 from alambic.errors import StoreError
+
+try:
+    import fcntl
+except ImportError:  # Windows: no flock; stages stay correct by content addressing
+    fcntl = None  # type: ignore[assignment]
 
 if TYPE_CHECKING:
     from pyarrow.fs import FileSystem
@@ -198,6 +204,9 @@ class Store:
     base: str
     uri: str
     cache_dir: Path
+    #: one builder per stage at a time on a local store (see _stage_lock); tests of the unlocked
+    #: race turn it off
+    lock_stages: bool = True
 
     @classmethod
     def open(cls, location: str | os.PathLike[str] = DEFAULT_ROOT, cache_dir: Path | None = None) -> Store:
@@ -272,11 +281,12 @@ class Store:
         self.write_text(rel, json.dumps(obj, indent=2, sort_keys=True, ensure_ascii=False) + "\n")
 
     def list(self, rel: str = "") -> list[str]:
-        """Names directly under `rel` (empty when it does not exist), scratch entries hidden."""
+        """Names directly under `rel` (empty when it does not exist), hidden entries (scratch
+        directories, stage locks) left out."""
         from pyarrow.fs import FileSelector
 
         infos = self.fs.get_file_info(FileSelector(self._abs(rel), allow_not_found=True))
-        return sorted(i.base_name for i in infos if not _is_scratch(i.base_name))
+        return sorted(i.base_name for i in infos if not i.base_name.startswith("."))
 
     # -- artifacts -----------------------------------------------------------------------------
 
@@ -422,16 +432,34 @@ class Store:
         manifest. Returns the manifest and whether an existing stage was reused.
         """
         rel = self.stage_path(key)
-        try:
-            found = self.verify(rel) if verify else self.load_manifest(rel)
-        except StoreError as exc:  # incomplete or corrupted: never trusted, rebuilt
-            found = None
-            if self.exists(rel):
-                log.warning("%s; rebuilding", exc)
-        if found is not None and (found.kind, found.config_hash) == (kind, key):
-            return found, True
-        artifact = self.build_artifact(rel, kind=kind, config_hash=key)
-        with artifact as tmp:
-            artifact.meta.update(build(tmp) or {})
-        assert artifact.manifest is not None
-        return artifact.manifest, False
+        with self._stage_lock(key):  # concurrent trials wanting one stage: one builds, the rest reuse
+            try:
+                found = self.verify(rel) if verify else self.load_manifest(rel)
+            except StoreError as exc:  # incomplete or corrupted: never trusted, rebuilt
+                found = None
+                if self.exists(rel):
+                    log.warning("%s; rebuilding", exc)
+            if found is not None and (found.kind, found.config_hash) == (kind, key):
+                return found, True
+            artifact = self.build_artifact(rel, kind=kind, config_hash=key)
+            with artifact as tmp:
+                artifact.meta.update(build(tmp) or {})
+            assert artifact.manifest is not None
+            return artifact.manifest, False
+
+    @contextlib.contextmanager
+    def _stage_lock(self, key: str) -> Iterator[None]:
+        """An exclusive lock per stage on a local store (``stages/.<key>.lock``, flock: released
+        when its holder dies). Object stores have no locks: content addressing keeps them correct,
+        at worst two processes build the same stage and the first complete copy wins."""
+        if not (self.lock_stages and self.is_local) or fcntl is None:
+            yield
+            return
+        path = Path(self._abs("stages")) / f".{key}.lock"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(path, "a+b") as handle:
+            fcntl.flock(handle, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(handle, fcntl.LOCK_UN)

@@ -240,7 +240,9 @@ def _build_in_process(root: str, key: str, barrier: object, text: str) -> dict:
         barrier.wait(timeout=60)  # type: ignore[attr-defined]  # both built before either commits
         return {"writer": text}
 
-    manifest, _ = Store.open(root).get_or_build_stage(key, "student", build)
+    # unlocked: both build at once, and the commit logic alone must keep one intact copy
+    unlocked = dataclasses.replace(Store.open(root), lock_stages=False)
+    manifest, _ = unlocked.get_or_build_stage(key, "student", build)
     return manifest.to_dict()
 
 
@@ -376,3 +378,35 @@ def test_caller_cannot_write_the_manifest(store: Store) -> None:
         with store.build_artifact("model", kind="student") as tmp:
             (tmp / "manifest.json").write_text("{}")
     assert not store.exists("model")
+
+
+def _build_slowly(root: str, marks: str) -> None:
+    """In a child process: build one stage, leaving a mark each time the build really runs."""
+    import time as _time
+
+    from alambic.store import Store
+
+    def build(folder):
+        with open(marks, "a", encoding="utf-8") as out:
+            out.write("built\n")
+        _time.sleep(1.0)  # long enough for the other process to arrive while this one builds
+        (folder / "out.txt").write_text("x")
+
+    Store.open(root).get_or_build_stage("ab" * 16, "demo", build)
+
+
+def test_two_processes_wanting_one_stage_build_it_once(tmp_path):
+    import multiprocessing
+
+    marks = tmp_path / "marks.txt"
+    spawn = multiprocessing.get_context("spawn")
+    procs = [spawn.Process(target=_build_slowly, args=(str(tmp_path / "store"), str(marks))) for _ in range(2)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(60)
+    assert [p.exitcode for p in procs] == [0, 0]
+    assert marks.read_text().splitlines() == ["built"]  # the second waited, then reused
+    store = Store.open(tmp_path / "store")
+    assert store.verify("stages/" + "ab" * 16).kind == "demo"
+    assert store.list("stages") == ["ab" * 16]  # the lock file is hidden

@@ -6,7 +6,7 @@ import json
 import logging
 import sys
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 
 import typer
 from rich.console import Console
@@ -256,6 +256,96 @@ def compress(
                   highlight=False)
 
 
+@app.command("search")
+def search_command(
+    path: Annotated[Path, typer.Argument(help="The run config (YAML) with a search section.")],
+    resume: Annotated[bool, typer.Option(help="Continue an interrupted search (finished candidates are kept).")] = False,
+    address: Annotated[str | None, typer.Option(help=(
+        "A Ray cluster to run on ('auto', ray://host:10001); default: the config's ray.address, "
+        "else a local Ray started in-process."))] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the rows and counts as JSON at the end.")] = False,
+) -> None:
+    """Search students x distillation settings x pruning x quantization with Ray Tune.
+
+    Each candidate is one trial: distill -> prune -> quantize -> measure, every stage memoized in
+    the store. Writes results.parquet in the run directory; `alambic front` shows the front.
+    """
+    from alambic.run import RunContext
+    from alambic.search import search
+
+    ctx = RunContext.open(path, quiet=State.quiet or as_json)
+    if address:
+        ctx.config = ctx.config.model_copy(update={"ray": ctx.config.ray.model_copy(update={"address": address})})
+    live = _SearchTable(quiet=State.quiet or as_json)
+    with live:
+        result = search(ctx, resume=resume, on_row=live.add, on_start=live.start)
+    if as_json:
+        print(json.dumps({"results": result.path, "counts": result.counts, "rows": result.rows},
+                         ensure_ascii=False, indent=2, default=str))
+        return
+    console.print(_candidates_table(result.rows, title=f"{len(result.rows)} candidates ({result.seconds:.0f} s)"))
+    counts = result.counts
+    console.print("memoization: " + "; ".join(
+        f"{stage} {c['ran']} ran, {c['reused']} reused" for stage, c in counts.items() if stage != "candidates")
+        + f"; candidates {counts['candidates']['ok']} ok, {counts['candidates']['failed']} failed", highlight=False)
+    console.print(f"results: {result.path}  (alambic front {path})", highlight=False)
+
+
+def _candidates_table(rows: list[dict], title: str) -> Table:
+    table = Table(title=title)
+    for column in ("candidate", "student", "settings", "pruning", "quant", "accuracy", "size MB", "p50 ms",
+                   "front", "status"):
+        table.add_column(column)
+    for r in rows:
+        ok = r["status"] == "ok"
+        table.add_row(r["candidate_id"], r["student"], r["settings"], r["pruning"], r["quantization"],
+                      f"{r['accuracy']:.4f}" if ok else "-", f"{r['size_mb']:.2f}" if ok else "-",
+                      f"{r['latency_p50_ms']:.2f}" if ok and r.get("latency_p50_ms") is not None else "-",
+                      "*" if r.get("on_front") else "",
+                      "ok" if ok else f"[red]failed[/red]: {_escape(str(r.get('error'))[:80])}")
+    return table
+
+
+class _SearchTable:
+    """A live table of finished candidates while the search runs (nothing when quiet)."""
+
+    def __init__(self, quiet: bool) -> None:
+        self.quiet, self.rows, self.live, self.plan = quiet, [], None, {}
+
+    def __enter__(self) -> _SearchTable:
+        if not self.quiet:
+            from rich.live import Live
+
+            self.live = Live(self._render(), console=console, refresh_per_second=2, transient=True)
+            self.live.__enter__()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.live is not None:
+            self.live.__exit__(*exc)
+
+    def start(self, plan: dict) -> None:
+        self.plan = plan
+        if not self.quiet:
+            console.print(f"search {plan['name']}: {plan['algorithm']}, {plan['candidates']} candidate(s), "
+                          f"{plan['max_concurrent']} at a time, each trial {plan['trial_resources']}"
+                          f"{' (resuming)' if plan['resume'] else ''}; Tune state in {plan['storage']}",
+                          highlight=False)
+        self._refresh()
+
+    def add(self, row: dict) -> None:
+        self.rows.append(row)
+        self._refresh()
+
+    def _render(self) -> Table:
+        total = self.plan.get("candidates", "?")
+        return _candidates_table(self.rows[-15:], title=f"finished {len(self.rows)} / {total}")
+
+    def _refresh(self) -> None:
+        if self.live is not None:
+            self.live.update(self._render())
+
+
 def _key_values(items: list[str], flag: str) -> dict[str, object]:
     """``["per_channel=true", "calibration=entropy"]`` -> a dict, values read as YAML scalars."""
     import yaml
@@ -306,6 +396,141 @@ def compare(
         return
     for table in format_report(result):
         console.print(table)
+
+
+# --- front & select -------------------------------------------------------------------------
+
+
+RunArgument = Annotated[str, typer.Argument(metavar="RUN", help=(
+    "The run config (YAML), or a run directory <store>/<run name>/ holding the search's results.parquet."))]
+
+
+@app.command()
+def front(
+    run: RunArgument,
+    all_rows: Annotated[bool, typer.Option("--all", help="Every candidate, failed ones too, not only the front.")] = False,
+    plot: Annotated[Path | None, typer.Option(help=(
+        "Also draw test accuracy against size, coloured by latency p50, the front joined and its knee "
+        "named, into this PNG, e.g. --plot front.png."))] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
+) -> None:
+    """The Pareto front of a search: the candidates that no other beats on every objective.
+
+    Objectives: the config's search.objectives when RUN is a config, else accuracy (max), size_mb
+    (min) and latency_p50_ms (min). Only candidates with status ok are ranked; * marks the knee
+    (the best compromise) and crowding says how isolated a point is on its front.
+    """
+    from alambic.front import format_front, front_rows, load_results, mark_front, plot_front, resolve_run
+
+    target = resolve_run(run)
+    df = mark_front(load_results(target), target.objectives)
+    if plot is not None:
+        plot_front(df, plot)
+    if as_json:
+        print(json.dumps({"run": target.store.uri, "objectives": [{"metric": m, "mode": mode} for m, mode in
+                          target.objectives], "rows": front_rows(df, all_rows=all_rows),
+                          "plot": str(plot) if plot else None}, ensure_ascii=False, indent=2))
+        return
+    console.print(format_front(df, all_rows=all_rows))
+    if plot is not None:
+        console.print(f"plot: {plot}", highlight=False)
+
+
+@app.command()
+def select(
+    run: RunArgument,
+    tier: Annotated[Literal["high", "mid", "low"] | None, typer.Option(help=(
+        "iOS device class: high = A16 and newer (phone latency < 100 ms, peak memory <= 200 MB), "
+        "mid = A14-A15 (< 200 ms, <= 150 MB), low = A13 (< 500 ms, <= 100 MB)."))] = None,
+    max_size_mb: Annotated[float | None, typer.Option(help="Largest shipped size, MB.")] = None,
+    max_latency_ms: Annotated[float | None, typer.Option(help=(
+        "Slowest phone latency, ms (latency_p90_ms x --phone-latency-factor)."))] = None,
+    min_accuracy: Annotated[float | None, typer.Option(help="Lowest test accuracy, a fraction (0.9 = 90%).")] = None,
+    phone_latency_factor: Annotated[float | None, typer.Option(help=(
+        "Phone latency = the CPU-measured latency_p90_ms x this. Default 1.0: the CPU figure stands in "
+        "for the phone's; measure one model on the device and set phone p90 / CPU p90."))] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
+) -> None:
+    """Choose the candidate to ship for a device tier or explicit limits; write selected.json.
+
+    Among the candidates meeting every limit, the most accurate wins (tie: the smaller, then the
+    faster). With no flag: the config's select section when RUN is a config, else --tier high;
+    flags replace that section (--tier with --max-* flags needs both). The choice goes to
+    <run dir>/selected.json. Exit code 2 when nothing qualifies, with the three nearest candidates
+    and what each misses.
+    """
+    from alambic.front import format_selection, load_results, resolve_run, write_selected
+    from alambic.front import select as choose
+
+    target = resolve_run(run)
+    limits = {k: v for k, v in (("max_size_mb", max_size_mb), ("max_latency_ms", max_latency_ms),
+                                ("min_accuracy", min_accuracy)) if v is not None}
+    spec = ({"policy": "tier" if tier else "constraints", "tier": tier, **limits} if tier or limits
+            else target.select.model_dump())
+    if phone_latency_factor is not None:
+        spec["phone_latency_factor"] = phone_latency_factor
+    selection = choose(load_results(target), spec, objectives=target.objectives, registry=target.registry)
+    if as_json:
+        print(json.dumps(selection.to_dict(), ensure_ascii=False, indent=2))
+    where = write_selected(target, selection)  # NothingQualifies: exit 2, nearest candidates listed
+    if not as_json:
+        console.print(format_selection(selection))
+        console.print(f"wrote {where}", highlight=False)
+
+
+# --- export ---------------------------------------------------------------------------------
+
+
+@app.command()
+def export(
+    path: Annotated[Path, typer.Argument(metavar="RUN", help="The run config (YAML).")],
+    candidate: Annotated[str | None, typer.Option(help="A candidate id of the search (results.parquet).")] = None,
+    stage: Annotated[Path | None, typer.Option(help=(
+        "A compress stage folder to export instead (model/, record.json), e.g. from `alambic compress`."))] = None,
+    formats: Annotated[str | None, typer.Option("--format", help=(
+        "Formats, comma-separated: hf, onnx, coreml (`alambic plugins` lists more); "
+        "default: the config's export.formats."))] = None,
+    out: Annotated[Path | None, typer.Option(help="Where to write the bundle; default <run dir>/export/.")] = None,
+    options: Annotated[list[str] | None, typer.Option("--option", help=(
+        "An exporter option, format.key=value, e.g. --option coreml.epochs=5 --option coreml.int8=false."))] = None,
+    max_examples: Annotated[int, typer.Option(min=1, help="Test rows the exports are verified on.")] = 2000,
+    as_json: Annotated[bool, typer.Option("--json", help="Print verification.json.")] = False,
+) -> None:
+    """Export the selected candidate (or --candidate / --stage) to Hugging Face, ONNX and Core ML.
+
+    Each format is verified against the source model on the test split (and Core ML by its specs:
+    it cannot predict on Linux). A format that fails is reported with the op that failed and a
+    fallback to try; the others are still exported. Exit code 1 when a format failed.
+    """
+    from alambic.export import export_stage, format_verification, resolve_stage
+    from alambic.run import RunContext
+
+    ctx = RunContext.open(path, quiet=State.quiet or as_json)
+    stage_dir, recipe = resolve_stage(ctx.store, candidate=candidate, stage=stage)
+    chosen = [f.strip() for f in formats.split(",") if f.strip()] if formats else list(ctx.config.export.formats)
+    per_format: dict[str, dict[str, object]] = {"onnx": {"opset": ctx.config.export.opset}} if "onnx" in chosen else {}
+    for key, value in _key_values(options or [], "--option").items():
+        name, dot, option = key.partition(".")
+        if not dot or not option:
+            raise AlambicError(f"--option {key}: expected format.key=value, e.g. --option coreml.epochs=5")
+        per_format.setdefault(name, {})[option] = value
+    if out is None and not ctx.store.is_local:
+        raise AlambicError(f"the run's store {ctx.store.uri} is not local: give --out DIR for the bundle")
+    metadata = ctx.config.export.model_dump(include={"author", "license", "description"})
+    with console.status("exporting", spinner="dots") if not (State.quiet or as_json) else _nothing():
+        result = export_stage(stage_dir, out or ctx.store.local_path("export"), chosen,
+                              test_split=ctx.prepared.raw["test"], recipe=recipe, metadata=metadata,
+                              options=per_format, max_length=ctx.config.tokenizer.max_length,
+                              max_examples=max_examples, registry=ctx.registry)
+    if as_json:
+        print(json.dumps(result.verification, ensure_ascii=False, indent=2, default=str))
+    else:
+        console.print(format_verification(result))
+        console.print(f"bundle: {result.path} (README.md, manifest.json, verification.json)", highlight=False)
+    for failure in result.failed.values():
+        errors.print(f"[red]{_escape(failure.message)}[/red]", highlight=False, soft_wrap=True)
+    if result.failed:
+        raise typer.Exit(1)
 
 
 # --- run ------------------------------------------------------------------------------------

@@ -185,6 +185,48 @@ class Resources(Section):
 DISTILL_SETTINGS = tuple(DistillConfig.model_fields)  # a search may vary any of them
 
 
+class MeasureConfig(Section):
+    """How each candidate is measured (latency in the runtime it ships to)."""
+
+    lengths: list[int] = Field(default_factory=lambda: [16, 32, 64, 128], min_length=1,
+                               description="sequence lengths latency is measured at (batch 1)")
+    threads: int = Field(1, ge=1, description="intra-op threads while timing (1: closest to one phone core)")
+    runs: int = Field(50, ge=1, description="timed runs per length, after warm-up")
+    warmup: int = Field(10, ge=0)
+    memory: bool = Field(True, description="peak RSS of a fresh process loading the artifact")
+
+    @field_validator("lengths")
+    @classmethod
+    def _lengths(cls, value: list[int]) -> list[int]:
+        if min(value) < 2:
+            raise ValueError(f"each length must be >= 2, got {value}")
+        return sorted(set(value))
+
+
+DOMAINS = ("choice", "grid", "uniform", "loguniform", "randint")
+
+
+def check_domain(value: Any) -> Any:
+    """A search-space value: a plain value, or one domain ``{choice|grid: [...]}`` /
+    ``{uniform|loguniform|randint: [low, high]}``."""
+    if not (isinstance(value, dict) and len(value) == 1 and next(iter(value)) in DOMAINS):
+        if isinstance(value, dict) and any(k in DOMAINS for k in value):
+            raise ValueError(f"a domain has exactly one key of {', '.join(DOMAINS)}, got {sorted(value)}")
+        return value  # a plain value (a dict that is no domain, e.g. loss_weights, stays a value)
+    (kind, args), = value.items()
+    if kind in ("choice", "grid"):
+        if not isinstance(args, list) or not args:
+            raise ValueError(f"{kind} needs a non-empty list of values, got {args!r}")
+    else:
+        ok = (isinstance(args, list) and len(args) == 2
+              and all(isinstance(a, (int, float)) and not isinstance(a, bool) for a in args) and args[0] < args[1])
+        if not ok:
+            raise ValueError(f"{kind} needs [low, high] with low < high, got {args!r}")
+        if kind == "loguniform" and args[0] <= 0:
+            raise ValueError(f"loguniform needs low > 0, got {args!r}")
+    return value
+
+
 class SearchConfig(Section):
     students: list[str] = Field(..., min_length=1, description="student plugin ids")
     student_sizes: dict[str, Architecture] = Field(
@@ -212,6 +254,7 @@ class SearchConfig(Section):
         min_length=1,
     )
     resources: Resources = Resources()
+    measure: MeasureConfig = MeasureConfig()
     seed: int = 0
 
     @field_validator("space")
@@ -223,6 +266,10 @@ class SearchConfig(Section):
                     f"unknown distillation setting '{key}'{did_you_mean(key, DISTILL_SETTINGS)}; "
                     f"allowed: {', '.join(DISTILL_SETTINGS)}"
                 )
+            try:
+                check_domain(value[key])
+            except ValueError as exc:
+                raise ValueError(f"search.space.{key}: {exc}") from None
         return value
 
 
@@ -240,6 +287,8 @@ class SelectConfig(Section):
     max_size_mb: float | None = Field(None, gt=0)
     max_latency_ms: float | None = Field(None, gt=0)
     min_accuracy: float | None = Field(None, ge=0, le=1)
+    phone_latency_factor: float = Field(
+        1.0, gt=0, description="phone latency = CPU-measured p90 x this factor (measure it on a device)")
 
 
 class ExportConfig(Section):

@@ -22,7 +22,8 @@ def alambic(*args: str, cwd=PROJECT) -> subprocess.CompletedProcess:
 
 @pytest.mark.parametrize("command", [[], ["plugins"], ["config"], ["config", "check"],
                                      ["config", "schema"], ["data"], ["data", "inspect"], ["run"],
-                                     ["teacher"], ["distill"], ["compress"], ["compare"]])
+                                     ["teacher"], ["distill"], ["compress"], ["compare"], ["search"], ["front"],
+                                     ["select"], ["export"]])
 def test_every_command_has_help(command):
     result = alambic(*command, "--help")
     assert result.returncode == 0, result.stderr

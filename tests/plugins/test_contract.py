@@ -10,6 +10,7 @@ import inspect
 import pytest
 
 from alambic.manager import build_registry, get_plugin_manager
+from tests.plugins.test_selection import contract_selection_policies
 
 REGISTRY = build_registry(get_plugin_manager(env={}))
 ALL = [(kind, e) for kind, reg in REGISTRY.kinds.items() for e in reg.entries.values()]
@@ -148,6 +149,7 @@ CONTRACTS = {
     "distill_losses": contract_distill_losses,
     "pruners": contract_pruners,
     "quantizers": contract_quantizers,
+    "selection_policies": contract_selection_policies,
 }
 
 

@@ -1,0 +1,555 @@
+"""The search: Ray Tune over students x distillation settings x pruning x quantization.
+
+::
+
+    result = search(ctx)                 # or search(ctx, resume=True) after an interruption
+    result.rows                          # one dict per candidate (what results.parquet holds)
+    result.counts                        # {"distill": {"ran": 2, "reused": 10}, "prune": ..., ...}
+
+One candidate is one Tune trial; every stage of it is memoized in the store by the hash of its
+inputs, so candidates that share a distilled student distill it once, and a repeated search
+reuses everything::
+
+    driver:  teacher (train or reuse), its logits once     # before any trial
+             Tuner(candidate_trial, param_space, search algorithm).fit()
+    trial:   candidates/<id>.json exists and is ok?  -> report it, do nothing else
+             distill(student, settings)                # stage: Ray Train inside the trial when
+                                                       #   workers_per_trial > 1, else in-process
+             prune(steps) -> quantize + measure        # stages (alambic.compress)
+             candidates/<id>.json                      # the row, written atomically
+    driver:  results.parquet (one row per candidate, on_front marked), alambic_after_search
+
+A trial that raises is recorded ``status=failed`` with its error, and the search goes on. An
+interrupted search resumes with ``resume=True`` (``Tuner.restore``): finished trials are kept, and
+a trial that had finished its row before the interruption finds it and does nothing.
+
+Algorithms: ``grid`` (every combination; ``choice`` domains become grid axes), ``random``
+(``trials`` samples), ``nsga2`` / ``tpe`` (Optuna through Tune's ``OptunaSearch``, multi-objective
+over ``search.objectives``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import logging
+import math
+import os
+import shutil
+import threading
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from alambic.compress import MeasureSettings, step_label
+from alambic.config import PruningStep, RunConfig
+from alambic.errors import AlambicError, ConfigError
+from alambic.store import stable_hash
+
+log = logging.getLogger(__name__)
+
+RESULTS_FILE = "results.parquet"
+CANDIDATES_DIR = "candidates"
+TUNE_DIR = "tune"
+PRIMITIVE = (str, int, float, bool, type(None))
+#: the columns of results.parquet, in order (``distill.<setting>`` columns follow ``settings``)
+COLUMNS = ("candidate_id", "trial_id", "student", "settings", "pruning", "quantization", "accuracy",
+           "macro_f1", "size_mb", "latency_p50_ms", "latency_p90_ms", "peak_mem_mb", "model_mem_mb", "params", "runtime",
+           "latency_threads", "status", "error", "distill_key", "prune_key", "compress_key", "stage",
+           "artifact", "distill_reused", "prune_reused", "compress_reused", "seconds", "on_front")
+
+
+class CandidateFailed(AlambicError):
+    """A candidate's own error (recorded in its row); raised so that Tune marks the trial failed."""
+
+
+# --- candidates -----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """One point of the search space, resolved: what a trial builds."""
+
+    student: str
+    settings: dict[str, Any]  # distillation settings that differ from the config's distill section
+    pruning: tuple[PruningStep, ...]
+    quantization: str  # a quantizer id or "none"
+
+    @property
+    def id(self) -> str:
+        return stable_hash({"student": self.student, "settings": self.settings,
+                            "pruning": [s.model_dump() for s in self.pruning], "quant": self.quantization})[:12]
+
+    @property
+    def pruning_label(self) -> str:
+        return ",".join(step_label(s) for s in self.pruning) or "none"
+
+
+def _domain(value: Any) -> tuple[str, Any] | None:
+    """``{"choice": [...]}`` -> ("choice", [...]); a plain value -> None."""
+    from alambic.config import DOMAINS
+
+    if isinstance(value, dict) and len(value) == 1 and next(iter(value)) in DOMAINS:
+        return next(iter(value.items()))
+    return None
+
+
+def _values_as_tune(values: list[Any], as_grid: bool) -> Any:
+    """Values as a Tune grid axis (algorithm grid) or choice (the others: Optuna knows no grid).
+    Values Optuna cannot take as categories (lists, dicts) are chosen by index, looked up in the trial."""
+    from ray import tune
+
+    options = values if all(isinstance(v, PRIMITIVE) for v in values) else list(range(len(values)))
+    return tune.grid_search(options) if as_grid else tune.choice(options)
+
+
+@dataclass(frozen=True)
+class Space:
+    """The search config as a Tune param space, and the way back from a trial's params."""
+
+    search: Any  # SearchConfig
+
+    def param_space(self, algorithm: str) -> dict[str, Any]:
+        from ray import tune
+
+        grid = algorithm == "grid"
+        space: dict[str, Any] = {
+            "student": _values_as_tune(list(self.search.students), grid),
+            "pruning": _values_as_tune(list(range(len(self.search.pruning))), grid),
+            "quantization": _values_as_tune(list(self.search.quantization), grid),
+        }
+        distill = {}
+        for name, value in self.search.space.items():
+            found = _domain(value)
+            if found is None:
+                continue  # a fixed value: part of every candidate's settings, not a dimension
+            kind, args = found
+            if kind in ("choice", "grid"):
+                distill[name] = _values_as_tune(args, grid)
+            elif grid:
+                raise ConfigError("search", [f"search.space.{name}: algorithm 'grid' needs choice or grid "
+                                             f"values, got {kind} {args}; use algorithm random, nsga2 or tpe"])
+            else:
+                low, high = args
+                distill[name] = {"uniform": tune.uniform, "loguniform": tune.loguniform,
+                                 "randint": lambda lo, hi: tune.randint(int(lo), int(hi) + 1)}[kind](low, high)
+        if distill:
+            space["distill"] = distill
+        return space
+
+    def candidate(self, params: Mapping[str, Any]) -> Candidate:
+        """The candidate a trial's params stand for (indices looked up, fixed values added)."""
+        settings = {}
+        chosen = params.get("distill", {})
+        for name, value in self.search.space.items():
+            found = _domain(value)
+            if found is None:
+                settings[name] = value
+            elif found[0] in ("choice", "grid"):
+                values = found[1]
+                pick = chosen[name]
+                primitive = all(isinstance(v, PRIMITIVE) for v in values)
+                settings[name] = pick if primitive else values[int(pick)]
+            else:
+                settings[name] = int(chosen[name]) if found[0] == "randint" else float(chosen[name])
+        steps = tuple(self.search.pruning[int(params["pruning"])])
+        return Candidate(student=params["student"], settings=settings, pruning=steps,
+                         quantization=params["quantization"])
+
+    def size(self) -> int:
+        """How many candidates the grid holds (students x pruning x quantization x choices)."""
+        n = len(self.search.students) * len(self.search.pruning) * len(self.search.quantization)
+        for value in self.search.space.values():
+            found = _domain(value)
+            if found and found[0] in ("choice", "grid"):
+                n *= len(found[1])
+        return n
+
+
+def check_space(ctx: Any) -> None:
+    """Every value a domain may take is a valid distillation setting: fail before any trial."""
+    from alambic.distill import distill_settings
+
+    for name, value in ctx.config.search.space.items():
+        found = _domain(value)
+        values = [value] if found is None else found[1]
+        for v in values:
+            distill_settings(ctx.config.distill, {name: v}, where=f"search.space.{name}")
+
+
+# --- one trial ------------------------------------------------------------------------------
+
+
+@dataclass
+class SearchJob:
+    """Everything a trial needs, shipped to the Ray worker that runs it."""
+
+    config: RunConfig
+    registry: Any  # the driver's plugin registry: every trial uses the same plugin classes
+    teacher: Any  # TeacherRecord
+    measure: MeasureSettings
+    train_in_trial: bool  # True: distill in the trial's own process; False: a TorchTrainer inside
+    space: Space = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.space = Space(self.config.search)
+
+    def context(self) -> Any:
+        from alambic.manager import get_plugin_manager
+        from alambic.run import RunContext
+        from alambic.store import Store
+
+        root = Store.open(self.config.store)
+        return RunContext(config=self.config, registry=self.registry, pm=get_plugin_manager(), root=root,
+                          store=root.run(self.config.name), quiet=True)
+
+
+def candidate_trial(params: dict[str, Any], job: SearchJob) -> None:
+    """The Tune trainable: build one candidate (or find it built), report its objectives."""
+    from ray import tune
+
+    ctx = job.context()
+    candidate = job.space.candidate(params)
+    row = run_candidate(ctx, candidate, job, trial_id=tune.get_context().get_trial_id() or "")
+    if row["status"] != "ok":
+        raise CandidateFailed(f"candidate {candidate.id}: {row['error']}")
+    tune.report({k: row[k] for k in ("accuracy", "macro_f1", "size_mb", "latency_p50_ms", "latency_p90_ms",
+                                     "peak_mem_mb", "params") if row.get(k) is not None}
+                | {"candidate_id": candidate.id})
+
+
+def run_candidate(ctx: Any, candidate: Candidate, job: SearchJob, trial_id: str = "") -> dict[str, Any]:
+    """distill -> prune -> quantize -> measure, each a memoized stage; the row, also in the store.
+
+    A candidate whose row is already in the store as ok is not built again. Errors of the
+    candidate's own stages (a plugin that raises, a setting that cannot work) make a failed row.
+    """
+    from alambic.compress import compress
+    from alambic.distill import distill
+
+    rel = f"{CANDIDATES_DIR}/{candidate.id}.json"
+    if ctx.store.exists(rel):
+        row = ctx.store.read_json(rel)
+        if row.get("status") == "ok":
+            return row | {"trial_id": trial_id, "distill_reused": True, "prune_reused": True,
+                          "compress_reused": True, "seconds": 0.0}
+    start = time.perf_counter()
+    row = _base_row(candidate, trial_id)
+    try:
+        student = distill(ctx, candidate.student, candidate.settings, local=job.train_in_trial,
+                          teacher=job.teacher)
+        row |= {"distill_key": student.key, "distill_reused": student.reused}
+        record = compress(ctx, student.path, list(candidate.pruning), candidate.quantization, measure=job.measure)
+    except Exception as exc:  # noqa: BLE001 - a candidate's failure is data, the search goes on
+        log.warning("candidate %s failed: %s", candidate.id, exc, exc_info=log.isEnabledFor(logging.DEBUG))
+        row |= {"status": "failed", "error": f"{type(exc).__name__}: {exc}"}
+    else:
+        headline = record.after.headline()
+        run_dir = ctx.store.local_path("")
+        row |= {k: headline[k] for k in ("accuracy", "macro_f1", "size_mb", "latency_p50_ms", "latency_p90_ms",
+                                         "peak_mem_mb", "params")}
+        memory = record.after.memory
+        row["model_mem_mb"] = ((memory["peak_rss_bytes"] - memory["baseline_rss_bytes"]) / 1e6
+                               if {"peak_rss_bytes", "baseline_rss_bytes"} <= set(memory) else None)
+        row |= {"runtime": record.runtime, "latency_threads": headline["threads"], "status": "ok",
+                "prune_key": record.prune_key, "compress_key": record.key, "prune_reused": record.prune_reused,
+                "compress_reused": record.reused, "stage": _relative(record.path, run_dir),
+                "artifact": _relative(record.artifact, run_dir),
+                "outcomes": {s["step"]: s["outcome"] for s in record.record["steps"]}}
+    row |= {"seconds": round(time.perf_counter() - start, 1), "finished_at": time.time()}
+    ctx.store.write_json(rel, row)
+    return row
+
+
+def _base_row(candidate: Candidate, trial_id: str) -> dict[str, Any]:
+    row: dict[str, Any] = {name: None for name in COLUMNS}
+    row |= {"candidate_id": candidate.id, "trial_id": trial_id, "student": candidate.student,
+            "settings": json.dumps(candidate.settings, sort_keys=True, default=str),
+            "pruning": candidate.pruning_label, "quantization": candidate.quantization,
+            "distill_reused": False, "prune_reused": False, "compress_reused": False, "on_front": False}
+    row |= {f"distill.{k}": v for k, v in candidate.settings.items()}
+    return row
+
+
+def _relative(path: Path, root: Path) -> str:
+    try:
+        return Path(path).resolve().relative_to(Path(root).resolve()).as_posix()
+    except ValueError:
+        return str(path)
+
+
+# --- the driver -----------------------------------------------------------------------------
+
+
+@dataclass
+class SearchResult:
+    rows: list[dict[str, Any]]
+    counts: dict[str, dict[str, int]]
+    path: str  # results.parquet in the store
+    seconds: float
+    resumed: bool
+
+
+def search_key(ctx: Any, teacher_key: str) -> str:
+    """Names the Tune experiment: the same search of the same run resumes the same experiment."""
+    return stable_hash({"search": ctx.config.search, "distill": ctx.config.distill, "guard": ctx.config.guard,
+                        "teacher": teacher_key, "data": ctx.prepared.tokenized_key})[:12]
+
+
+def trial_resources(search: Any, gpus_available: bool) -> tuple[dict[str, float], bool, float]:
+    """(resources of one trial, whether it trains in its own process, its GPUs).
+
+    One worker per trial: the trial itself trains, holding the worker's CPUs and GPUs. More: the
+    trial holds one CPU and starts a TorchTrainer whose workers ask for their own."""
+    res = search.resources
+    gpus = (1.0 if gpus_available else 0.0) if res.gpus_per_worker == "auto" else float(res.gpus_per_worker)
+    if res.workers_per_trial == 1:
+        return {"CPU": res.cpus_per_worker, "GPU": gpus}, True, gpus
+    return {"CPU": 1.0}, False, gpus * res.workers_per_trial
+
+
+def max_concurrent(search: Any, cluster: Mapping[str, float]) -> int:
+    """Trials at once: the config's, else as many as the cluster's CPUs and GPUs hold."""
+    if search.resources.max_concurrent:
+        return search.resources.max_concurrent
+    res = search.resources
+    resources, in_trial, gpus = trial_resources(search, cluster.get("GPU", 0) > 0)
+    cpus = resources["CPU"] + (0 if in_trial else res.workers_per_trial * res.cpus_per_worker)
+    fits = [math.floor(cluster.get("CPU", 1) / cpus)]
+    if gpus:
+        fits.append(math.floor(cluster.get("GPU", 0) / gpus))  # max_concurrent = gpus // gpus_per_trial
+    return max(1, min(fits))
+
+
+def _search_algorithm(ctx: Any, limit: int) -> tuple[Any, int]:
+    """(Tune search algorithm or None, num_samples)."""
+    search = ctx.config.search
+    if search.algorithm == "grid":
+        return None, 1
+    if search.algorithm == "random":
+        return None, search.trials
+    import optuna
+    from ray.tune.search import ConcurrencyLimiter
+    from ray.tune.search.optuna import OptunaSearch
+
+    sampler = (optuna.samplers.NSGAIISampler(seed=search.seed) if search.algorithm == "nsga2"
+               else optuna.samplers.TPESampler(seed=search.seed))
+    algo = OptunaSearch(metric=[o.metric for o in search.objectives], mode=[o.mode for o in search.objectives],
+                        sampler=sampler)
+    return ConcurrencyLimiter(algo, max_concurrent=limit), search.trials
+
+
+def search(ctx: Any, *, resume: bool = False, on_row: Callable[[dict[str, Any]], None] | None = None,
+           on_start: Callable[[dict[str, Any]], None] | None = None) -> SearchResult:
+    """Run (or resume) the config's search; write results.parquet; return the rows and counts.
+
+    :param on_row: called in the driver with each candidate's row as its trial ends.
+    :param on_start: called once with the plan (candidates, concurrency, where Tune keeps state).
+    """
+    if ctx.config.search is None:
+        raise ConfigError("config", ["search: this run config has no search section (students, pruning, "
+                                     "quantization); see examples/thucnews.yaml"])
+    os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")  # no TensorBoard/CSV/JSON files per trial
+    from ray import tune
+
+    from alambic.distributed import cluster_has_gpus, ensure_ray
+    from alambic.teacher import teacher_logits, train_teacher
+
+    start = time.perf_counter()
+    check_space(ctx)
+    teacher = train_teacher(ctx)
+    teacher_logits(ctx, teacher)  # once, here: no trial waits for another to compute them
+    ensure_ray(ctx.config.ray.address, quiet=ctx.quiet)
+    import ray
+
+    cluster = ray.cluster_resources()
+    resources, in_trial, _ = trial_resources(ctx.config.search, cluster_has_gpus())
+    limit = max_concurrent(ctx.config.search, cluster)
+    algo, samples = _search_algorithm(ctx, limit)
+    space = Space(ctx.config.search)
+    param_space = space.param_space(ctx.config.search.algorithm)
+    measure = MeasureSettings(**ctx.config.search.measure.model_dump() | {
+        "lengths": tuple(ctx.config.search.measure.lengths)})
+    config = _trial_config(ctx.config, in_trial)
+    job = SearchJob(config=config, registry=ctx.registry, teacher=teacher, measure=measure,
+                    train_in_trial=in_trial)
+    trainable = tune.with_resources(tune.with_parameters(candidate_trial, job=job), resources)
+    name = f"search-{search_key(ctx, teacher.key)}"
+    storage = _tune_storage(ctx)
+    experiment = f"{storage.rstrip('/')}/{name}"
+    plan = {"name": name, "storage": storage, "algorithm": ctx.config.search.algorithm,
+            "candidates": space.size() if algo is None and samples == 1 else samples,
+            "max_concurrent": limit, "trial_resources": resources, "resume": resume}
+    if on_start:
+        on_start(plan)
+    resumed = resume and tune.Tuner.can_restore(experiment)
+    if resume and not resumed:
+        log.warning("nothing to resume at %s: starting the search", experiment)
+    if resumed:
+        tuner = tune.Tuner.restore(experiment, trainable=trainable, resume_errored=False)
+    else:
+        _forget_experiment(experiment)
+        tuner = tune.Tuner(
+            trainable, param_space=param_space,
+            tune_config=tune.TuneConfig(search_alg=algo, num_samples=samples, max_concurrent_trials=limit),
+            run_config=tune.RunConfig(
+                name=name, storage_path=storage, verbose=0,
+                failure_config=tune.FailureConfig(max_failures=ctx.config.ray.max_failures)),
+        )
+    with _watching_rows(ctx, time.time(), on_row):
+        grid = tuner.fit()
+    rows = _collect(ctx, space, grid)
+    rows = mark_front(rows, ctx.config.search.objectives)
+    path = write_results(ctx.store, rows)
+    result = SearchResult(rows=rows, counts=memo_counts(rows), path=path, seconds=time.perf_counter() - start,
+                          resumed=resumed)
+    ctx.pm.hook.alambic_after_search(context=ctx, results=result)
+    return result
+
+
+def _trial_config(config: RunConfig, in_trial: bool) -> RunConfig:
+    """The run config a trial sees: its Ray Train workers are the search's workers_per_trial."""
+    res = config.search.resources
+    ray = config.ray.model_copy(update={"workers": res.workers_per_trial, "cpus_per_worker": res.cpus_per_worker,
+                                        "gpus_per_worker": res.gpus_per_worker})
+    return config.model_copy(update={"ray": ray})
+
+
+def _tune_storage(ctx: Any) -> str:
+    """Tune's experiment state lives in the run directory (an absolute path, or the store's URI)."""
+    if ctx.store.is_local:
+        return str(ctx.store.local_path(TUNE_DIR))
+    return f"{ctx.store.uri}/{TUNE_DIR}"
+
+
+def _forget_experiment(experiment: str) -> None:
+    """A new (not resumed) search starts a clean experiment; its candidates' stages stay reusable."""
+    if "://" not in experiment and Path(experiment).exists():
+        shutil.rmtree(experiment)
+
+
+@contextlib.contextmanager
+def _watching_rows(ctx: Any, since: float, on_row: Callable[[dict[str, Any]], None] | None) -> Iterator[None]:
+    """While the block runs, hand each candidate row finished after ``since`` to ``on_row``.
+
+    The rows are read from the store, not from Tune callbacks: Tune pickles its callbacks into the
+    experiment state, and a resumed search would lose them."""
+    if on_row is None:
+        yield
+        return
+    seen: set[str] = set()
+    stop = threading.Event()
+
+    def poll() -> None:
+        for name in ctx.store.list(CANDIDATES_DIR):
+            if name in seen or not name.endswith(".json"):
+                continue
+            try:
+                row = ctx.store.read_json(f"{CANDIDATES_DIR}/{name}")
+            except (OSError, ValueError):
+                continue  # being replaced: next round
+            seen.add(name)
+            if row.get("finished_at", 0) >= since:
+                on_row(row)
+
+    def loop() -> None:
+        while not stop.wait(1.0):
+            poll()
+
+    thread = threading.Thread(target=loop, name="alambic-rows", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join()
+        poll()
+
+
+def _row_of(ctx: Any, candidate: Candidate, trial_id: str, error: str | None) -> dict[str, Any]:
+    """The candidate's row from the store, else a failed row (its trial died before writing one)."""
+    rel = f"{CANDIDATES_DIR}/{candidate.id}.json"
+    if ctx.store.exists(rel):
+        return ctx.store.read_json(rel) | ({"trial_id": trial_id} if trial_id else {})
+    row = _base_row(candidate, trial_id)
+    return row | {"status": "failed", "error": error or "the trial ended without a result"}
+
+
+def _collect(ctx: Any, space: Space, grid: Any) -> list[dict[str, Any]]:
+    """One row per candidate of this search, from the store (a candidate tried twice counts once)."""
+    rows: dict[str, dict[str, Any]] = {}
+    for result in grid:
+        candidate = space.candidate(result.config)
+        error = None if result.error is None else _short(result.error)
+        row = _row_of(ctx, candidate, result.path and Path(result.path).name or "", error)
+        if row["status"] == "ok" or candidate.id not in rows:
+            rows[candidate.id] = row
+    return list(rows.values())
+
+
+def _short(error: BaseException) -> str:
+    text = str(error).strip().splitlines()
+    return text[-1] if text else type(error).__name__
+
+
+def mark_front(rows: list[dict[str, Any]], objectives: Sequence[Any]) -> list[dict[str, Any]]:
+    """``on_front`` for the non-dominated ok rows over the objectives (alambic.pareto)."""
+    from alambic.pareto import pareto_mask
+
+    ok = [r for r in rows if r["status"] == "ok" and all(r.get(o.metric) is not None for o in objectives)]
+    mask = pareto_mask([[r[o.metric] for o in objectives] for r in ok], [o.mode for o in objectives]) if ok else []
+    for r in rows:
+        r["on_front"] = False
+    for r, on in zip(ok, mask, strict=True):
+        r["on_front"] = bool(on)
+    return rows
+
+
+def memo_counts(rows: Sequence[Mapping[str, Any]]) -> dict[str, dict[str, int]]:
+    """How many distillations, prunings and quantize+measure stages ran, and how many were reused."""
+    counts = {}
+    for stage, key in (("distill", "distill_key"), ("prune", "prune_key"), ("compress", "compress_key")):
+        done = [r for r in rows if r.get(key)]  # a candidate without pruning has no prune stage
+        ran = sum(1 for r in done if not r.get(f"{stage}_reused"))
+        counts[stage] = {"ran": ran, "reused": len(done) - ran}
+    counts["candidates"] = {"ok": sum(r["status"] == "ok" for r in rows),
+                            "failed": sum(r["status"] != "ok" for r in rows)}
+    return counts
+
+
+def write_results(store: Any, rows: Sequence[Mapping[str, Any]]) -> str:
+    """results.parquet in the run directory, atomically; columns as :data:`COLUMNS`."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    extra = sorted({k for r in rows for k in r if k.startswith("distill.")})
+    names = [*COLUMNS[:4], *extra, *COLUMNS[4:]]
+    types = _arrow_types()
+    columns = {name: [_cell(r.get(name)) for r in rows] for name in names}
+    table = pa.table({name: pa.array(values, type=types.get(name)) for name, values in columns.items()})
+    buffer = io.BytesIO()
+    pq.write_table(table, buffer)
+    store.write_bytes(RESULTS_FILE, buffer.getvalue())
+    return store._where(RESULTS_FILE)  # noqa: SLF001 - the URI users see
+
+
+def _cell(value: Any) -> Any:
+    return json.dumps(value) if isinstance(value, (list, dict)) else value
+
+
+def _arrow_types() -> dict[str, Any]:
+    import pyarrow as pa
+
+    floats = ("accuracy", "macro_f1", "size_mb", "latency_p50_ms", "latency_p90_ms", "peak_mem_mb", "model_mem_mb",
+              "seconds")
+    bools = ("distill_reused", "prune_reused", "compress_reused", "on_front")
+    ints = ("params", "latency_threads")
+    return ({k: pa.float64() for k in floats} | {k: pa.bool_() for k in bools} | {k: pa.int64() for k in ints}
+            | {k: pa.string() for k in COLUMNS if k not in floats + bools + ints})
+
+
+__all__ = ["COLUMNS", "Candidate", "CandidateFailed", "RESULTS_FILE", "SearchResult", "Space", "mark_front",
+           "max_concurrent", "memo_counts", "run_candidate", "search", "trial_resources", "write_results"]

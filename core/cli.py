@@ -502,7 +502,7 @@ def export(
     it cannot predict on Linux). A format that fails is reported with the op that failed and a
     fallback to try; the others are still exported. Exit code 1 when a format failed.
     """
-    from alambic.export import export_stage, format_verification, resolve_stage
+    from alambic.export import EXPORT_DIR, export_stage, format_verification, resolve_stage
     from alambic.run import RunContext
 
     ctx = RunContext.open(path, quiet=State.quiet or as_json)
@@ -518,7 +518,7 @@ def export(
         raise AlambicError(f"the run's store {ctx.store.uri} is not local: give --out DIR for the bundle")
     metadata = ctx.config.export.model_dump(include={"author", "license", "description"})
     with console.status("exporting", spinner="dots") if not (State.quiet or as_json) else _nothing():
-        result = export_stage(stage_dir, out or ctx.store.local_path("export"), chosen,
+        result = export_stage(stage_dir, out or ctx.store.local_path(EXPORT_DIR), chosen,
                               test_split=ctx.prepared.raw["test"], recipe=recipe, metadata=metadata,
                               options=per_format, max_length=ctx.config.tokenizer.max_length,
                               max_examples=max_examples, registry=ctx.registry)

@@ -56,7 +56,7 @@ CANDIDATES_DIR = "candidates"
 TUNE_DIR = "tune"
 PRIMITIVE = (str, int, float, bool, type(None))
 #: the columns of results.parquet, in order (``distill.<setting>`` columns follow ``settings``)
-COLUMNS = ("candidate_id", "trial_id", "student", "settings", "pruning", "quantization", "accuracy",
+COLUMNS = ("candidate_id", "trial_id", "node_id", "student", "settings", "pruning", "quantization", "accuracy",
            "macro_f1", "size_mb", "latency_p50_ms", "latency_p90_ms", "peak_mem_mb", "model_mem_mb", "params", "runtime",
            "latency_threads", "status", "error", "distill_key", "prune_key", "compress_key", "stage",
            "artifact", "distill_reused", "prune_reused", "compress_reused", "seconds", "on_front")
@@ -211,9 +211,12 @@ def candidate_trial(params: dict[str, Any], job: SearchJob) -> None:
     """The Tune trainable: build one candidate (or find it built), report its objectives."""
     from ray import tune
 
+    import ray
+
     ctx = job.context()
     candidate = job.space.candidate(params)
-    row = run_candidate(ctx, candidate, job, trial_id=tune.get_context().get_trial_id() or "")
+    row = run_candidate(ctx, candidate, job, trial_id=tune.get_context().get_trial_id() or "",
+                        node_id=ray.get_runtime_context().get_node_id())
     if row["status"] != "ok":
         raise CandidateFailed(f"candidate {candidate.id}: {row['error']}")
     tune.report({k: row[k] for k in ("accuracy", "macro_f1", "size_mb", "latency_p50_ms", "latency_p90_ms",
@@ -221,7 +224,8 @@ def candidate_trial(params: dict[str, Any], job: SearchJob) -> None:
                 | {"candidate_id": candidate.id})
 
 
-def run_candidate(ctx: Any, candidate: Candidate, job: SearchJob, trial_id: str = "") -> dict[str, Any]:
+def run_candidate(ctx: Any, candidate: Candidate, job: SearchJob, trial_id: str = "",
+                  node_id: str = "") -> dict[str, Any]:
     """distill -> prune -> quantize -> measure, each a memoized stage; the row, also in the store.
 
     A candidate whose row is already in the store as ok is not built again. Errors of the
@@ -237,7 +241,7 @@ def run_candidate(ctx: Any, candidate: Candidate, job: SearchJob, trial_id: str 
             return row | {"trial_id": trial_id, "distill_reused": True, "prune_reused": True,
                           "compress_reused": True, "seconds": 0.0}
     start = time.perf_counter()
-    row = _base_row(candidate, trial_id)
+    row = _base_row(candidate, trial_id) | {"node_id": node_id}
     try:
         student = distill(ctx, candidate.student, candidate.settings, local=job.train_in_trial,
                           teacher=job.teacher)
@@ -399,9 +403,10 @@ def search(ctx: Any, *, resume: bool = False, on_row: Callable[[dict[str, Any]],
                 name=name, storage_path=storage, verbose=0,
                 failure_config=tune.FailureConfig(max_failures=ctx.config.ray.max_failures)),
         )
-    with _watching_rows(ctx, time.time(), on_row):
+    since = time.time()
+    with _watching_rows(ctx, since, on_row):
         grid = tuner.fit()
-    rows = _collect(ctx, space, grid)
+    rows = _collect(ctx, space, grid, since)
     rows = mark_front(rows, ctx.config.search.objectives)
     path = write_results(ctx.store, rows)
     result = SearchResult(rows=rows, counts=memo_counts(rows), path=path, seconds=time.perf_counter() - start,
@@ -478,13 +483,16 @@ def _row_of(ctx: Any, candidate: Candidate, trial_id: str, error: str | None) ->
     return row | {"status": "failed", "error": error or "the trial ended without a result"}
 
 
-def _collect(ctx: Any, space: Space, grid: Any) -> list[dict[str, Any]]:
-    """One row per candidate of this search, from the store (a candidate tried twice counts once)."""
+def _collect(ctx: Any, space: Space, grid: Any, since: float) -> list[dict[str, Any]]:
+    """One row per candidate of this search, from the store (a candidate tried twice counts once).
+    A row finished before ``since`` was built by an earlier search: all its stages count as reused."""
     rows: dict[str, dict[str, Any]] = {}
     for result in grid:
         candidate = space.candidate(result.config)
         error = None if result.error is None else _short(result.error)
         row = _row_of(ctx, candidate, result.path and Path(result.path).name or "", error)
+        if row.get("finished_at", since) < since:
+            row |= {"distill_reused": True, "prune_reused": True, "compress_reused": True}
         if row["status"] == "ok" or candidate.id not in rows:
             rows[candidate.id] = row
     return list(rows.values())

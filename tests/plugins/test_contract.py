@@ -10,6 +10,7 @@ import inspect
 import pytest
 
 from alambic.manager import build_registry, get_plugin_manager
+from tests.plugins.test_exporters import contract_exporters
 from tests.plugins.test_selection import contract_selection_policies
 
 REGISTRY = build_registry(get_plugin_manager(env={}))
@@ -150,6 +151,7 @@ CONTRACTS = {
     "pruners": contract_pruners,
     "quantizers": contract_quantizers,
     "selection_policies": contract_selection_policies,
+    "exporters": contract_exporters,
 }
 
 

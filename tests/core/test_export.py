@@ -1,0 +1,245 @@
+"""core/export.py: a compress stage exported to hf, onnx and coreml, verified, bundled atomically;
+one format failing leaves the others; which stage a run exports."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import yaml
+from rich.console import Console
+
+from alambic.errors import AlambicError, PluginError
+from alambic.export import export_stage, format_verification, load_source, resolve_stage
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    """A run of 160 headlines whose label is their first character, a 2-layer roberta-l4 trained on
+    them, and its compress stage (vocabulary pruned, dynamic INT8 for ONNX Runtime)."""
+    import torch
+
+    from alambic.compress import MeasureSettings, compress, parse_steps
+    from alambic.plugins.students import RobertaL4
+    from alambic.run import RunContext
+    from alambic.training import TrainSettings, evaluate, fit
+
+    root = tmp_path_factory.mktemp("export-run")
+    rows = [f"{'体财'[i % 2]}育新闻第{i}条\t{'体育' if i % 2 == 0 else '财经'}" for i in range(160)]
+    (root / "train.tsv").write_text("\n".join(rows) + "\n", encoding="utf-8")
+    config = {
+        "name": "tiny", "store": str(root / "artifacts"),
+        "data": {"train": "train.tsv", "format": "tsv", "header": False, "text_column": 0, "label_column": 1,
+                 "split": {"validation": 0.2, "test": 0.2}},
+        "tokenizer": {"name_or_path": None, "vocab_size": 200, "min_frequency": 1, "max_length": 16},
+        "guard": {"max_drop": 1.0, "retries": 0},
+        "export": {"author": "alambic tests", "license": "Apache-2.0", "description": "体育 or 财经"},
+    }
+    (root / "run.yaml").write_text(yaml.safe_dump(config, allow_unicode=True), encoding="utf-8")
+    ctx = RunContext.open(root / "run.yaml", quiet=True)
+    data = ctx.prepared
+    torch.manual_seed(0)
+    model = RobertaL4.build(num_labels=2, id2label=data.label_names, layers=2, hidden=64, heads=4, ffn=128,
+                            vocab_size=len(data.tokenizer))
+    fit(model, data.tokenized["train"], data.tokenized["validation"],
+        TrainSettings(epochs=3, learning_rate=3e-3, batch_size=8, warmup_ratio=0.0))
+    assert evaluate(model, data.tokenized["validation"])["accuracy"] == 1.0, "the rule was not learnt"
+    folder = root / "trained"
+    model.save_pretrained(folder)
+    data.tokenizer.save_pretrained(folder)
+    settings = MeasureSettings(lengths=(8,), runs=2, warmup=0, memory=False)
+    record = compress(ctx, folder, parse_steps("vocab"), "dynamic-int8", measure=settings)
+    return root, ctx, record
+
+
+@pytest.fixture(scope="module")
+def exported(run):
+    root, ctx, record = run
+    result = export_stage(record.path, root / "export", test_split=ctx.prepared.raw["test"],
+                          metadata=ctx.config.export.model_dump(), max_length=16, registry=ctx.registry)
+    return result
+
+
+def table_text(result) -> str:
+    console = Console(width=220, record=True)
+    console.print(format_verification(result))
+    return console.export_text()
+
+
+def test_all_three_formats_are_exported_and_verified(exported):
+    assert not exported.failed, table_text(exported)
+    # every check passes but the ~1/4 size ratio: a 2 x 64 model is mostly fixed overhead
+    failing = [c.name for e in exported.exported.values() for c in e.checks if c.ok is False]
+    assert all(" size vs fp32" in name for name in failing), table_text(exported)
+    assert set(exported.exported) == {"hf", "onnx", "coreml"}
+    bundle = exported.path
+    for name in ("hf/model.safetensors", "hf/config.json", "hf/vocab.txt", "hf/tokenizer.json", "hf/README.md",
+                 "onnx/model.onnx", "onnx/config.json", "onnx/vocab.txt",
+                 "coreml/Classifier.mlpackage/Manifest.json", "coreml/UpdatableClassifier.mlmodel",
+                 "coreml/vocab.txt", "coreml/tokenizer.json", "manifest.json", "verification.json", "README.md"):
+        assert (bundle / name).is_file(), name
+    assert not list(bundle.parent.glob(".export.tmp-*")), "the scratch folder was renamed into place"
+
+
+def test_hf_pipeline_and_onnx_runtime_predict_as_the_source(exported):
+    verification = json.loads((exported.path / "verification.json").read_text(encoding="utf-8"))
+    rows = verification["test_rows"]
+    assert rows > 20 and verification["source_test_accuracy"] == 1.0
+    checks = {f: {c["name"]: c for c in v["checks"]} for f, v in verification["formats"].items()}
+    pipeline = checks["hf"]["transformers.pipeline labels = source model's"]
+    assert pipeline["ok"] and pipeline["data"] == {"agreement": 1.0, "examples": rows}
+    ort = checks["onnx"]["ONNX Runtime vs PyTorch (test split)"]
+    assert ort["ok"] and ort["data"]["examples"] == rows and ort["data"]["threshold"] == 0.995
+    assert ort["data"]["argmax_agreement"] >= 0.995 and ort["data"]["max_abs_diff"] < 0.1  # int8 noise only
+    assert checks["onnx"]["opset >= 17"]["ok"] and checks["onnx"]["onnx.checker (full)"]["ok"]
+    assert checks["coreml"]["traced classifier vs PyTorch model (batch 1)"]["data"]["max_abs_diff"] < 1e-4
+    assert "the candidate's dynamic-int8 graph" in verification["formats"]["onnx"]["notes"][0]
+
+
+def test_the_shipped_onnx_is_the_candidates_int8_graph(run, exported):
+    _, _, record = run
+    shipped = (exported.path / "onnx" / "model.onnx").read_bytes()
+    assert shipped == record.artifact.read_bytes()
+    sizes = json.loads((exported.path / "verification.json").read_text())["formats"]["onnx"]["checks"]
+    ratio = next(c for c in sizes if c["name"].startswith("model.onnx (int8) size"))["data"]
+    assert 0 < ratio["ratio"] < 1 and ratio["fp32_bytes"] > ratio["bytes"]  # ~1/4 needs a real-size model
+
+
+def test_manifest_lists_every_file_with_its_sha256(exported):
+    manifest = json.loads((exported.path / "manifest.json").read_text(encoding="utf-8"))
+    files = {p.relative_to(exported.path).as_posix() for p in exported.path.rglob("*") if p.is_file()}
+    assert {f["path"] for f in manifest["files"]} == files - {"manifest.json"}
+    for entry in manifest["files"]:
+        data = (exported.path / entry["path"]).read_bytes()
+        assert hashlib.sha256(data).hexdigest() == entry["sha256"] and len(data) == entry["size"]
+    meta = manifest["meta"]
+    assert manifest["kind"] == "export" and meta["formats"] == ["hf", "onnx", "coreml"] and meta["failed"] == {}
+    assert meta["labels"] == ["体育", "财经"] and meta["max_length"] == 16
+    assert meta["recipe"]["quant"] == "dynamic-int8" and meta["recipe"]["prune_key"]
+    assert meta["recipe"]["steps"] == [{"step": "vocab", "outcome": "kept"},
+                                       {"step": "quant:dynamic-int8", "outcome": "kept"}]
+    assert meta["io"]["onnx"]["inputs"][0] == {"name": "input_ids", "dtype": "int64", "shape": ["batch", "sequence"]}
+    assert meta["io"]["coreml"]["Classifier.mlpackage"]["outputs"][0]["name"] == "label"
+    assert meta["metrics"]["after"]["accuracy"] == 1.0
+
+
+def test_readmes_tell_the_app_developer_and_the_model_card_how_it_was_made(exported):
+    readme = (exported.path / "README.md").read_text(encoding="utf-8")
+    assert readme.startswith("# 体育 or 财经") and "Labels (2): 体育, 财经" in readme
+    assert "vocab.txt" in readme and "MLUpdateTask" in readme and "Float32" in readme
+    assert "max \\|diff\\|" in readme  # table cells escape the pipe
+    card = (exported.path / "hf" / "README.md").read_text(encoding="utf-8")
+    assert "pipeline_tag: text-classification" in card and "license: Apache-2.0" in card
+    assert "- vocab: kept" in card and "quant:dynamic-int8" in card and '"quant": "dynamic-int8"' in card
+
+
+def test_verification_table_is_printed(exported):
+    text = table_text(exported)
+    for expected in ("argmax", "max |diff|", "exactly one updatable layer", "size Classifier.mlpackage", "ok"):
+        assert expected in text
+
+
+def test_a_failing_format_leaves_the_others_and_names_op_and_fallback(run, tmp_path, monkeypatch):
+    from alambic import coreml_export
+
+    root, ctx, record = run
+
+    def no_such_op(*args, **kwargs):
+        raise RuntimeError("PyTorch convert function for op 'new_ones' not implemented.")
+
+    monkeypatch.setattr(coreml_export, "convert_classifier", no_such_op)
+    result = export_stage(record.path, tmp_path / "bundle", ("onnx", "coreml", "hf"),
+                          test_split=ctx.prepared.raw["test"], max_length=16, registry=ctx.registry)
+    assert set(result.exported) == {"onnx", "hf"} and set(result.failed) == {"coreml"}
+    failure = result.failed["coreml"]
+    assert failure.op == "new_ones" and "--format onnx" in failure.fallback and "iOS15" in failure.fallback
+    assert failure.message.startswith("coreml export failed at op 'new_ones': RuntimeError")
+    assert (tmp_path / "bundle" / "onnx" / "model.onnx").is_file() and (tmp_path / "bundle" / "hf").is_dir()
+    assert not (tmp_path / "bundle" / "coreml").exists()
+    manifest = json.loads((tmp_path / "bundle" / "manifest.json").read_text(encoding="utf-8"))
+    assert manifest["meta"]["formats"] == ["onnx", "hf"] and "new_ones" in manifest["meta"]["failed"]["coreml"]
+    verification = json.loads((tmp_path / "bundle" / "verification.json").read_text(encoding="utf-8"))
+    assert verification["failed"]["coreml"]["op"] == "new_ones"
+    assert "not exported" in (tmp_path / "bundle" / "README.md").read_text(encoding="utf-8")
+
+
+def test_bad_formats_and_options_are_refused_before_any_work(run, tmp_path):
+    _, ctx, record = run
+    with pytest.raises(PluginError, match="unknown exporters id 'onxx' \\(did you mean 'onnx'\\?\\)"):
+        export_stage(record.path, tmp_path / "x", ("onxx",), registry=ctx.registry)
+    with pytest.raises(AlambicError, match="exporter 'coreml': unknown option 'epoch' \\(did you mean 'epochs'"):
+        export_stage(record.path, tmp_path / "x", ("coreml",), options={"coreml": {"epoch": 3}}, registry=ctx.registry)
+    with pytest.raises(AlambicError, match="options given for format 'coreml', which is not exported"):
+        export_stage(record.path, tmp_path / "x", ("onnx",), options={"coreml": {}}, registry=ctx.registry)
+    with pytest.raises(AlambicError, match="is not a compress stage folder"):
+        load_source(tmp_path)
+    assert not (tmp_path / "x").exists()
+
+
+# --- which stage ----------------------------------------------------------------------------
+
+
+def test_stage_is_resolved_from_results_and_selection(run, tmp_path):
+    from alambic.store import Store
+
+    _, _, record = run
+    store = Store.open(tmp_path / "run")
+    with pytest.raises(AlambicError, match="no selected candidate.*alambic search RUN.*alambic select RUN"):
+        resolve_stage(store)
+    store.write_json("selected.json", {"candidate_id": "c1", "policy": "tier", "summary": "tier high"})
+    with pytest.raises(AlambicError, match="no search results yet.*--stage DIR"):
+        resolve_stage(store)
+    stage = (tmp_path / "run" / "stages" / "abc")
+    stage.parent.mkdir(parents=True)
+    stage.symlink_to(record.path, target_is_directory=True)
+    table = pa.table({"candidate_id": ["c0", "c1", "c2"], "stage": ["stages/abc", "stages/abc", None],
+                      "status": ["ok", "ok", "failed"], "accuracy": [0.9, 0.95, None]})
+    pq.write_table(table, tmp_path / "run" / "results.parquet")
+    path, recipe = resolve_stage(store)
+    assert path == tmp_path / "run" / "stages" / "abc" and recipe["candidate_id"] == "c1"
+    assert recipe["selected"]["summary"] == "tier high" and recipe["accuracy"] == 0.95
+    assert resolve_stage(store, candidate="c0")[1]["candidate_id"] == "c0"
+    with pytest.raises(AlambicError, match="no candidate 'c9'.*3 candidates"):
+        resolve_stage(store, candidate="c9")
+    with pytest.raises(AlambicError, match="candidate c2 has status 'failed'"):
+        resolve_stage(store, candidate="c2")
+    assert resolve_stage(store, stage="stages/abc") == (tmp_path / "run" / "stages" / "abc", None)
+    with pytest.raises(AlambicError, match="not both"):
+        resolve_stage(store, candidate="c0", stage=record.path)
+    with pytest.raises(AlambicError, match="--stage: folder not found"):
+        resolve_stage(store, stage=tmp_path / "nowhere")
+
+
+# --- command line ---------------------------------------------------------------------------
+
+
+def test_cli_export_of_a_stage_prints_the_verification_table(run, tmp_path):
+    from tests.core.test_cli import alambic
+
+    root, _, record = run
+    done = alambic("export", str(root / "run.yaml"), "--stage", str(record.path), "--format", "onnx,hf",
+                   "--out", str(tmp_path / "cli-export"), "--option", "onnx.opset=18", cwd=root)
+    assert done.returncode == 0, done.stderr
+    assert "export verification" in done.stdout and "ONNX Runtime vs PyTorch" in done.stdout
+    assert "transformers.pipeline" in done.stdout and "bundle:" in done.stdout
+    manifest = json.loads((tmp_path / "cli-export" / "manifest.json").read_text(encoding="utf-8"))
+    assert manifest["meta"]["formats"] == ["onnx", "hf"]
+    assert manifest["meta"]["metadata"]["author"] == "alambic tests"
+
+
+def test_cli_export_without_a_search_says_what_to_run(run):
+    from tests.core.test_cli import alambic
+
+    root, _, _ = run
+    done = alambic("export", str(root / "run.yaml"), cwd=root)
+    assert done.returncode == 2 and "Traceback" not in done.stderr
+    assert "alambic select RUN" in done.stderr and "--stage DIR" in done.stderr
+
+
+def test_the_folder_loads_with_optimum_when_installed(exported):
+    optimum = pytest.importorskip("optimum.onnxruntime", reason="optimum is not installed")
+    model = optimum.ORTModelForSequenceClassification.from_pretrained(exported.path / "onnx")
+    assert model.config.id2label == {0: "体育", 1: "财经"}

@@ -100,11 +100,14 @@ def config_check(path: Annotated[Path, typer.Argument(help="The run config (YAML
 
 
 @config_app.command("schema")
-def config_schema() -> None:
-    """Print the JSON schema of a run config."""
+def config_schema(
+    markdown: Annotated[bool, typer.Option("--markdown", help="Every key as a Markdown table instead.")] = False,
+) -> None:
+    """Print the JSON schema of a run config (or, --markdown, the reference table README shows)."""
+    from alambic.config import config_reference
     from alambic.config import config_schema as schema
 
-    print(json.dumps(schema(), indent=2, ensure_ascii=False))
+    print(config_reference() if markdown else json.dumps(schema(), indent=2, ensure_ascii=False), end="" if markdown else "\n")
 
 
 # --- data -----------------------------------------------------------------------------------
@@ -502,26 +505,21 @@ def export(
     it cannot predict on Linux). A format that fails is reported with the op that failed and a
     fallback to try; the others are still exported. Exit code 1 when a format failed.
     """
-    from alambic.export import EXPORT_DIR, export_stage, format_verification, resolve_stage
+    from alambic.export import format_verification
+    from alambic.pipeline import export_selected
     from alambic.run import RunContext
 
     ctx = RunContext.open(path, quiet=State.quiet or as_json)
-    stage_dir, recipe = resolve_stage(ctx.store, candidate=candidate, stage=stage)
-    chosen = [f.strip() for f in formats.split(",") if f.strip()] if formats else list(ctx.config.export.formats)
-    per_format: dict[str, dict[str, object]] = {"onnx": {"opset": ctx.config.export.opset}} if "onnx" in chosen else {}
+    chosen = [f.strip() for f in formats.split(",") if f.strip()] if formats else None
+    per_format: dict[str, dict[str, object]] = {}
     for key, value in _key_values(options or [], "--option").items():
         name, dot, option = key.partition(".")
         if not dot or not option:
             raise AlambicError(f"--option {key}: expected format.key=value, e.g. --option coreml.epochs=5")
         per_format.setdefault(name, {})[option] = value
-    if out is None and not ctx.store.is_local:
-        raise AlambicError(f"the run's store {ctx.store.uri} is not local: give --out DIR for the bundle")
-    metadata = ctx.config.export.model_dump(include={"author", "license", "description"})
     with console.status("exporting", spinner="dots") if not (State.quiet or as_json) else _nothing():
-        result = export_stage(stage_dir, out or ctx.store.local_path(EXPORT_DIR), chosen,
-                              test_split=ctx.prepared.raw["test"], recipe=recipe, metadata=metadata,
-                              options=per_format, max_length=ctx.config.tokenizer.max_length,
-                              max_examples=max_examples, registry=ctx.registry)
+        result = export_selected(ctx, candidate=candidate, stage=stage, formats=chosen, options=per_format,
+                                 out=out, max_examples=max_examples)
     if as_json:
         print(json.dumps(result.verification, ensure_ascii=False, indent=2, default=str))
     else:
@@ -538,33 +536,70 @@ def export(
 
 @app.command()
 def run(path: Annotated[Path, typer.Argument(help="The run config (YAML).")], local: LocalOption = False) -> None:
-    """The whole pipeline: data, teacher, students (then search, front, select, export, report)."""
-    from alambic.pipeline import PLANNED_STEPS, run_pipeline
+    """The whole pipeline: data, teacher, search, front, select, export, report.
+
+    Each step reuses what the store already holds (and says so): a second run of the same config
+    trains nothing. Ctrl-C leaves a resumable run: run it again (or `alambic search --resume`).
+    """
+    from alambic.pipeline import STEPS, estimate_minutes, run_pipeline
     from alambic.run import RunContext
 
     ctx = RunContext.open(path, quiet=State.quiet)
-    students = ctx.config.search.students if ctx.config.search else []
-    console.print(f"run '{ctx.config.name}': data -> teacher -> {len(students)} student(s) "
-                  f"({', '.join(students) or 'none'}); artifacts in {ctx.store.uri}", highlight=False)
+    search = ctx.config.search
+    plan = " -> ".join(STEPS if search else STEPS[:2])
+    students = ", ".join(search.students) if search else "none"
+    console.print(f"run '{ctx.config.name}': {plan}; students: {students}; artifacts in {ctx.store.uri}",
+                  highlight=False)
+    live = _SearchTable(quiet=State.quiet)
     with console.status("starting", spinner="dots") if not State.quiet else _nothing() as status:
         def on_step(name: str, index: int, total: int) -> None:
-            if status is not None:
+            if name == "search" and status is not None:
+                status.stop()  # the live table of candidates takes the screen
+            elif name == "front" and live.live is not None:
+                live.__exit__(None, None, None)
+                live.live = None
+            if name == "teacher" and index == 1 and search is not None:
+                console.print(f"roughly {estimate_minutes(ctx):.0f} min on this machine when nothing is "
+                              "built yet (a rough estimate from the model sizes and the data)", highlight=False)
+            if name == "search":
+                live.__enter__()
+            if status is not None and name != "search":
                 status.update(f"step {index + 1}/{total}: {name}")
             console.print(f"[bold]step {index + 1}/{total}[/bold]: {name}")
 
-        result = run_pipeline(ctx, local=local, on_step=on_step)
-    teacher_accuracy = result.teacher.metrics["test"]["accuracy"]
-    table = Table(title=f"run '{ctx.config.name}' ({result.seconds:.0f} s)")
-    for column in ("model", "test accuracy", "macro-F1", "of teacher", "params", "", "folder"):
-        table.add_column(column)
-    for name, record in [("teacher", result.teacher)] + [(s.student, s) for s in result.students]:
-        test = record.metrics["test"]
-        table.add_row(name, f"{test['accuracy']:.4f}", f"{test['macro_f1']:.4f}",
-                      f"{test['accuracy'] / teacher_accuracy:.1%}", f"{record.metrics['params']:,}",
-                      "reused" if record.reused else "trained", str(record.path))
-    console.print(table)
-    errors.print(f"[yellow]not yet available[/yellow] in this release: {', '.join(PLANNED_STEPS)} "
-                 "(pruning, quantization, the Pareto front and ONNX / Core ML export).")
+        result = run_pipeline(ctx, local=local, on_step=on_step, on_row=live.add, on_search_start=live.start)
+    if live.live is not None:
+        live.__exit__(None, None, None)
+    _print_run(ctx, result)
+
+
+def _print_run(ctx: object, result: object) -> None:
+    teacher = result.teacher.metrics["test"]
+    console.print(f"teacher: test accuracy {teacher['accuracy']:.4f}, macro-F1 {teacher['macro_f1']:.4f}"
+                  f"{' (reused)' if result.teacher.reused else ''}", highlight=False)
+    if result.search is not None:
+        console.print(_candidates_table(result.search.rows, title=f"{len(result.search.rows)} candidates"))
+        counts = result.search.counts
+        console.print("memoization: " + "; ".join(f"{stage} {c['ran']} ran, {c['reused']} reused"
+                      for stage, c in counts.items() if stage != "candidates"), highlight=False)
+    if result.selection is not None and result.selection.row is not None:
+        row = result.selection.row
+        console.print(f"selected {row['candidate_id']} ({row['student']}, {row['pruning']}, {row['quantization']}): "
+                      f"{result.selection.summary}", highlight=False)
+    if result.export is not None:
+        from alambic.export import format_verification
+
+        console.print(format_verification(result.export))
+    for name, where in result.report.items():
+        console.print(f"{name}: {where}", highlight=False)
+    for note in result.notes:
+        errors.print(f"[yellow]{_escape(note)}[/yellow]", highlight=False)
+    reused = f"; reused: {', '.join(result.skipped)}" if result.skipped else ""
+    console.print(f"done in {result.seconds:.0f} s{reused}; artifacts in {ctx.store.uri}", highlight=False)
+    if result.export is not None and result.export.failed:
+        for failure in result.export.failed.values():
+            errors.print(f"[red]{_escape(failure.message)}[/red]", highlight=False, soft_wrap=True)
+        raise typer.Exit(1)
 
 
 def main() -> None:

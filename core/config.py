@@ -13,7 +13,7 @@ Relative paths in ``data`` and ``tokenizer`` are resolved against the config fil
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
@@ -24,6 +24,8 @@ if TYPE_CHECKING:
     from alambic.registry import Registry
 
 SplitName = Literal["train", "validation", "test"]
+#: NumPy seeds must lie in [0, 2**32): refuse others here, not in a training worker
+Seed = Annotated[int, Field(ge=0, lt=2**32)]
 
 
 class Section(BaseModel):
@@ -38,7 +40,7 @@ class Section(BaseModel):
 class SplitFractions(Section):
     """How to split validation/test off train when the data has no such files."""
 
-    seed: int = 42
+    seed: Seed = 42
     validation: float = Field(0.1, gt=0, lt=0.5)
     test: float = Field(0.1, gt=0, lt=0.5)
 
@@ -76,6 +78,19 @@ class DataConfig(Section):
     split_names: dict[SplitName, str] = Field(
         default_factory=dict, description="hf source: our split -> the dataset's split name"
     )
+
+    @field_validator("encoding")
+    @classmethod
+    def _text_encoding(cls, value: str) -> str:
+        import codecs
+
+        try:
+            text = getattr(codecs.lookup(value), "_is_text_encoding", True)  # not rot13, base64, ...
+        except LookupError:
+            text = False
+        if not text:
+            raise ValueError(f"unknown text encoding {value!r} (e.g. utf-8, gbk, gb18030)")
+        return value
 
     @field_validator("subsample")
     @classmethod
@@ -130,7 +145,7 @@ class TeacherConfig(Section):
     gradient_checkpointing: bool = False
     optimizer: Literal["adamw", "adamw-8bit"] = "adamw"
     early_stopping_patience: int | None = Field(None, ge=1)
-    seed: int = 42
+    seed: Seed = 42
     trust_remote_code: bool = False
 
 
@@ -152,7 +167,7 @@ class DistillConfig(Section):
     loss_weights: dict[str, float] = Field(default_factory=dict, description="weight per loss id (default 1)")
     layer_map: list[int] | None = Field(None, description="teacher layer for each student layer; null = uniform")
     early_stopping_patience: int | None = Field(None, ge=1)
-    seed: int = 42
+    seed: Seed = 42
     # students with a donor (mobilebert-adapter): layer-by-layer transfer from the donor first
     transfer_epochs: int = Field(1, ge=1, le=100, description="transfer epochs per layer")
     transfer_max_steps: int | None = Field(None, ge=1, description="cap on transfer steps per layer")
@@ -170,7 +185,8 @@ class PruningStep(Section):
 
 class Objective(Section):
     metric: Literal[
-        "accuracy", "macro_f1", "size_mb", "latency_p50_ms", "latency_p90_ms", "peak_mem_mb", "params"
+        "accuracy", "macro_f1", "size_mb", "latency_p50_ms", "latency_p90_ms", "peak_mem_mb", "model_mem_mb",
+        "params"
     ]
     mode: Literal["max", "min"]
 
@@ -178,7 +194,7 @@ class Objective(Section):
 class Resources(Section):
     workers_per_trial: int = Field(1, ge=1)
     cpus_per_worker: float = Field(1, gt=0)
-    gpus_per_worker: float | Literal["auto"] = "auto"
+    gpus_per_worker: Annotated[float, Field(ge=0)] | Literal["auto"] = "auto"
     max_concurrent: int | None = Field(None, ge=1, description="null = derived from resources")
 
 
@@ -255,7 +271,7 @@ class SearchConfig(Section):
     )
     resources: Resources = Resources()
     measure: MeasureConfig = MeasureConfig()
-    seed: int = 0
+    seed: Seed = 0
 
     @field_validator("space")
     @classmethod
@@ -303,10 +319,10 @@ class RayConfig(Section):
     address: str | None = Field(None, description="null = start a local Ray in-process; "
                                 "'auto' or ray://host:port = an existing cluster")
     workers: int = Field(1, ge=1, description="Ray Train workers for teacher training and distillation")
-    cpus_per_worker: float | Literal["auto"] = Field(
+    cpus_per_worker: Annotated[float, Field(gt=0)] | Literal["auto"] = Field(
         "auto", description="auto = this machine's cores / workers with a local Ray, 1 on a cluster "
         "(torch in a Ray worker uses as many threads as it has CPUs)")
-    gpus_per_worker: float | Literal["auto"] = Field(
+    gpus_per_worker: Annotated[float, Field(ge=0)] | Literal["auto"] = Field(
         "auto", description="auto = 1 when the cluster has GPUs, else 0 (CPU, gloo)")
     max_failures: int = Field(1, ge=0, description="restarts of a training run after a worker dies")
 
@@ -409,7 +425,8 @@ def _describe(loc: tuple[Any, ...], err: dict[str, Any], root: type[BaseModel]) 
 
 def _is_union_tag(part: Any) -> bool:
     # pydantic names the union member tried (e.g. 'str', 'int', 'list[str]') in the location
-    return isinstance(part, str) and (part in {"str", "int", "float", "bool"} or "[" in part or part.startswith("literal"))
+    return isinstance(part, str) and (part in {"str", "int", "float", "bool"} or "[" in part
+                                      or part.startswith(("literal", "constrained-")))
 
 
 def _allowed_keys(loc: tuple[Any, ...], root: type[BaseModel]) -> list[str]:
@@ -534,3 +551,72 @@ def _domain_values(value: Any) -> list[str]:
 def config_schema() -> dict[str, Any]:
     """The JSON schema of a run config (``alambic config schema``)."""
     return RunConfig.model_json_schema()
+
+
+def config_reference() -> str:
+    """Every key of a run config as a Markdown table (key, type, default, description), from the
+    schema: README's configuration reference is this text (``alambic config schema --markdown``)."""
+    lines = ["| key | type | default | description |", "| --- | --- | --- | --- |"]
+
+    def walk(model: type[BaseModel], prefix: str) -> None:
+        for name, info in model.model_fields.items():
+            key = f"{prefix}{name}"
+            nested, container = _reference_section(info.annotation)
+            if nested is not None:
+                walk(nested, f"{key}{container}.")
+                continue
+            default = "required" if info.is_required() else _show(info.get_default(call_default_factory=True))
+            kind = _type_name(info.annotation).replace("|", "\\|")
+            description = (info.description or "").replace("|", "\\|")
+            lines.append(f"| `{key}` | {kind} | {default} | {description} |")
+
+    walk(RunConfig, "")
+    return "\n".join(lines) + "\n"
+
+
+def _reference_section(annotation: Any) -> tuple[type[BaseModel] | None, str]:
+    """The Section class of a field whose type is a section, an optional one, or a list or dict of
+    them; and how its keys read in a path ("", "[]" or ".<id>")."""
+    import typing
+
+    args = typing.get_args(annotation)
+    origin = typing.get_origin(annotation)
+    for candidate in (annotation, *args):
+        if isinstance(candidate, type) and issubclass(candidate, Section):
+            suffix = "[]" if origin is list else ".<id>" if origin is dict else ""
+            return candidate, suffix
+    return None, ""
+
+
+def _type_name(annotation: Any) -> str:
+    """A field's type as a reader wants it: ``float | "auto"``, ``list[str]``, ``null``."""
+    import types
+    import typing
+
+    origin, args = typing.get_origin(annotation), typing.get_args(annotation)
+    if origin is typing.Annotated:
+        return _type_name(args[0])
+    if origin in (typing.Union, types.UnionType):
+        return " | ".join(_type_name(a) for a in args)
+    if origin is Literal:
+        return " | ".join(json_repr(a) for a in args)
+    if origin in (list, dict, tuple):
+        return f"{origin.__name__}[{', '.join(_type_name(a) for a in args)}]"
+    if annotation is type(None):
+        return "null"
+    return getattr(annotation, "__name__", str(annotation))
+
+
+def json_repr(value: Any) -> str:
+    import json
+
+    return json.dumps(value, ensure_ascii=False)
+
+
+def _show(value: Any) -> str:
+    import json
+
+    if isinstance(value, BaseModel):
+        value = value.model_dump()
+    text = json.dumps(value, ensure_ascii=False, default=str)
+    return f"`{text}`" if len(text) <= 60 else f"`{text[:57]}...`"

@@ -76,24 +76,34 @@ def test_examples_pass_config_check():
         assert result.returncode == 0, result.stderr
 
 
-def test_run_trains_teacher_and_students_and_says_what_is_missing(write_config, minimal_config, tmp_path):
-    tiny = {"layers": 1, "hidden": 32, "heads": 2, "ffn": 64}
+def test_run_without_search_stops_after_the_teacher(write_config, minimal_config, tmp_path):
     minimal_config |= {
         "store": str(tmp_path / "artifacts"),
         "tokenizer": {"name_or_path": None, "vocab_size": 200, "min_frequency": 1, "max_length": 16},
-        "teacher": {"architecture": tiny, "epochs": 1, "batch_size": 8},
-        "distill": {"epochs": 1, "batch_size": 8},
-        "search": {"students": ["roberta-l4", "tinybert-4l"],
-                   "student_sizes": {"roberta-l4": tiny, "tinybert-4l": tiny}},
+        "teacher": {"architecture": {"layers": 1, "hidden": 32, "heads": 2, "ffn": 64}, "epochs": 1, "batch_size": 8},
     }
-    path = write_config(minimal_config)
-    first = alambic("run", str(path), "--local")
+    first = alambic("run", str(write_config(minimal_config)), "--local")
     assert first.returncode == 0, first.stderr
-    assert "step 4/4: distill tinybert-4l" in first.stdout
-    assert first.stdout.count("trained") >= 3 and "roberta-l4" in first.stdout
-    assert "not yet available" in first.stderr and "export" in first.stderr
-    again = alambic("run", str(path), "--local")
-    assert again.returncode == 0 and again.stdout.count("reused") == 3
+    assert "step 2/2: teacher" in first.stdout and "no search section" in first.stderr
+
+
+def test_run_goes_from_data_to_an_exported_model_and_reuses_everything(tmp_path):
+    from tests.core.test_search import tiny_run
+
+    path = tiny_run(tmp_path, name="whole", quantization=["none", "dynamic-int8"],
+                    measure={"lengths": [8], "runs": 2, "warmup": 0, "memory": True})
+    first = alambic("run", str(path), cwd=tmp_path)
+    assert first.returncode == 0, first.stderr[-3000:]
+    for step in ("step 3/7: search", "step 5/7: select", "step 6/7: export", "step 7/7: report"):
+        assert step in first.stdout
+    run_dir = tmp_path / "artifacts" / "whole"
+    selected = json.loads((run_dir / "selected.json").read_text(encoding="utf-8"))
+    manifest = json.loads((run_dir / "export" / "manifest.json").read_text(encoding="utf-8"))
+    assert {"onnx", "coreml", "hf"} <= set(manifest["meta"]["formats"])
+    assert selected["candidate_id"] in first.stdout and (run_dir / "front.png").is_file()
+    again = alambic("run", str(path), cwd=tmp_path)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "reused: teacher, search, export" in again.stdout
 
 
 @needs_shared_data()
@@ -109,3 +119,11 @@ def test_data_inspect_on_thucnews():
     assert summary["bad_rows"]["count"] == 0
     human = alambic("data", "inspect", "examples/thucnews.yaml")
     assert "45,000" in human.stdout and "财经" in human.stdout
+
+
+def test_readme_configuration_reference_is_the_schema():
+    from alambic.config import config_reference
+
+    readme = (PROJECT / "README.md").read_text(encoding="utf-8")
+    assert config_reference() in readme, "README is out of date: paste `alambic config schema --markdown`"
+    assert alambic("config", "schema", "--markdown").stdout == config_reference()

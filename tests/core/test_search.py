@@ -230,7 +230,7 @@ def test_driver_killed_mid_search_resumes_without_redoing(tmp_path):
         time.sleep(0.5)
     assert driver.poll() is None, f"the search ended before it could be killed: {driver.communicate()[1][-2000:]}"
     os.killpg(driver.pid, signal.SIGKILL)  # the driver and everything it started: no clean shutdown
-    driver.wait()
+    driver.communicate()  # reaps it and closes the pipes
     finished = {p.name: json.loads(p.read_text(encoding="utf-8")) for p in rows_dir.glob("*.json")}
     assert 2 <= len(finished) < 6
 

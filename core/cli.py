@@ -47,6 +47,9 @@ def _main(
     State.quiet = quiet
     level = logging.DEBUG if verbose else (logging.ERROR if quiet else logging.WARNING)
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
+    from alambic.distributed import quiet_ray_loggers
+
+    quiet_ray_loggers()  # the same third-party noise is silenced here as in Ray's workers
 
 
 # --- plugins --------------------------------------------------------------------------------
@@ -529,6 +532,32 @@ def export(
         errors.print(f"[red]{_escape(failure.message)}[/red]", highlight=False, soft_wrap=True)
     if result.failed:
         raise typer.Exit(1)
+
+
+# --- report ---------------------------------------------------------------------------------
+
+
+@app.command()
+def report(
+    run: Annotated[str, typer.Argument(metavar="RUN", help=(
+        "The run config (YAML), or a run directory <store>/<run name>/ (then the sections that need the "
+        "data or the teacher say so)."))],
+) -> None:
+    """Write report.md and report.html (one self-contained page) into the run directory.
+
+    Data, teacher, every candidate against the teacher (speed-up, size ratio), the Pareto plot, the
+    selected model and why, its guard decisions, per-class F1, confusion matrix and prediction
+    distribution on the test split, data.golden accuracy, export verification, the machine. A
+    section whose inputs do not exist yet (no selection, no export) says so.
+    """
+    from alambic.report import build_report, save_report
+
+    with console.status("writing the report", spinner="dots") if not State.quiet else _nothing():
+        written = build_report(run, quiet=State.quiet)
+        paths = save_report(written)
+    for line in written.missing:
+        console.print(f"[yellow]not in the report yet[/yellow] {_escape(line)}", highlight=False)
+    console.print(f"report: {paths['markdown']}\n        {paths['html']}", highlight=False)
 
 
 # --- run ------------------------------------------------------------------------------------

@@ -348,7 +348,6 @@ def _quantize_and_measure(ctx: Any, folder: Path, model_dir: Path, pruned: Prune
     from alambic.training import evaluate
 
     guard = ctx.config.guard
-    _, _, tokenized_before, _, _ = _load_inputs(ctx, model_dir)
     shutil.copytree(pruned.model_dir, folder / MODEL_DIR)  # the stage ships whole: export reads it alone
     model, _, tokenized, _, _ = _load_inputs(ctx, folder / MODEL_DIR)
     accuracy = evaluate(model, tokenized["validation"])["accuracy"]  # in the pruned model's own vocabulary
@@ -371,9 +370,8 @@ def _quantize_and_measure(ctx: Any, folder: Path, model_dir: Path, pruned: Prune
             if runtime == "onnxruntime" and source.onnx is not None:  # None: the quantizer exported itself
                 agreement = _agreement(Path(source.onnx), _onnx_file(quantized), tokenized["test"], measure.threads)
 
-    before, after = _measure(folder, model_dir, tokenized_before["test"], tokenized["test"], runtime=runtime,
-                             artifact=folder / artifact, quantized=quantized, measure=measure,
-                             original_tokenizer=ctx.prepared.tokenizer)
+    before, after = _measure(folder, model_dir, lambda: measure_input(ctx, model_dir, measure), tokenized["test"],
+                             runtime=runtime, artifact=folder / artifact, quantized=quantized, measure=measure)
     validation = pruned.record.get("validation_accuracy", {})
     return {
         "steps": summary, "decisions": [d.to_dict() for d in decisions], "pruning": pruned.record["pruning"],
@@ -442,19 +440,41 @@ def _agreement(source: Path, quantized: Path, test: Any, threads: int) -> dict[s
     return found
 
 
+def measure_input(ctx: Any, model_dir: Path, measure: MeasureSettings) -> Measurement:
+    """The input folder measured in PyTorch on the test split, as a stage of its own (keyed by the
+    folder's content, the data and the settings): candidates sharing a student measure it once."""
+    from alambic.measure import measure_pytorch
+
+    key = stable_hash({"stage": "measure", "model": model_digest(model_dir), "data": ctx.prepared.tokenized_key,
+                       "measure": measure})[:32]
+
+    def build(folder: Path) -> dict[str, Any]:
+        _, _, tokenized, _, _ = _load_inputs(ctx, model_dir)
+        common = {"runs": measure.runs, "warmup": measure.warmup, "memory": measure.memory}
+        with tempfile.TemporaryDirectory(prefix="alambic-vocab-") as tmp:
+            vocab = vocab_files(model_dir)
+            if not vocab:  # the run's tokenizer: its vocabulary ships with the model too
+                ctx.prepared.tokenizer.save_pretrained(tmp)
+                vocab = vocab_files(tmp)
+            found = measure_pytorch(model_dir, tokenized["test"], measure.lengths, measure.threads,
+                                    tokenizer_files=vocab, **common)
+        found.artifact = str(model_dir)
+        (folder / "measurement.json").write_text(json.dumps(found.to_dict(), indent=2) + "\n", encoding="utf-8")
+        return {"headline": found.headline()}
+
+    ctx.store.get_or_build_stage(key, "measure", build)
+    path = ctx.store.local_path(ctx.store.stage_path(key))
+    return Measurement.from_dict(json.loads((path / "measurement.json").read_text(encoding="utf-8")))
+
+
 def _measure(folder: Path, model_dir: Path, test_before: Any, test_after: Any, *, runtime: str, artifact: Path,
-             quantized: Any, measure: MeasureSettings, original_tokenizer: Any) -> tuple[Measurement, Measurement]:
-    """Before: the input folder in PyTorch. After: the artifact in its runtime. Both on test."""
+             quantized: Any, measure: MeasureSettings) -> tuple[Measurement, Measurement]:
+    """Before (``test_before()``): the input folder in PyTorch. After: the artifact in its runtime.
+    Both on the test split."""
     from alambic.measure import measure_onnx, measure_pytorch
 
     common = {"runs": measure.runs, "warmup": measure.warmup, "memory": measure.memory}
-    with tempfile.TemporaryDirectory(prefix="alambic-vocab-") as tmp:
-        vocab = vocab_files(model_dir)
-        if not vocab:  # the run's tokenizer: its vocabulary ships with the model too
-            original_tokenizer.save_pretrained(tmp)
-            vocab = vocab_files(tmp)
-        before = measure_pytorch(model_dir, test_before, measure.lengths, measure.threads,
-                                 tokenizer_files=vocab, **common)
+    before = test_before()  # memoized: every candidate of one student shares its "before"
     model_path = folder / MODEL_DIR
     if runtime == "onnxruntime":
         after = measure_onnx(artifact, test_after, measure.lengths, measure.threads,
@@ -465,7 +485,6 @@ def _measure(folder: Path, model_dir: Path, test_before: Any, test_after: Any, *
     else:
         after = measure_pytorch(model_path, test_after, measure.lengths, measure.threads, **common)
     after.artifact = _relative(artifact, folder)
-    before.artifact = str(model_dir)
     return before, after
 
 

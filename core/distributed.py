@@ -47,6 +47,10 @@ def ensure_ray(address: str | None, quiet: bool = False) -> None:
 NOISY_RAY_LOGGERS = (
     # without the dashboard, its state API is absent and this cleaner warns every few seconds
     "ray.train.v2._internal.execution.controller.placement_group_cleaner",
+    # transformers imports torchao when it is installed: its CUDA-only kernels fail to load on a
+    # CPU machine, and its enum registration warns about a torch.compile deprecation; neither matters
+    "torchao",
+    "torch.utils._pytree",
 )
 
 

@@ -334,7 +334,7 @@ class _SearchTable:
         self.plan = plan
         if not self.quiet:
             console.print(f"search {plan['name']}: {plan['algorithm']}, {plan['candidates']} candidate(s), "
-                          f"{plan['max_concurrent']} at a time, each trial {plan['trial_resources']}"
+                          f"{plan['max_concurrent'] or 'as many as the cluster grows to'} at a time, each trial {plan['trial_resources']}"
                           f"{' (resuming)' if plan['resume'] else ''}; Tune state in {plan['storage']}",
                           highlight=False)
         self._refresh()

@@ -315,8 +315,10 @@ def trial_resources(search: Any, gpus_available: bool) -> tuple[dict[str, float]
     return {"CPU": 1.0}, False, gpus * res.workers_per_trial
 
 
-def max_concurrent(search: Any, cluster: Mapping[str, float]) -> int:
-    """Trials at once: the config's, else as many as the cluster's CPUs and GPUs hold."""
+def max_concurrent(search: Any, cluster: Mapping[str, float]) -> int | None:
+    """Trials at once: the config's, else as many as the cluster's CPUs and GPUs hold now; None
+    when not one trial fits yet (an autoscaling cluster with no GPU node up): Tune then queues the
+    trials and the autoscaler adds nodes for them."""
     if search.resources.max_concurrent:
         return search.resources.max_concurrent
     res = search.resources
@@ -325,7 +327,7 @@ def max_concurrent(search: Any, cluster: Mapping[str, float]) -> int:
     fits = [math.floor(cluster.get("CPU", 1) / cpus)]
     if gpus:
         fits.append(math.floor(cluster.get("GPU", 0) / gpus))  # max_concurrent = gpus // gpus_per_trial
-    return max(1, min(fits))
+    return min(fits) if min(fits) >= 1 else None
 
 
 def _search_algorithm(ctx: Any, limit: int) -> tuple[Any, int]:
@@ -343,7 +345,7 @@ def _search_algorithm(ctx: Any, limit: int) -> tuple[Any, int]:
                else optuna.samplers.TPESampler(seed=search.seed))
     algo = OptunaSearch(metric=[o.metric for o in search.objectives], mode=[o.mode for o in search.objectives],
                         sampler=sampler)
-    return ConcurrencyLimiter(algo, max_concurrent=limit), search.trials
+    return ConcurrencyLimiter(algo, max_concurrent=limit or search.trials), search.trials
 
 
 def search(ctx: Any, *, resume: bool = False, on_row: Callable[[dict[str, Any]], None] | None = None,
@@ -372,6 +374,9 @@ def search(ctx: Any, *, resume: bool = False, on_row: Callable[[dict[str, Any]],
     cluster = ray.cluster_resources()
     resources, in_trial, _ = trial_resources(ctx.config.search, cluster_has_gpus())
     limit = max_concurrent(ctx.config.search, cluster)
+    if limit is None:
+        log.warning("the cluster has no room for a trial yet (%s): trials wait for the autoscaler to add nodes",
+                    dict(cluster))
     algo, samples = _search_algorithm(ctx, limit)
     space = Space(ctx.config.search)
     param_space = space.param_space(ctx.config.search.algorithm)

@@ -77,6 +77,7 @@ def test_concurrency_comes_from_the_cluster():
                                        "resources": {"workers_per_trial": 2, "gpus_per_worker": 1}})
     assert trial_resources(gpu, gpus_available=True) == ({"CPU": 1.0}, False, 2.0)
     assert max_concurrent(gpu, {"CPU": 64, "GPU": 8}) == 4  # gpus // gpus_per_trial
+    assert max_concurrent(gpu, {"CPU": 4}) is None  # no GPU node up yet: Tune queues, the autoscaler adds
     fixed = SearchConfig.model_validate({"students": ["roberta-l4"], "resources": {"max_concurrent": 3}})
     assert max_concurrent(fixed, {"CPU": 1}) == 3
 

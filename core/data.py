@@ -3,6 +3,7 @@
 The flow, and who does what::
 
     dsd, report = load_data(config.data, registry)   # source plugin reads; core splits and checks
+    golden = load_golden(config.data, label_names)   # data.golden, or None: never split or trained on
     tokenizer = load_tokenizer(config.tokenizer)     # hub id, local folder, or a vocab.txt
     tokenized = tokenize_data(dsd, tokenizer, max_length, cache_dir, report.fingerprint)
     summary = describe_data(dsd, report, tokenizer, max_length)   # `alambic data inspect`
@@ -107,6 +108,29 @@ def load_data(config: DataConfig, registry: Registry) -> tuple[DatasetDict, Data
     _warn_empty_classes(dsd, report)
     _warn_cross_split_duplicates(dsd, report)
     return dsd, report
+
+
+def load_golden(config: DataConfig, label_names: list[str]) -> Dataset | None:
+    """``data.golden``: the user's hand-checked rows (``text``, ``label``), read as the files
+    source reads a train file (same format and columns) and labelled with the run's label names;
+    None when no golden file is configured. It is never split, subsampled or trained on."""
+    if config.golden is None:
+        return None
+    # the files source's own reader and label mapping: a golden file reads exactly as train does
+    from alambic.plugins.data_sources import LabelSet, read_rows
+
+    report = DataReport(on_bad_row=config.bad_rows)
+    rows = read_rows(Path(config.golden), config, report)
+    labels = LabelSet.decide(config, list(label_names), rows, config.golden, header_hint=False)
+    if labels.kind == "id" and config.label_names is None:  # the run's names are train's ids, as text
+        labels.index = {int(n): i for i, n in enumerate(labels.names) if n.isdigit()}
+    with progress_bars(False):
+        golden = labels.dataset(rows, config.golden, report)
+    if report.skipped:
+        log.warning("data.golden: skipped %d bad row(s), first: %s", report.skipped, report.bad_rows[0])
+    if len(golden) == 0:
+        raise DataError(f"data.golden: {config.golden} has no usable rows")
+    return golden
 
 
 def _checked(raw: Any, source_id: str) -> DatasetDict:
@@ -291,6 +315,9 @@ def load_tokenizer(config: TokenizerConfig) -> Any:
         raise DataError("tokenizer.name_or_path is null: the tokenizer is trained on the data "
                         "(use prepare_tokenizer)")
     path = Path(name).expanduser()
+    if config.trust_remote_code:
+        log.warning("tokenizer.trust_remote_code is on: code shipped with %s will run on this machine",
+                    name)
     if name.endswith(".txt"):
         if not path.is_file():
             raise DataError(f"tokenizer.name_or_path: vocab file not found: {name}")

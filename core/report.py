@@ -1,0 +1,510 @@
+"""The run report: ``report.md`` and ``report.html`` in the run directory, written for people.
+
+::
+
+    write_report("examples/thucnews.yaml")   # or a RunContext, or a run directory; returns where
+    report = build_report(ctx)                # sections of paragraphs, tables, pictures
+    report.missing                            # the sections that lacked their inputs, one line each
+    save_report(report)                       # report.md (+ report_images/), report.html: atomically
+
+The sections: data (splits, sizes, labels, data.golden) · teacher (its metrics, its own size and
+latency) · candidates (every row of results.parquet: accuracy, macro-F1, golden accuracy, params,
+size, latency p50/p90, peak memory, speed-up and size ratio vs the teacher) · the Pareto plot ·
+the selected model and why · its guard decisions · its per-class F1, confusion matrix and
+prediction distribution against the teacher's on the test split (the seeds watch drift this way)
+· export verification · the machines. A section whose inputs do not exist yet (no selection, no
+export) says so in one line; given a run directory instead of its config, so do the ones that
+need the data or the teacher.
+
+What the report computes is cached as stages of the store, so that writing it again is quick:
+``teacher-measure`` (the teacher in PyTorch, 1 thread, at the candidates' lengths, no memory
+child) and ``evaluation`` (a shipped artifact on a split: the selected one on test; every
+candidate and the teacher on data.golden). Rendering and pictures: :mod:`alambic.report_html`.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import logging
+import math
+import os
+import tempfile
+import uuid
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from alambic.errors import AlambicError
+from alambic.report_html import Image, Items, Section, Table
+from alambic.store import Store, stable_hash
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+    from alambic.measure import Measurement
+    from alambic.run import RunContext
+
+log = logging.getLogger(__name__)
+
+REPORT_MD = "report.md"
+REPORT_HTML = "report.html"
+IMAGES_DIR = "report_images"  # the markdown's pictures; the HTML embeds its own
+METRICS_FILE = "metrics.json"
+MEASUREMENT_FILE = "measurement.json"
+MACHINE = ("cpu", "cores", "memory_gib", "os", "python", "runtime", "threads")
+
+
+@dataclass
+class Report:
+    title: str
+    subtitle: str
+    sections: list[Section]
+    store: Store  # the run directory it is written to
+
+    @property
+    def missing(self) -> list[str]:
+        return [f"{s.title}: {s.missing}" for s in self.sections if s.missing]
+
+
+def _absent(id: str, title: str, why: str) -> Section:
+    return Section(id, title, [why], missing=why)
+
+
+# --- inputs ---------------------------------------------------------------------------------
+
+
+@dataclass
+class _Teacher:
+    key: str
+    path: Path
+    metrics: dict[str, Any]  # metrics.json: validation, test (per_class, confusion), params
+    measurement: Measurement
+
+
+@dataclass
+class _Run:
+    store: Store
+    ctx: RunContext | None
+    results: pd.DataFrame | None = None  # marked: on_front, knee
+    selected: dict[str, Any] | None = None
+    teacher: _Teacher | None = None
+    golden: Any = None  # data.golden as a Dataset
+    golden_scores: dict[str, dict[str, Any] | None] = field(default_factory=dict)  # by candidate id, "teacher"
+
+    @property
+    def selected_row(self) -> dict[str, Any]:
+        return (self.selected or {}).get("row") or {}
+
+
+def _open(target: Any, quiet: bool) -> tuple[Store, RunContext | None]:
+    from alambic.front import RESULTS, resolve_run
+    from alambic.run import RunContext
+
+    if isinstance(target, RunContext):
+        return target.store, target
+    path = Path(os.fspath(target))
+    if path.is_file() and path.name != RESULTS:
+        ctx = RunContext.open(path, quiet=quiet)
+        return ctx.store, ctx
+    # a run directory (before its search, too), results.parquet or a URI: no config, fewer sections
+    return (Store.open(path) if path.is_dir() else resolve_run(target).store), None
+
+
+def _gather(target: Any, quiet: bool) -> _Run:
+    from alambic.front import RESULTS, SELECTED, Run, load_results, mark_front
+
+    store, ctx = _open(target, quiet)
+    run = _Run(store, ctx)
+    if store.exists(RESULTS):
+        run.results = mark_front(load_results(store), Run(store, ctx.config if ctx else None).objectives)
+    if store.exists(SELECTED):
+        run.selected = store.read_json(SELECTED)
+    if ctx is not None:
+        run.teacher = _teacher(ctx)
+        _golden(run)
+    return run
+
+
+def _teacher(ctx: RunContext) -> _Teacher | None:
+    from alambic.teacher import teacher_key
+
+    data = ctx.prepared
+    key = teacher_key(ctx.config.teacher, data.tokenized_key, data.label_names)
+    if ctx.store.load_manifest(ctx.store.stage_path(key)) is None:
+        return None  # not trained yet: a report never trains
+    path = ctx.store.local_path(ctx.store.stage_path(key))
+    metrics = json.loads((path / METRICS_FILE).read_text(encoding="utf-8"))
+    return _Teacher(key, path, metrics, teacher_measurement(ctx, key, path))
+
+
+def teacher_measurement(ctx: RunContext, key: str, path: Path) -> Measurement:
+    """The teacher folder measured as the candidates are (the search's lengths and runs), in PyTorch
+    on one thread, without the memory child; once per teacher and settings (a ``teacher-measure`` stage)."""
+    from alambic.config import MeasureConfig
+    from alambic.measure import Measurement, measure_pytorch
+
+    measure = ctx.config.search.measure if ctx.config.search is not None else MeasureConfig()
+    settings = {"lengths": tuple(measure.lengths), "runs": measure.runs, "warmup": measure.warmup}
+    stage = stable_hash({"stage": "teacher-measure", "teacher": key, "data": ctx.prepared.tokenized_key,
+                         "threads": 1, "memory": False, **settings})[:32]
+
+    def build(folder: Path) -> dict[str, Any]:
+        found = measure_pytorch(path, ctx.prepared.tokenized["test"], threads=1, memory=False, **settings)
+        (folder / MEASUREMENT_FILE).write_text(json.dumps(found.to_dict(), indent=2), encoding="utf-8")
+        return found.headline()
+
+    ctx.store.get_or_build_stage(stage, "teacher-measure", build)
+    done = ctx.store.local_path(ctx.store.stage_path(stage)) / MEASUREMENT_FILE
+    return Measurement.from_dict(json.loads(done.read_text(encoding="utf-8")))
+
+
+def evaluate_artifact(ctx: RunContext, model_key: str, model_dir: Path, rows: Any, rows_key: str, *,
+                      runtime: str = "pytorch", artifact: Path | None = None) -> dict[str, Any]:
+    """Accuracy, macro-F1, per-class report and confusion of a shipped artifact on raw rows (text,
+    label), tokenized by the model folder's own tokenizer (a pruned vocabulary has its own); cached
+    as an ``evaluation`` stage keyed by the model's stage and ``rows_key`` (what the rows are)."""
+    stage = stable_hash({"stage": "evaluation", "model": model_key, "rows": rows_key, "runtime": runtime,
+                         "max_length": ctx.config.tokenizer.max_length})[:32]
+
+    def build(folder: Path) -> dict[str, Any]:
+        metrics = _evaluate(ctx, model_dir, rows, runtime, artifact)
+        (folder / METRICS_FILE).write_text(json.dumps(metrics, ensure_ascii=False, indent=2), encoding="utf-8")
+        return {k: metrics[k] for k in ("accuracy", "macro_f1", "examples")}
+
+    ctx.store.get_or_build_stage(stage, "evaluation", build)
+    done = ctx.store.local_path(ctx.store.stage_path(stage)) / METRICS_FILE
+    return json.loads(done.read_text(encoding="utf-8"))
+
+
+def _evaluate(ctx: RunContext, model_dir: Path, rows: Any, runtime: str, artifact: Path | None) -> dict[str, Any]:
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    from alambic.data import progress_bars
+    from alambic.measure import vocab_files
+    from alambic.training import MODEL_INPUTS
+
+    tokenizer = AutoTokenizer.from_pretrained(str(model_dir)) if vocab_files(model_dir) else ctx.prepared.tokenizer
+    length = ctx.config.tokenizer.max_length
+
+    def encode(batch: dict[str, list[Any]]) -> dict[str, Any]:
+        found = tokenizer(batch["text"], truncation=True, max_length=length)
+        return {k: found[k] for k in MODEL_INPUTS if k in found} | {"length": [len(i) for i in found["input_ids"]]}
+
+    with progress_bars(False):  # a given fingerprint spares datasets from hashing the tokenizer
+        tokenized = rows.map(encode, batched=True, remove_columns=["text"], new_fingerprint=uuid.uuid4().hex)
+    if runtime == "onnxruntime":
+        from alambic.measure import onnx_evaluate
+        from alambic.onnx_export import ort_session
+
+        return onnx_evaluate(ort_session(artifact, 1), tokenized)
+    if runtime != "pytorch":
+        raise AlambicError(f"cannot evaluate runtime {runtime!r} here (pytorch and onnxruntime can be)")
+    from alambic.models import load_pretrained
+    from alambic.training import evaluate
+
+    model = load_pretrained(model_dir, AutoModelForSequenceClassification).eval()
+    if artifact is not None and artifact.is_file():  # a quantized state dict shipped instead of the weights
+        import torch
+        import torchao.quantization  # noqa: F401 - registers the int8 tensor classes for loading
+
+        model.load_state_dict(torch.load(artifact, weights_only=True, mmap=True), assign=True)
+    return evaluate(model, tokenized)
+
+
+def _candidate_scores(run: _Run, row: dict[str, Any], rows: Any, rows_key: str) -> dict[str, Any]:
+    """A candidate's shipped artifact (its stage's record.json says which, in which runtime) on rows."""
+    from alambic.compress import MODEL_DIR, RECORD_FILE
+
+    record = run.store.read_json(f"{row['stage']}/{RECORD_FILE}")
+    stage = run.store.local_path(str(row["stage"]))
+    return evaluate_artifact(run.ctx, record["key"], stage / MODEL_DIR, rows, rows_key, runtime=record["runtime"],
+                             artifact=stage / record["artifact"])
+
+
+def _golden(run: _Run) -> None:
+    """Every ok candidate, and the teacher, on data.golden (the user's hand-checked rows)."""
+    from alambic.data import file_sha256, load_golden
+
+    ctx = run.ctx
+    run.golden = load_golden(ctx.config.data, ctx.prepared.label_names)
+    if run.golden is None:
+        return
+    key = stable_hash({"golden": file_sha256(ctx.config.data.golden), "data": ctx.prepared.report.fingerprint})
+    if run.teacher is not None:
+        run.golden_scores["teacher"] = evaluate_artifact(ctx, run.teacher.key, run.teacher.path, run.golden, key)
+    for row in _ok_rows(run.results):
+        try:
+            run.golden_scores[row["candidate_id"]] = _candidate_scores(run, row, run.golden, key)
+        except (AlambicError, OSError) as exc:  # its stage gone from the store: the others still count
+            log.warning("candidate %s not evaluated on data.golden: %s", row["candidate_id"], exc)
+            run.golden_scores[row["candidate_id"]] = None
+
+
+def _ok_rows(df: pd.DataFrame | None) -> list[dict[str, Any]]:
+    from alambic.front import json_row
+
+    return [] if df is None else [json_row(r) for _, r in df[df["status"] == "ok"].iterrows()]
+
+
+# --- sections -------------------------------------------------------------------------------
+
+
+def _num(value: Any, spec: str = ",.2f", suffix: str = "") -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "-"
+    return f"{value:{spec}}{suffix}"
+
+
+def _data_section(run: _Run) -> Section:
+    from alambic.data import describe_data
+
+    if run.ctx is None:
+        return _absent("data", "Data", "No run config given (RUN is a run directory): the data summary needs it.")
+    data, config = run.ctx.prepared, run.ctx.config
+    splits = dict(data.tokenized) | ({"golden": run.golden} if run.golden is not None else {})
+    summary = describe_data(splits, data.report, max_length=config.tokenizer.max_length)
+    stats = ("p50", "p90", "p99", "max")
+    sizes = [[name, f"{s['rows']:,}", *(str(s.get("tokens", {}).get(k, "-")) for k in stats),
+              _num(s.get("tokens", {}).get("over_max_length"), ".2%")] for name, s in summary["splits"].items()]
+    labels = [[str(i), name, *(f"{s['labels'][name]:,}" for s in summary["splits"].values())]
+              for i, name in enumerate(summary["label_names"])]
+    blocks: list[Any] = [
+        f"Source `{config.data.source}`, {len(labels)} labels; tokens counted with [CLS] and [SEP] (max_length "
+        f"{config.tokenizer.max_length}); data fingerprint `{summary['fingerprint'][:12]}`.",
+        Table(["split", "rows", *(f"tokens {s}" for s in stats), "> max_length"], sizes),
+        Table(["id", "label", *summary["splits"]], labels)]
+    return Section("data", "Data", blocks + ([Items(summary["warnings"])] if summary["warnings"] else []))
+
+
+def _teacher_section(run: _Run) -> Section:
+    if run.teacher is None:
+        why = ("No trained teacher in the store yet: run `alambic teacher RUN`." if run.ctx else
+               "No run config given: the teacher is found by its config.")
+        return _absent("teacher", "Teacher", why)
+    m, head = run.teacher.metrics, run.teacher.measurement.headline()
+    scores = {split: m[split] for split in ("validation", "test") if split in m}
+    scores |= {"golden": run.golden_scores["teacher"]} if run.golden_scores.get("teacher") else {}
+    rows = [[split, _num(s.get("accuracy"), ".4f"), _num(s.get("macro_f1"), ".4f"), _num(s.get("examples"), ",")]
+            for split, s in scores.items()]
+    return Section("teacher", "Teacher", [
+        Table(["split", "accuracy", "macro-F1", "examples"], rows),
+        f"{m.get('params', 0):,} parameters, trained in {m.get('wall_time_s', '?')} s; stage `{run.teacher.key[:12]}`. "
+        f"Measured here in PyTorch on 1 thread: {head['size_mb']:,.2f} MB, latency p50 "
+        f"{_num(head['latency_p50_ms'])} ms, p90 {_num(head['latency_p90_ms'])} ms at {head['latency_length']} "
+        "tokens (batch 1)."])
+
+
+def _ratio(a: Any, b: Any) -> str:
+    return _num(a / b, ".2f", "×") if a and b else "-"
+
+
+def _candidates_section(run: _Run) -> Section:
+    if run.results is None:
+        return _absent("candidates", "Candidates", "No search results yet (results.parquet): run `alambic search RUN`.")
+    golden, chosen = bool(run.golden_scores), (run.selected or {}).get("candidate_id")
+    head = run.teacher.measurement.headline() if run.teacher else {}
+
+    def line(mark: str, r: dict[str, Any]) -> list[str]:
+        score = run.golden_scores.get(r["candidate_id"]) or {}
+        return [mark, r["candidate_id"], *(str(r.get(k) or "") for k in ("student", "pruning", "quantization",
+                "runtime")), _num(r.get("accuracy"), ".4f"), _num(r.get("macro_f1"), ".4f"),
+                *([_num(score.get("accuracy"), ".4f")] if golden else []), _num(r.get("params"), ","),
+                *(_num(r.get(k)) for k in ("size_mb", "latency_p50_ms", "latency_p90_ms")),
+                _num(r.get("peak_mem_mb"), ",.1f"), _ratio(head.get("latency_p50_ms"), r.get("latency_p50_ms")),
+                _ratio(head.get("size_mb"), r.get("size_mb"))]
+
+    rows = []
+    if run.teacher:
+        test = run.teacher.metrics["test"]
+        rows.append(line("teacher", head | {"candidate_id": "teacher", "runtime": "pytorch", "peak_mem_mb": None,
+                                            "accuracy": test["accuracy"], "macro_f1": test["macro_f1"]}))
+    ok = sorted(_ok_rows(run.results), key=lambda r: (not r["on_front"], -(r["accuracy"] or 0), r["size_mb"] or 0))
+    for r in ok:
+        marks = (("selected", r["candidate_id"] == chosen), ("knee", r.get("knee")), ("front", r["on_front"]))
+        rows.append(line(", ".join(m for m, on in marks if on), r))
+    headers = ["", "candidate", "student", "pruning", "quant", "runtime", "accuracy", "macro-F1",
+               *(["golden accuracy"] if golden else []), "params", "size MB", "p50 ms", "p90 ms", "peak MB",
+               "speed-up", "smaller"]
+    caption = (f"{len(ok)} measured candidates, {int(run.results['on_front'].sum())} on the Pareto front. Accuracy on "
+               "the test split; latency: batch 1 on the CPU at the reference length; peak MB: a fresh process running "
+               "the artifact once. Speed-up = the teacher's p50 ÷ the candidate's; smaller = the teacher's size "
+               "÷ the candidate's" + (" (the teacher measured here in PyTorch, 1 thread)." if run.teacher else
+                                ": no teacher measured, no ratios."))
+    blocks: list[Any] = [Table(headers, rows, caption, tuple(i for i, r in enumerate(rows) if r[1] == chosen))]
+    failed = [r for _, r in run.results[run.results["status"] != "ok"].iterrows()]
+    if failed:
+        blocks += [f"{len(failed)} failed candidate(s):", Items([
+            f"`{r['candidate_id']}` {r.get('student')} / {r.get('pruning')} / {r.get('quantization')}: {r.get('error')}"
+            for r in failed])]
+    return Section("candidates", "Candidates", blocks)
+
+
+def _front_section(run: _Run) -> Section:
+    from alambic.front import plot_front
+
+    if run.results is None or not (run.results["status"] == "ok").any():
+        return _absent("front", "Pareto front", "No measured candidate yet: nothing to plot.")
+    with tempfile.TemporaryDirectory(prefix="alambic-report-") as tmp:
+        png = plot_front(run.results, Path(tmp) / "front.png").read_bytes()
+    knee = ", ".join(run.results[run.results["knee"]]["candidate_id"]) or "-"
+    return Section("front", "Pareto front", [
+        f"Test accuracy against size, coloured by latency p50; the front joined; its knee: `{knee}`.",
+        Image("front.png", png, "Pareto front: test accuracy against size")])
+
+
+def _selected_section(run: _Run) -> Section:
+    sel, row = run.selected, run.selected_row
+    if sel is None:
+        return _absent("selected", "Selected model", "No selection yet (selected.json): run `alambic select RUN`.")
+    facts = [("candidate", f"`{sel['candidate_id']}`"), ("policy", sel.get("summary", "")),
+             *((k, row.get(k)) for k in ("student", "pruning", "quantization", "runtime")),
+             ("test accuracy", _num(row.get("accuracy"), ".4f")), ("size", _num(row.get("size_mb"), ",.2f", " MB")),
+             ("latency p50 / p90", f"{_num(row.get('latency_p50_ms'))} / {_num(row.get('latency_p90_ms'))} ms"),
+             ("artifact", f"`{row.get('artifact')}`"), ("selected at", sel.get("selected_at", ""))]
+    blocks: list[Any] = [Table(["", ""], [[k, str(v)] for k, v in facts]),
+                         f"{sel.get('qualifying', '?')} of {sel.get('considered', '?')} measured candidates qualify "
+                         f"({sel.get('failed', 0)} failed). Why this one:", Items(list(sel.get("reasons", [])))]
+    return Section("selected", "Selected model", blocks + (["Notes:", Items(sel["notes"])] if sel.get("notes") else []))
+
+
+def _guard_section(run: _Run) -> Section:
+    from alambic.compress import RECORD_FILE
+
+    if not run.selected_row.get("stage"):
+        return _absent("guard", "Guard decisions", "No selection yet: the decisions are the selected candidate's.")
+    record = run.store.read_json(f"{run.selected_row['stage']}/{RECORD_FILE}")
+    guard, decisions = record.get("guard", {}), record.get("decisions", [])
+    blocks: list[Any] = [f"Each step is evaluated on the validation split: one costing more than "
+                         f"{guard.get('max_drop', '?')} points is retried at half strength "
+                         f"({guard.get('retries', '?')} times), then reverted."]
+    headers = ["step", "attempt", "strength", "validation before", "after", "drop (points)", "outcome", "note"]
+    rows = [[d["step"], str(d["attempt"]), _num(d.get("strength"), "g"), _num(d["accuracy_before"], ".4f"),
+             _num(d["accuracy_after"], ".4f"), _num(d["drop_points"], "+.2f"), d["outcome"], d.get("note", "")]
+            for d in decisions]
+    blocks.append(Table(headers, rows) if rows else "No compression step: nothing to guard.")
+    if record.get("agreement"):
+        a = record["agreement"]
+        blocks.append(f"The quantized graph against its fp32 ONNX source on {a['examples']:,} test rows: argmax "
+                      f"agreement {a['argmax_agreement']:.2%} ({'ok' if a['ok'] else 'below'} {a['threshold']:.0%}), "
+                      f"max |logit diff| {a['max_abs_diff']:.4f}.")
+    return Section("guard", "Guard decisions", blocks)
+
+
+def _quality_section(run: _Run) -> Section:
+    from alambic import report_html as draw
+
+    row, title = run.selected_row, "Selected model on the test split"
+    if run.ctx is None or not row:
+        return _absent("quality", title, "Needs the run config and a selection (`alambic select RUN`).")
+    data, teacher = run.ctx.prepared, run.teacher.metrics["test"] if run.teacher else None
+    found = _candidate_scores(run, row, data.raw["test"], f"{data.report.fingerprint}/test")
+    names = data.label_names
+    per_class = [[str(i), n, f"{c['support']:,}", *(f"{c[k]:.4f}" for k in ("precision", "recall", "f1")),
+                  _num(teacher["per_class"][n]["f1"], ".4f") if teacher else "-"]
+                 for i, (n, c) in enumerate(found["per_class"].items())]
+    shares = {"true labels": draw.shares(found["confusion"], axis=1)}
+    shares |= {"teacher": draw.shares(teacher["confusion"], axis=0)} if teacher else {}
+    shares["selected"] = draw.shares(found["confusion"], axis=0)
+    blocks: list[Any] = [
+        f"The shipped artifact ({row.get('runtime')}) on {found['examples']:,} test rows: accuracy "
+        f"{found['accuracy']:.4f}, macro-F1 {found['macro_f1']:.4f}."
+        + ("" if draw.draws_names(names) else " The pictures name labels by id (no CJK font installed here)."),
+        Table(["id", "label", "support", "precision", "recall", "F1", "teacher F1"], per_class),
+        Image("confusion.png", draw.confusion_png(found["confusion"], names), "confusion matrix"),
+        Table(["label", *(f"{k} %" for k in shares)], [[n, *(f"{100 * v[i]:.1f}" for v in shares.values())]
+                                                      for i, n in enumerate(names)],
+              "Share of the test rows per label: the true labels, then the predictions.")]
+    if teacher:
+        tvd = 0.5 * sum(abs(a - b) for a, b in zip(shares["selected"], shares["teacher"], strict=True))
+        blocks.append(f"Prediction distribution against the teacher's: total variation distance {100 * tvd:.2f} "
+                      "points.")
+    blocks.append(Image("predictions.png", draw.distribution_png(shares, names), "prediction distribution"))
+    return Section("quality", title, blocks)
+
+
+def _export_section(run: _Run) -> Section:
+    from alambic.export import EXPORT_DIR, VERIFICATION_FILE
+
+    if not run.store.exists(f"{EXPORT_DIR}/{VERIFICATION_FILE}"):
+        return _absent("export", "Export", "No export yet (export/verification.json): run `alambic export RUN`.")
+    found = run.store.read_json(f"{EXPORT_DIR}/{VERIFICATION_FILE}")
+    formats = found.get("formats", {})
+    rows = [[name, c["name"], c["value"], {True: "ok", False: "FAILED", None: ""}[c["ok"]]]
+            for name, f in formats.items() for c in f.get("checks", [])]
+    rows += [[name, f"size {file}", f"{size / 1e6:,.2f} MB", ""] for name, f in formats.items()
+             for file, size in f.get("sizes", {}).items()]
+    blocks: list[Any] = [f"Formats {', '.join(formats) or 'none'}, verified on {found.get('test_rows', 0):,} test rows "
+                         f"against the source (its test accuracy {_num(found.get('source_test_accuracy'), '.4f')}).",
+                         Table(["format", "check", "result", ""], rows)]
+    if found.get("failed"):
+        blocks.append(Items([f["message"] for f in found["failed"].values()]))
+    manifest = run.store.load_manifest(EXPORT_DIR)
+    if manifest is not None:
+        blocks.append(f"Bundle `{EXPORT_DIR}/`: {len(manifest.files)} files, "
+                      f"{sum(f.size for f in manifest.files) / 1e6:,.2f} MB, written {manifest.created_at}.")
+    shipped, chosen = Path(str(found.get("stage", ""))).name, Path(str(run.selected_row.get("stage", ""))).name
+    if chosen and shipped != chosen:  # selected again since the export
+        blocks.append(f"Note: the bundle is of stage `{shipped[:12]}`, not the selected candidate's `{chosen[:12]}`: "
+                      "run `alambic export RUN` again.")
+    return Section("export", "Export", blocks)
+
+
+def _machine_section(run: _Run) -> Section:
+    from alambic.compress import RECORD_FILE
+    from alambic.machine import describe
+
+    seen: Counter[tuple[str, ...]] = Counter()
+    for row in _ok_rows(run.results):  # a search on a cluster may measure on several kinds of node
+        try:
+            machine = run.store.read_json(f"{row['stage']}/{RECORD_FILE}")["after"].get("machine", {})
+        except (AlambicError, OSError, KeyError):
+            continue
+        seen[tuple(str(machine.get(k, "-")) for k in MACHINE)] += 1
+    rows = [[f"{n} candidate(s)", *key] for key, n in seen.items()]
+    if run.teacher:
+        rows.append(["the teacher", *(str(run.teacher.measurement.machine.get(k, "-")) for k in MACHINE)])
+    rows.append(["this report", *(str(describe().get(k, "-")) for k in MACHINE)])
+    caption = "Latency and memory hold for the machine they were measured on; a phone differs (phone_latency_factor)."
+    return Section("machine", "Machine", [Table(["measured", "CPU", "cores", "memory GiB", "OS", "Python", "runtime",
+                                                 "threads"], rows, caption)])
+
+
+SECTIONS = (_data_section, _teacher_section, _candidates_section, _front_section, _selected_section, _guard_section,
+            _quality_section, _export_section, _machine_section)
+
+
+# --- the report -----------------------------------------------------------------------------
+
+
+def build_report(target: Any, *, quiet: bool = True) -> Report:
+    """The report of a run: a RunContext, a run config (YAML), or a run directory (fewer sections)."""
+    from alambic import __version__
+
+    run = _gather(target, quiet)
+    name = run.ctx.config.name if run.ctx else Path(run.store.uri).name
+    now = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+    return Report(f"alambic report: {name}", f"Run `{name}` in `{run.store.uri}`, written {now} by alambic "
+                  f"{__version__}.", [section(run) for section in SECTIONS], run.store)
+
+
+def save_report(report: Report) -> dict[str, str]:
+    """The pictures, report.md and report.html into the run directory, each written atomically."""
+    from alambic.report_html import render_html, render_markdown
+
+    store = report.store
+    for image in (b for s in report.sections for b in s.blocks if isinstance(b, Image)):
+        store.write_bytes(f"{IMAGES_DIR}/{image.name}", image.png)
+    store.write_text(REPORT_MD, render_markdown(report, IMAGES_DIR))
+    store.write_text(REPORT_HTML, render_html(report))
+    return {"markdown": f"{store.uri}/{REPORT_MD}", "html": f"{store.uri}/{REPORT_HTML}"}
+
+
+def write_report(target: Any, *, quiet: bool = True) -> dict[str, str]:
+    """Build and save the report of a run; returns where report.md and report.html went."""
+    return save_report(build_report(target, quiet=quiet))
+
+
+__all__ = ["REPORT_HTML", "REPORT_MD", "Report", "build_report", "evaluate_artifact", "save_report",
+           "teacher_measurement", "write_report"]

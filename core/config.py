@@ -432,8 +432,10 @@ def _is_union_tag(part: Any) -> bool:
 def _allowed_keys(loc: tuple[Any, ...], root: type[BaseModel]) -> list[str]:
     """The field names of the section at ``loc`` (for unknown-key messages)."""
     model: Any = root
+    keyed = False  # the previous field is a dict of sections: this part is one of its keys
     for part in loc:
-        if isinstance(part, int):
+        if isinstance(part, int) or keyed:
+            keyed = False
             continue
         field = model.model_fields.get(part) if hasattr(model, "model_fields") else None
         if field is None:
@@ -441,6 +443,7 @@ def _allowed_keys(loc: tuple[Any, ...], root: type[BaseModel]) -> list[str]:
         model = _section_type(field.annotation)
         if model is None:
             return []
+        keyed = getattr(field.annotation, "__origin__", None) is dict
     return list(model.model_fields)
 
 

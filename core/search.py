@@ -192,6 +192,7 @@ class SearchJob:
     teacher: Any  # TeacherRecord
     measure: MeasureSettings
     train_in_trial: bool  # True: distill in the trial's own process; False: a TorchTrainer inside
+    since: float = 0.0  # when this search started: a candidate that failed after it is not retried
     space: Space = field(init=False)
 
     def __post_init__(self) -> None:
@@ -240,6 +241,8 @@ def run_candidate(ctx: Any, candidate: Candidate, job: SearchJob, trial_id: str 
         if row.get("status") == "ok":
             return row | {"trial_id": trial_id, "distill_reused": True, "prune_reused": True,
                           "compress_reused": True, "seconds": 0.0}
+        if row.get("finished_at", 0) >= job.since:  # Tune retrying a candidate's own error: it would again
+            return row
     start = time.perf_counter()
     row = _base_row(candidate, trial_id) | {"node_id": node_id}
     try:
@@ -384,7 +387,7 @@ def search(ctx: Any, *, resume: bool = False, on_row: Callable[[dict[str, Any]],
         "lengths": tuple(ctx.config.search.measure.lengths)})
     config = _trial_config(ctx.config, in_trial)
     job = SearchJob(config=config, registry=ctx.registry, teacher=teacher, measure=measure,
-                    train_in_trial=in_trial)
+                    train_in_trial=in_trial, since=time.time())
     trainable = tune.with_resources(tune.with_parameters(candidate_trial, job=job), resources)
     name = f"search-{search_key(ctx, teacher.key)}"
     storage = _tune_storage(ctx)

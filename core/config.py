@@ -285,7 +285,7 @@ class SearchConfig(Section):
             try:
                 check_domain(value[key])
             except ValueError as exc:
-                raise ValueError(f"search.space.{key}: {exc}") from None
+                raise ValueError(f"{key}: {exc}") from None
         return value
 
 

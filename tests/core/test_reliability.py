@@ -365,7 +365,9 @@ def test_every_leaf_wrong_at_once_in_the_cli(write_config, minimal_config) -> No
         assert f"  - {key_path(path)}: " in result.stderr, key_path(path)
 
 
-VALUES = st.recursive(st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=8),
+#: no subnormal floats: the training loop flushes denormals to zero (alambic.training.fast_cpu_math) for the
+#: whole process, and hypothesis refuses to draw them then
+VALUES = st.recursive(st.none() | st.booleans() | st.integers() | st.floats(allow_subnormal=False) | st.text(max_size=8),
                       lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=5), inner, max_size=3),
                       max_leaves=6)
 
@@ -505,7 +507,7 @@ def _resumable_worker(loop_config: dict[str, Any]) -> None:
             os.kill(os.getpid(), signal.SIGKILL)
 
 
-@pytest.mark.timeout(300)
+@pytest.mark.timeout(900)  # ~40 s on a quiet machine; Ray workers are niced, so minutes under load
 def test_worker_killed_mid_training_is_retried_from_its_last_checkpoint(tmp_path: Path) -> None:
     import ray
 

@@ -66,3 +66,36 @@ def no_network(monkeypatch: pytest.MonkeyPatch) -> list[tuple]:
     monkeypatch.setattr(socket, "getaddrinfo", refuse)
     monkeypatch.setattr(socket.socket, "connect", refuse)
     return touched
+
+
+def train_tiny_run(root: Path, rows: list[str], **config: object) -> tuple[object, Path]:
+    """A run of ``rows`` (headline<TAB>label) in ``root`` with a trained 200-token vocabulary, and a
+    2-layer roberta-l4 trained on it until it scores 1.0 on validation: (run context, its folder,
+    which holds the tokenizer too). ``config`` adds or replaces top-level sections."""
+    import torch
+
+    from alambic.plugins.students import RobertaL4
+    from alambic.run import RunContext
+    from alambic.training import TrainSettings, evaluate, fit
+
+    (root / "train.tsv").write_text("\n".join(rows) + "\n", encoding="utf-8")
+    base = {
+        "name": "tiny", "store": str(root / "artifacts"),
+        "data": {"train": "train.tsv", "format": "tsv", "header": False, "text_column": 0, "label_column": 1,
+                 "split": {"validation": 0.2, "test": 0.2}},
+        "tokenizer": {"name_or_path": None, "vocab_size": 200, "min_frequency": 1, "max_length": 16},
+        "guard": {"max_drop": 1.0, "retries": 2},
+    }
+    (root / "run.yaml").write_text(yaml.safe_dump(base | config, allow_unicode=True), encoding="utf-8")
+    ctx = RunContext.open(root / "run.yaml", quiet=True)
+    data = ctx.prepared
+    torch.manual_seed(0)
+    model = RobertaL4.build(num_labels=2, id2label=data.label_names, layers=2, hidden=64, heads=4, ffn=128,
+                            vocab_size=len(data.tokenizer))
+    fit(model, data.tokenized["train"], data.tokenized["validation"],
+        TrainSettings(epochs=3, learning_rate=3e-3, batch_size=8, warmup_ratio=0.0))
+    assert evaluate(model, data.tokenized["validation"])["accuracy"] == 1.0, "the rule was not learnt"
+    folder = root / "trained"
+    model.save_pretrained(folder)
+    data.tokenizer.save_pretrained(folder)
+    return ctx, folder

@@ -76,34 +76,10 @@ def test_model_digest_follows_the_content(tmp_path):
 def trained(tmp_path_factory):
     """A run of 160 headlines whose label is their first character, and a 2-layer roberta-l4
     trained on them (its folder holds its tokenizer)."""
-    from alambic.plugins.students import RobertaL4
-    from alambic.run import RunContext
-    from alambic.training import TrainSettings, evaluate, fit
+    from tests.conftest import train_tiny_run
 
     root = tmp_path_factory.mktemp("run")
-    rows = [f"{'好坏'[i % 2]}消息第{i}条\t{i % 2}" for i in range(160)]
-    (root / "train.tsv").write_text("\n".join(rows) + "\n", encoding="utf-8")
-    config = {
-        "name": "tiny", "store": str(root / "artifacts"),
-        "data": {"train": "train.tsv", "format": "tsv", "header": False, "text_column": 0, "label_column": 1,
-                 "split": {"validation": 0.2, "test": 0.2}},
-        "tokenizer": {"name_or_path": None, "vocab_size": 200, "min_frequency": 1, "max_length": 16},
-        "guard": {"max_drop": 1.0, "retries": 2},
-    }
-    (root / "run.yaml").write_text(yaml.safe_dump(config, allow_unicode=True), encoding="utf-8")
-    ctx = RunContext.open(root / "run.yaml", quiet=True)
-    data = ctx.prepared
-    import torch
-
-    torch.manual_seed(0)
-    model = RobertaL4.build(num_labels=2, id2label=data.label_names, layers=2, hidden=64, heads=4, ffn=128,
-                            vocab_size=len(data.tokenizer))
-    fit(model, data.tokenized["train"], data.tokenized["validation"],
-        TrainSettings(epochs=3, learning_rate=3e-3, batch_size=8, warmup_ratio=0.0))
-    assert evaluate(model, data.tokenized["validation"])["accuracy"] == 1.0, "the rule was not learnt"
-    folder = root / "trained"
-    model.save_pretrained(folder)
-    data.tokenizer.save_pretrained(folder)
+    _, folder = train_tiny_run(root, [f"{'好坏'[i % 2]}消息第{i}条\t{i % 2}" for i in range(160)])
     return root, folder
 
 

@@ -20,36 +20,13 @@ from alambic.export import export_stage, format_verification, load_source, resol
 def run(tmp_path_factory):
     """A run of 160 headlines whose label is their first character, a 2-layer roberta-l4 trained on
     them, and its compress stage (vocabulary pruned, dynamic INT8 for ONNX Runtime)."""
-    import torch
-
     from alambic.compress import MeasureSettings, compress, parse_steps
-    from alambic.plugins.students import RobertaL4
-    from alambic.run import RunContext
-    from alambic.training import TrainSettings, evaluate, fit
+    from tests.conftest import train_tiny_run
 
     root = tmp_path_factory.mktemp("export-run")
     rows = [f"{'体财'[i % 2]}育新闻第{i}条\t{'体育' if i % 2 == 0 else '财经'}" for i in range(160)]
-    (root / "train.tsv").write_text("\n".join(rows) + "\n", encoding="utf-8")
-    config = {
-        "name": "tiny", "store": str(root / "artifacts"),
-        "data": {"train": "train.tsv", "format": "tsv", "header": False, "text_column": 0, "label_column": 1,
-                 "split": {"validation": 0.2, "test": 0.2}},
-        "tokenizer": {"name_or_path": None, "vocab_size": 200, "min_frequency": 1, "max_length": 16},
-        "guard": {"max_drop": 1.0, "retries": 0},
-        "export": {"author": "alambic tests", "license": "Apache-2.0", "description": "体育 or 财经"},
-    }
-    (root / "run.yaml").write_text(yaml.safe_dump(config, allow_unicode=True), encoding="utf-8")
-    ctx = RunContext.open(root / "run.yaml", quiet=True)
-    data = ctx.prepared
-    torch.manual_seed(0)
-    model = RobertaL4.build(num_labels=2, id2label=data.label_names, layers=2, hidden=64, heads=4, ffn=128,
-                            vocab_size=len(data.tokenizer))
-    fit(model, data.tokenized["train"], data.tokenized["validation"],
-        TrainSettings(epochs=3, learning_rate=3e-3, batch_size=8, warmup_ratio=0.0))
-    assert evaluate(model, data.tokenized["validation"])["accuracy"] == 1.0, "the rule was not learnt"
-    folder = root / "trained"
-    model.save_pretrained(folder)
-    data.tokenizer.save_pretrained(folder)
+    ctx, folder = train_tiny_run(root, rows, guard={"max_drop": 1.0, "retries": 0},
+                                 export={"author": "alambic tests", "license": "Apache-2.0", "description": "体育 or 财经"})
     settings = MeasureSettings(lengths=(8,), runs=2, warmup=0, memory=False)
     record = compress(ctx, folder, parse_steps("vocab"), "dynamic-int8", measure=settings)
     return root, ctx, record

@@ -373,6 +373,9 @@ def _read_yaml(path: Path) -> dict[str, Any]:
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
+        if isinstance(exc, yaml.constructor.ConstructorError):  # valid YAML, but a tag that builds objects
+            raise ConfigError(str(path), [f"{where}{exc.problem}: a run config holds plain values only "
+                                          "(tags such as !!python/object are refused)"]) from None
         raise ConfigError(str(path), [f"{where}YAML syntax error: {exc}"]) from None
     if not isinstance(raw, dict):
         got = "an empty file" if raw is None else type(raw).__name__

@@ -424,11 +424,13 @@ def search(ctx: Any, *, resume: bool = False, on_row: Callable[[dict[str, Any]],
 
 
 def _trial_config(config: RunConfig, in_trial: bool) -> RunConfig:
-    """The run config a trial sees: its Ray Train workers are the search's workers_per_trial."""
+    """The run config a trial sees: its Ray Train workers are the search's workers_per_trial, and
+    a local store is an absolute path (Tune runs each trial in a working directory of its own)."""
     res = config.search.resources
     ray = config.ray.model_copy(update={"workers": res.workers_per_trial, "cpus_per_worker": res.cpus_per_worker,
                                         "gpus_per_worker": res.gpus_per_worker})
-    return config.model_copy(update={"ray": ray})
+    store = config.store if "://" in config.store else str(Path(config.store).expanduser().resolve())
+    return config.model_copy(update={"ray": ray, "store": store})
 
 
 def _tune_storage(ctx: Any) -> str:

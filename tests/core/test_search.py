@@ -110,7 +110,7 @@ def tiny_run(root: Path, name: str = "tiny", **search) -> Path:
     rows = [f"{'好坏'[i % 2]}消息第{i}条\t{i % 2}" for i in range(160)]
     (root / "train.tsv").write_text("\n".join(rows) + "\n", encoding="utf-8")
     config = {
-        "name": name, "store": str(root / "artifacts"),
+        "name": name, "store": "artifacts",  # relative to the working directory, as users write it
         "data": {"train": "train.tsv", "format": "tsv", "header": False, "text_column": 0, "label_column": 1,
                  "split": {"validation": 0.2, "test": 0.2}},
         "tokenizer": {"vocab_size": 200, "min_frequency": 1, "max_length": 16},
@@ -140,6 +140,8 @@ def searched(tmp_path_factory):
 
     cloudpickle.register_pickle_by_value(sys.modules[__name__])  # Explode travels to the trials
     root = tmp_path_factory.mktemp("search")
+    here = os.getcwd()
+    os.chdir(root)  # the store is relative: Tune runs trials elsewhere, they must still find it
     ctx = RunContext.open(tiny_run(root), quiet=True)
     ctx.registry["pruners"].add(Explode)
     pruning = [*ctx.config.search.pruning, [PruningStep(pruner="explode")]]
@@ -149,6 +151,7 @@ def searched(tmp_path_factory):
     second = search(ctx)
     yield ctx, first, second, seen
     ray.shutdown()
+    os.chdir(here)
 
 
 def test_search_runs_every_candidate_and_memoizes(searched):

@@ -246,7 +246,9 @@ def compress(
     settings = MeasureSettings(lengths=parse_lengths(lengths), threads=threads, runs=runs,
                                warmup=min(10, runs), memory=memory)
     pruning = parse_steps(steps, ctx.registry)
-    options = _key_values(quant_options or [], "--quant-option")
+    from alambic.distill import parse_set
+
+    options = parse_set(quant_options or [], "--quant-option", "per_channel=true")
     def show(d) -> None:  # each guard decision as it is made
         if not as_json:
             console.print(f"guard {d.step} (try {d.attempt}): validation accuracy {d.accuracy_before:.4f} -> "
@@ -350,22 +352,6 @@ class _SearchTable:
     def _refresh(self) -> None:
         if self.live is not None:
             self.live.update(self._render())
-
-
-def _key_values(items: list[str], flag: str) -> dict[str, object]:
-    """``["per_channel=true", "calibration=entropy"]`` -> a dict, values read as YAML scalars."""
-    import yaml
-
-    found: dict[str, object] = {}
-    for item in items:
-        key, sep, value = item.partition("=")
-        if not sep or not key.strip():
-            raise AlambicError(f"{flag} {item!r}: expected key=value, e.g. {flag} per_channel=true")
-        try:
-            found[key.strip()] = yaml.safe_load(value) if value.strip() else ""
-        except yaml.YAMLError:
-            raise AlambicError(f"{flag} {item!r}: cannot read the value {value!r}") from None
-    return found
 
 
 def _print_model_record(what: str, path: Path, metrics: dict, reused: bool) -> None:
@@ -515,7 +501,9 @@ def export(
     ctx = RunContext.open(path, quiet=State.quiet or as_json)
     chosen = [f.strip() for f in formats.split(",") if f.strip()] if formats else None
     per_format: dict[str, dict[str, object]] = {}
-    for key, value in _key_values(options or [], "--option").items():
+    from alambic.distill import parse_set
+
+    for key, value in parse_set(options or [], "--option", "coreml.epochs=5").items():
         name, dot, option = key.partition(".")
         if not dot or not option:
             raise AlambicError(f"--option {key}: expected format.key=value, e.g. --option coreml.epochs=5")

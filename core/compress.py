@@ -364,9 +364,9 @@ def _quantize_and_measure(ctx: Any, folder: Path, model_dir: Path, pruned: Prune
             accuracy = made[-1].accuracy_after
             runtime = quantized.runtime
             shipped = _onnx_file(quantized) if runtime == "onnxruntime" else quantized.files[0]
-            artifact = _relative(shipped, folder)
-            quant_report = {k: _relative(v, folder) if k == "source" else v for k, v in quantized.report.items()}
-            quant_report["files"] = [_relative(f, folder) for f in quantized.files]
+            artifact = relative_path(shipped, folder)
+            quant_report = {k: relative_path(v, folder) if k == "source" else v for k, v in quantized.report.items()}
+            quant_report["files"] = [relative_path(f, folder) for f in quantized.files]
             if runtime == "onnxruntime" and source.onnx is not None:  # None: the quantizer exported itself
                 agreement = _agreement(Path(source.onnx), _onnx_file(quantized), tokenized["test"], measure.threads)
 
@@ -419,7 +419,7 @@ def _onnx_file(quantized: Any) -> Path:
     return Path(found[0])
 
 
-def _relative(path: Any, folder: Path) -> Any:
+def relative_path(path: Any, folder: Path) -> Any:
     """A path inside the stage folder, relative to it (the stage is renamed, maybe downloaded)."""
     try:
         return Path(path).resolve().relative_to(folder.resolve()).as_posix()
@@ -484,7 +484,7 @@ def _measure(folder: Path, model_dir: Path, test_before: Any, test_after: Any, *
                                 model=quantized.model, **common)
     else:
         after = measure_pytorch(model_path, test_after, measure.lengths, measure.threads, **common)
-    after.artifact = _relative(artifact, folder)
+    after.artifact = relative_path(artifact, folder)
     return before, after
 
 
@@ -516,5 +516,5 @@ def format_record(record: CompressRecord) -> list[Table]:
     return tables
 
 
-__all__ = ["CompressRecord", "MIN_AGREEMENT", "MeasureSettings", "PruneRecord", "compress", "prune", "format_record", "model_digest",
+__all__ = ["CompressRecord", "MIN_AGREEMENT", "MeasureSettings", "PruneRecord", "compress", "prune", "relative_path", "format_record", "model_digest",
            "parse_lengths", "parse_steps", "step_label"]

@@ -44,7 +44,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from alambic.compress import MeasureSettings, step_label
+from alambic.compress import MeasureSettings, relative_path, step_label
 from alambic.config import PruningStep, RunConfig
 from alambic.errors import AlambicError, ConfigError
 from alambic.store import stable_hash
@@ -263,8 +263,8 @@ def run_candidate(ctx: Any, candidate: Candidate, job: SearchJob, trial_id: str 
                                if {"peak_rss_bytes", "baseline_rss_bytes"} <= set(memory) else None)
         row |= {"runtime": record.runtime, "latency_threads": headline["threads"], "status": "ok",
                 "prune_key": record.prune_key, "compress_key": record.key, "prune_reused": record.prune_reused,
-                "compress_reused": record.reused, "stage": _relative(record.path, run_dir),
-                "artifact": _relative(record.artifact, run_dir),
+                "compress_reused": record.reused, "stage": str(relative_path(record.path, run_dir)),
+                "artifact": str(relative_path(record.artifact, run_dir)),
                 "outcomes": {s["step"]: s["outcome"] for s in record.record["steps"]}}
     row |= {"seconds": round(time.perf_counter() - start, 1), "finished_at": time.time()}
     ctx.store.write_json(rel, row)
@@ -279,13 +279,6 @@ def _base_row(candidate: Candidate, trial_id: str) -> dict[str, Any]:
             "distill_reused": False, "prune_reused": False, "compress_reused": False, "on_front": False}
     row |= {f"distill.{k}": v for k, v in candidate.settings.items()}
     return row
-
-
-def _relative(path: Path, root: Path) -> str:
-    try:
-        return Path(path).resolve().relative_to(Path(root).resolve()).as_posix()
-    except ValueError:
-        return str(path)
 
 
 # --- the driver -----------------------------------------------------------------------------

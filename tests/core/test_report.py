@@ -34,7 +34,8 @@ def run(tmp_path_factory):
     from alambic.front import load_results, select, write_selected
     from alambic.front import mark_front as rank
     from alambic.run import RunContext
-    from alambic.search import Candidate, _base_row, _relative, mark_front, write_results
+    from alambic.compress import relative_path
+    from alambic.search import Candidate, _base_row, mark_front, write_results
     from alambic.teacher import train_teacher
 
     root = tmp_path_factory.mktemp("report-run")
@@ -67,8 +68,8 @@ def run(tmp_path_factory):
         rows.append(_base_row(candidate, "trial") | {k: headline[k] for k in (
             "accuracy", "macro_f1", "size_mb", "latency_p50_ms", "latency_p90_ms", "peak_mem_mb", "params")} | {
             "runtime": record.runtime, "latency_threads": headline["threads"], "status": "ok",
-            "prune_key": record.prune_key, "compress_key": record.key, "stage": _relative(record.path, run_dir),
-            "artifact": _relative(record.artifact, run_dir)})
+            "prune_key": record.prune_key, "compress_key": record.key, "stage": str(relative_path(record.path, run_dir)),
+            "artifact": str(relative_path(record.artifact, run_dir))})
     failed = Candidate(student="teacher", settings={"temperature": 9.0}, pruning=(), quantization="none")
     rows.append(_base_row(failed, "trial") | {"status": "failed", "error": "RuntimeError: explode"})
     write_results(ctx.store, mark_front(rows, ctx.config.search.objectives))

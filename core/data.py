@@ -36,6 +36,7 @@ from alambic.errors import DataError
 from alambic.store import stable_hash
 
 if TYPE_CHECKING:
+    import numpy as np
     from datasets import Dataset, DatasetDict
 
     from alambic.config import DataConfig, SplitFractions, TokenizerConfig
@@ -381,7 +382,36 @@ def tokenize_data(dsd: DatasetDict, tokenizer: Any, max_length: int, cache_dir: 
                 for split, ds in dsd.items()
             })
             _save_atomically(encoded, target)
-    return load_from_disk(str(target))
+    tokenized = load_from_disk(str(target))
+    for split, ds in tokenized.items():
+        _warn_unknown_only(split, ds, dsd[split], tokenizer)
+    return tokenized
+
+
+def unknown_only_rows(ds: Dataset, tokenizer: Any) -> np.ndarray:
+    """Rows whose tokens, special ones aside, are all the unknown token (e.g. texts of emoji only):
+    the model sees nothing of them but their length."""
+    import numpy as np
+
+    unk = tokenizer.unk_token_id
+    ids = ds.data.column("input_ids").combine_chunks()
+    if unk is None or len(ids) == 0:
+        return np.zeros(0, dtype=np.int64)
+    values, offsets = ids.flatten().to_numpy(), ids.offsets.to_numpy()
+    row_of = np.repeat(np.arange(len(ids)), np.diff(offsets))  # the row each token belongs to
+    special = np.isin(values, [i for i in tokenizer.all_special_ids if i != unk])
+    known = np.bincount(row_of, weights=~special & (values != unk), minlength=len(ids))
+    unknown = np.bincount(row_of, weights=values == unk, minlength=len(ids))
+    return np.flatnonzero((unknown > 0) & (known == 0))
+
+
+def _warn_unknown_only(split: str, ds: Dataset, raw: Dataset, tokenizer: Any) -> None:
+    rows = unknown_only_rows(ds, tokenizer)
+    if len(rows):
+        examples = ", ".join(repr(raw[int(i)]["text"][:20]) for i in rows[:3])
+        log.warning("split '%s': %d text(s) have no character in the tokenizer's vocabulary and read as "
+                    "%s only (rows %s; e.g. %s): the model learns nothing from them", split, len(rows),
+                    tokenizer.unk_token, ", ".join(str(i) for i in rows[:5]), examples)
 
 
 def _encode(ds: Dataset, tokenizer: Any, max_length: int, fingerprint: str) -> Dataset:

@@ -102,7 +102,7 @@ def distill_worker(loop_config: dict[str, Any]) -> None:
     import torch
     from transformers import AutoConfig, AutoModelForSequenceClassification
 
-    from alambic.distributed import prepare_model, report_epoch, worker_context
+    from alambic.distributed import prepare_model, report_epoch, resume_state, worker_context
     from alambic.losses import needs_online_teacher, output_flags
     from alambic.training import MODEL_INPUTS, fast_cpu_math, fit, seed_everything
 
@@ -145,8 +145,8 @@ def distill_worker(loop_config: dict[str, Any]) -> None:
 
     extra = [(f"{loss.id}.{name}", p) for loss in losses for name, p in loss.named_parameters()]
     fit(model, loop_config["train"], loop_config["validation"], train_settings(settings), compute_loss,
-        extra_parameters=extra, rank=context.rank, world_size=context.world_size,
-        on_epoch=lambda epoch, metrics, is_best: report_epoch(model, metrics, is_best, context))
+        extra_parameters=extra, rank=context.rank, world_size=context.world_size, resume=resume_state(context),
+        on_epoch=lambda epoch, metrics, is_best, state: report_epoch(model, metrics, is_best, context, state))
 
 
 # --- driver ---------------------------------------------------------------------------------
@@ -195,7 +195,9 @@ def distill(ctx: Any, student_id: str, overrides: Mapping[str, Any] | None = Non
         extra = {"student": student_id, "sizes": sizes, "settings": settings.model_dump(),
                  "teacher": teacher.key, "teacher_test_accuracy": teacher.metrics["test"]["accuracy"],
                  "online_teacher": online, "donor": donor.key if donor else None}
-        return finish_model_folder(run.checkpoint, folder, data, time.perf_counter() - start, extra)
+        meta = finish_model_folder(run.checkpoint, folder, data, time.perf_counter() - start, extra)
+        run.discard()  # the stage holds the result now; the checkpoints were for resuming
+        return meta
 
     manifest, reused = ctx.store.get_or_build_stage(key, "distill", build)
     record = StudentRecord(key=key, student=student_id, path=ctx.store.local_path(ctx.store.stage_path(key)),

@@ -81,6 +81,15 @@ class TrainRun:
 
     metrics: dict[str, Any]
     checkpoint: Path | None
+    scratch: Path | None = None  # the run's own folder: checkpoints, resume state, Ray's records
+
+    def discard(self) -> None:
+        """Delete the run's scratch folder once its result is safe in the store.
+
+        Until then it stays: a retried or re-run training resumes from its last checkpoint.
+        """
+        if self.scratch is not None:
+            shutil.rmtree(self.scratch, ignore_errors=True)
 
 
 def run_trainer(worker: Callable[[dict[str, Any]], None], loop_config: dict[str, Any], *, name: str,
@@ -103,8 +112,8 @@ def run_trainer(worker: Callable[[dict[str, Any]], None], loop_config: dict[str,
         run_config=RunConfig(
             name=name,
             storage_path=str(storage_path),
-            # workers report a checkpoint only when an epoch is the best so far, so the last
-            # checkpoint is the best one; keep just that
+            # every checkpoint holds the best weights so far and the state to resume from after
+            # its epoch (report_epoch): the last one is all a retry or the driver needs
             checkpoint_config=CheckpointConfig(num_to_keep=1),
             failure_config=FailureConfig(max_failures=ray_config.max_failures),
         ),
@@ -116,7 +125,7 @@ def run_trainer(worker: Callable[[dict[str, Any]], None], loop_config: dict[str,
     if result.error is not None:
         raise AlambicError(f"training run '{name}' failed: {result.error}") from result.error
     checkpoint = Path(result.checkpoint.path) if result.checkpoint is not None else None
-    return TrainRun(metrics=dict(result.metrics or {}), checkpoint=checkpoint)
+    return TrainRun(metrics=dict(result.metrics or {}), checkpoint=checkpoint, scratch=storage_path / name)
 
 
 LOCAL_CHECKPOINT_KEY = "_local_checkpoint_dir"
@@ -138,7 +147,8 @@ def run_local(worker: Callable[[dict[str, Any]], None], loop_config: dict[str, A
     worker({**loop_config, LOCAL_CHECKPOINT_KEY: checkpoint_dir})
     metrics_file = checkpoint_dir / "metrics.json"
     metrics = json.loads(metrics_file.read_text()) if metrics_file.is_file() else {}
-    return TrainRun(metrics=metrics, checkpoint=checkpoint_dir if metrics_file.is_file() else None)
+    return TrainRun(metrics=metrics, checkpoint=checkpoint_dir if metrics_file.is_file() else None,
+                    scratch=checkpoint_dir)
 
 
 @dataclass(frozen=True)
@@ -179,26 +189,87 @@ def prepare_model(model: Any, context: WorkerContext) -> Any:
     return model.to(context.device)
 
 
-def report_epoch(model: Any, metrics: dict[str, Any], is_best: bool, context: WorkerContext) -> None:
-    """Report an epoch's metrics; checkpoint the model (HF folder + metrics.json) when it is the best.
+#: where a checkpoint keeps the state a retried worker resumes from (beside the best weights)
+RESUME_STATE = "resume/training_state.pt"
 
-    Every rank reports (Ray needs all of them), only rank 0 writes the checkpoint.
+
+def report_epoch(model: Any, metrics: dict[str, Any], is_best: bool, context: WorkerContext,
+                 training_state: Callable[[], dict[str, Any]] | None = None) -> None:
+    """Report an epoch's metrics to Ray, with a checkpoint from rank 0 (every rank must report).
+
+    A checkpoint is a Hugging Face folder of the best weights so far with their ``metrics.json``,
+    and, given ``training_state`` (a thunk from ``training.fit``), the state to resume from after
+    this epoch; then every epoch is checkpointed. Without it, only a best epoch is.
     """
     import tempfile
 
+    scalars = {k: v for k, v in metrics.items() if isinstance(v, (int, float, str, bool))}
+    writes = context.rank == 0 and (is_best or training_state is not None)
+    state = training_state() if writes and training_state is not None else None
+    if not context.in_ray:
+        if writes and context.local_checkpoint_dir is not None:
+            write_checkpoint(context.local_checkpoint_dir, model, metrics, is_best, state)
+        return
+    import ray.train
+
+    with tempfile.TemporaryDirectory() as folder:
+        if writes:
+            write_checkpoint(Path(folder), model, metrics, is_best, state)
+        ray.train.report(scalars, checkpoint=ray.train.Checkpoint.from_directory(folder) if writes else None)
+
+
+def write_checkpoint(folder: Path, model: Any, metrics: dict[str, Any], is_best: bool,
+                     state: dict[str, Any] | None) -> None:
+    """The best weights (safetensors) and metrics into ``folder``; then the resume state, atomically."""
+    import torch
+
     from alambic.training import unwrap
 
-    scalars = {k: v for k, v in metrics.items() if isinstance(v, (int, float, str, bool))}
-    with tempfile.TemporaryDirectory() as folder:
-        checkpoint_dir = Path(folder)
-        if is_best and context.rank == 0:
-            unwrap(model).save_pretrained(checkpoint_dir, safe_serialization=True)
-            (checkpoint_dir / "metrics.json").write_text(json.dumps(metrics, ensure_ascii=False, indent=2))
-        if context.in_ray:
-            import ray.train
+    if is_best or state is None:
+        unwrap(model).save_pretrained(folder, safe_serialization=True)
+        (folder / "metrics.json").write_text(json.dumps(metrics, ensure_ascii=False, indent=2))
+    elif not (folder / "metrics.json").is_file():  # a fresh Ray folder: write the best epoch again
+        unwrap(model).save_pretrained(folder, state_dict=state["best_state"], safe_serialization=True)
+        (folder / "metrics.json").write_text(json.dumps(state["best_metrics"], ensure_ascii=False, indent=2))
+    if state is not None:
+        target = folder / RESUME_STATE
+        target.parent.mkdir(exist_ok=True)
+        partial = target.with_name(f".{target.name}.partial")
+        torch.save(state, partial)
+        os.replace(partial, target)  # a worker killed mid-save leaves the previous state whole
 
-            checkpoint = ray.train.Checkpoint.from_directory(folder) if is_best and context.rank == 0 else None
-            ray.train.report(scalars, checkpoint=checkpoint)
-        elif is_best and context.local_checkpoint_dir is not None:
-            for item in checkpoint_dir.iterdir():
-                shutil.copy2(item, context.local_checkpoint_dir / item.name)
+
+def resume_state(context: WorkerContext) -> dict[str, Any] | None:
+    """The training state of the last checkpoint this run reported, when it is a retry (else None).
+
+    Under Ray that is the checkpoint Ray hands a restarted worker; in a plain process, what an
+    earlier attempt of the same run left in its checkpoint folder. Read with
+    ``torch.load(weights_only=True)``: tensors and plain values only, never pickled objects.
+    """
+    if not context.in_ray:
+        folder = context.local_checkpoint_dir
+        return _read_state(folder / RESUME_STATE) if folder is not None else None
+    import ray.train
+
+    checkpoint = ray.train.get_checkpoint()
+    if checkpoint is None:
+        return None
+    with checkpoint.as_directory() as folder:
+        return _read_state(Path(folder) / RESUME_STATE)
+
+
+def _read_state(path: Path) -> dict[str, Any] | None:
+    import torch
+
+    if not path.is_file():
+        return None
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        if not isinstance(state, dict) or not isinstance(state.get("epoch"), int):
+            raise ValueError("not a training state")
+    except Exception as exc:  # noqa: BLE001 - any unreadable state means: start over, and say so
+        log.warning("cannot read the training state %s (%s: %s): training starts from epoch 1",
+                    path, type(exc).__name__, exc)
+        return None
+    log.warning("resuming from %s: epoch %d of this training was done before it stopped", path, state["epoch"] + 1)
+    return state

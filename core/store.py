@@ -432,7 +432,9 @@ class Store:
         manifest. Returns the manifest and whether an existing stage was reused.
         """
         rel = self.stage_path(key)
-        with self._stage_lock(key):  # concurrent trials wanting one stage: one builds, the rest reuse
+        with self._stage_lock(key) as locked:  # concurrent trials wanting one stage: one builds, the rest reuse
+            if locked:
+                self._remove_stale_scratch(rel)
             try:
                 found = self.verify(rel) if verify else self.load_manifest(rel)
             except StoreError as exc:  # incomplete or corrupted: never trusted, rebuilt
@@ -448,18 +450,31 @@ class Store:
             return artifact.manifest, False
 
     @contextlib.contextmanager
-    def _stage_lock(self, key: str) -> Iterator[None]:
+    def _stage_lock(self, key: str) -> Iterator[bool]:
         """An exclusive lock per stage on a local store (``stages/.<key>.lock``, flock: released
         when its holder dies). Object stores have no locks: content addressing keeps them correct,
         at worst two processes build the same stage and the first complete copy wins."""
         if not (self.lock_stages and self.is_local) or fcntl is None:
-            yield
+            yield False
             return
+        # the lock file itself stays (empty): unlinking a file another process may be about to
+        # lock would let two holders lock two different files
         path = Path(self._abs("stages")) / f".{key}.lock"
         path.parent.mkdir(parents=True, exist_ok=True)
         with open(path, "a+b") as handle:
             fcntl.flock(handle, fcntl.LOCK_EX)
             try:
-                yield
+                yield True
             finally:
                 fcntl.flock(handle, fcntl.LOCK_UN)
+
+    def _remove_stale_scratch(self, rel: str) -> None:
+        """Delete the scratch folders of earlier builds of ``rel`` (killed before they committed).
+
+        Called holding the stage's lock: every builder of this stage holds it while its scratch
+        exists, so any scratch found now belongs to a process that died.
+        """
+        target = Path(self._abs(rel))
+        for stale in target.parent.glob(f".{target.name}.tmp-*"):
+            log.info("removing %s, left by a build that did not finish", stale)
+            shutil.rmtree(stale, ignore_errors=True)

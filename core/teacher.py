@@ -89,7 +89,7 @@ def use_eight_bit(optimizer: str) -> bool:
 
 def teacher_worker(loop_config: dict[str, Any]) -> None:
     """Per-worker training function: build the teacher, train it, report each epoch to Ray."""
-    from alambic.distributed import prepare_model, report_epoch, worker_context
+    from alambic.distributed import prepare_model, report_epoch, resume_state, worker_context
     from alambic.training import fit, seed_everything
 
     context = worker_context(loop_config)
@@ -102,8 +102,8 @@ def teacher_worker(loop_config: dict[str, Any]) -> None:
     model = prepare_model(model, context)
     fit(model, loop_config["train"], loop_config["validation"], loop_config["settings"],
         rank=context.rank, world_size=context.world_size,
-        eight_bit_optimizer=use_eight_bit(spec["optimizer"]),
-        on_epoch=lambda epoch, metrics, is_best: report_epoch(model, metrics, is_best, context))
+        eight_bit_optimizer=use_eight_bit(spec["optimizer"]), resume=resume_state(context),
+        on_epoch=lambda epoch, metrics, is_best, state: report_epoch(model, metrics, is_best, context, state))
 
 
 # --- driver ---------------------------------------------------------------------------------
@@ -143,7 +143,9 @@ def train_teacher(ctx: Any, local: bool = False) -> TeacherRecord:
             name=f"teacher-{key[:12]}", scratch=ctx.cache_dir, ray_config=ctx.config.ray,
             local=local, quiet=ctx.quiet,
         )
-        return finish_model_folder(run.checkpoint, folder, data, time.perf_counter() - start)
+        meta = finish_model_folder(run.checkpoint, folder, data, time.perf_counter() - start)
+        run.discard()  # the stage holds the result now; the checkpoints were for resuming
+        return meta
 
     manifest, reused = ctx.store.get_or_build_stage(key, "teacher", build)
     path = ctx.store.local_path(ctx.store.stage_path(key))

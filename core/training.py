@@ -227,11 +227,14 @@ def _no_decay(name: str) -> bool:
 def fit(model: torch.nn.Module, train: Any, validation: Any, settings: TrainSettings,
         compute_loss: LossFn = cross_entropy_loss, *, extra_parameters: Sequence[tuple[str, torch.nn.Parameter]] = (),
         rank: int = 0, world_size: int = 1, eight_bit_optimizer: bool = False,
-        on_epoch: Callable[[int, dict[str, Any], bool], None] | None = None,
+        resume: dict[str, Any] | None = None,
+        on_epoch: Callable[[int, dict[str, Any], bool, Callable[[], dict[str, Any]]], None] | None = None,
         progress: Callable[[int, int, dict[str, float]], None] | None = None) -> FitResult:
     """Train ``model`` (maybe DDP-wrapped); evaluate each epoch; keep the best state by macro-F1.
 
-    ``on_epoch(epoch, metrics, is_best)`` is where a Ray worker reports and checkpoints;
+    ``on_epoch(epoch, metrics, is_best, training_state)`` is where a Ray worker reports and
+    checkpoints; ``training_state()`` builds what :func:`training_state` returns, and giving that
+    back as ``resume`` continues after its epoch (a restarted worker redoes at most one epoch).
     ``progress(step, steps, losses)`` feeds a progress bar.
     """
     from transformers import get_linear_schedule_with_warmup
@@ -250,9 +253,13 @@ def fit(model: torch.nn.Module, train: Any, validation: Any, settings: TrainSett
 
     log.info("training on %s, %d torch threads, rank %d of %d, %d steps per epoch", device,
              torch.get_num_threads(), rank, world_size, steps_per_epoch)
-    result = FitResult(best_metrics={}, best_epoch=-1)
-    stale = 0
-    for epoch in range(settings.epochs):
+    result, stale, start = FitResult(best_metrics={}, best_epoch=-1), 0, 0
+    if resume is not None:
+        start, stale = restore_training_state(resume, model, optimizer, scheduler, scaler, extra_parameters, result)
+        log.info("resuming after epoch %d of %d from its checkpoint", start, settings.epochs)
+    for epoch in range(start, settings.epochs):
+        if result.stopped_early:  # the checkpoint resumed from was taken as training stopped
+            break
         model.train()
         step, epoch_start, loss_sums = 0, time.perf_counter(), {}
         for step, (rows, batch) in enumerate(iterate(train, settings.batch_size, seed=settings.seed, epoch=epoch,
@@ -288,15 +295,58 @@ def fit(model: torch.nn.Module, train: Any, validation: Any, settings: TrainSett
         log.info("epoch %d/%d (%.0f s): %s, validation accuracy %.4f macro-F1 %.4f%s", epoch + 1, settings.epochs,
                  metrics["epoch_seconds"], ", ".join(f"{k} {v:.4f}" for k, v in losses.items()),
                  metrics["accuracy"], metrics["macro_f1"], " (best)" if is_best else "")
-        if on_epoch:
-            on_epoch(epoch, metrics, is_best)
         if settings.early_stopping_patience and stale >= settings.early_stopping_patience:
             result.stopped_early = True
             log.info("early stopping after epoch %d: no macro-F1 gain for %d epoch(s)", epoch, stale)
+        if on_epoch:
+            on_epoch(epoch, metrics, is_best, lambda: training_state(  # built only where it is saved
+                epoch, stale, model, optimizer, scheduler, scaler, extra_parameters, result))
+        if result.stopped_early:
             break
     if result.best_state is not None:
         unwrap(model).load_state_dict(result.best_state)
     return result
+
+
+# --- resuming -------------------------------------------------------------------------------
+
+
+def training_state(epoch: int, stale: int, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
+                   scheduler: Any, scaler: Any, extra_parameters: Sequence[tuple[str, torch.nn.Parameter]],
+                   result: FitResult) -> dict[str, Any]:
+    """Everything a restarted worker needs to go on after ``epoch`` as if it had never stopped.
+
+    Plain tensors, numbers and strings only, so that it loads with ``torch.load(weights_only=True)``.
+    The best weights are stored apart only when they are not the current ones.
+    """
+    return {
+        "epoch": epoch, "stale": stale, "stopped_early": result.stopped_early,
+        "model": unwrap(model).state_dict(), "optimizer": optimizer.state_dict(),
+        "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(),
+        "extra": {name: p.detach() for name, p in extra_parameters},
+        "best_epoch": result.best_epoch, "best_metrics": result.best_metrics, "history": result.history,
+        "best_state": None if result.best_epoch == epoch else result.best_state,
+        "torch_rng": torch.get_rng_state(),
+    }
+
+
+def restore_training_state(state: dict[str, Any], model: torch.nn.Module, optimizer: torch.optim.Optimizer,
+                           scheduler: Any, scaler: Any, extra_parameters: Sequence[tuple[str, torch.nn.Parameter]],
+                           result: FitResult) -> tuple[int, int]:
+    """Load a :func:`training_state` into the objects ``fit`` built; return (next epoch, stale epochs)."""
+    unwrap(model).load_state_dict(state["model"])
+    optimizer.load_state_dict(state["optimizer"])
+    scheduler.load_state_dict(state["scheduler"])
+    scaler.load_state_dict(state["scaler"])
+    with torch.no_grad():
+        for name, parameter in extra_parameters:
+            parameter.copy_(state["extra"][name])
+    torch.set_rng_state(state["torch_rng"])
+    result.best_epoch, result.best_metrics = state["best_epoch"], state["best_metrics"]
+    result.history, result.stopped_early = list(state["history"]), state["stopped_early"]
+    best = state["best_state"] if state["best_state"] is not None else state["model"]
+    result.best_state = {k: v.clone() for k, v in best.items()}
+    return state["epoch"] + 1, state["stale"]
 
 
 def _average_gradients(parameters: Sequence[tuple[str, torch.nn.Parameter]], world_size: int) -> None:

@@ -101,7 +101,9 @@ def read_label_names(config: DataConfig) -> list[str] | None:
         try:
             names = [n.strip() for n in data.decode(config.encoding).splitlines()]
         except UnicodeDecodeError as exc:
-            raise DataError(f"{value}: not {config.encoding} text ({exc.reason})") from None
+            line = data.count(b"\n", 0, exc.start) + 1
+            raise DataError(f"{value}:{line}: cannot decode byte 0x{data[exc.start]:02x} as {config.encoding}; "
+                            "is the file in another encoding (e.g. GBK)? set data.encoding") from None
         while names and not names[-1]:
             names.pop()
     first: dict[str, int] = {}
@@ -241,17 +243,19 @@ def _table_rows(path: Path, lines: Iterator[tuple[int, str]], fmt: str, config: 
         return []
     text_i, label_i, width, header = _columns(path, first, config)
     rows = []
-    for line, fields in records if header else itertools.chain([first], records):
+    for line, fields, last in records if header else itertools.chain([first], records):
         if len(fields) != width:
-            report.bad_row(path, line, f"expected {width} columns, found {len(fields)}")
+            quote = (f" (a quoted field opened on line {line} runs to line {last}: an unclosed '\"'?)"
+                     if last > line else "")
+            report.bad_row(path, line, f"expected {width} columns, found {len(fields)}{quote}")
         else:
             rows.append(_row(path, line, fields[text_i], fields[label_i].strip(), report))
     return [r for r in rows if r is not None]
 
 
 def _records(path: Path, lines: Iterator[tuple[int, str]], fmt: str,
-             report: DataReport) -> Iterator[tuple[int, list[str]]]:
-    """(first line, fields) per non-blank CSV/TSV record; a quoted CSV field may span lines."""
+             report: DataReport) -> Iterator[tuple[int, list[str], int]]:
+    """(first line, fields, last line) per non-blank CSV/TSV record; a quoted CSV field may span lines."""
     pulled: list[int] = []  # line numbers csv.reader took for the record it is reading
 
     def feed() -> Iterator[str]:
@@ -270,15 +274,15 @@ def _records(path: Path, lines: Iterator[tuple[int, str]], fmt: str,
         except csv.Error as exc:  # e.g. a field over csv.field_size_limit()
             report.bad_row(path, pulled[0] if pulled else 0, f"unreadable {fmt.upper()} row: {exc}")
             fields = []
-        start = pulled[0] if pulled else 0
+        start, last = (pulled[0], pulled[-1]) if pulled else (0, 0)
         pulled.clear()
         if any(f.strip() for f in fields):
-            yield start, fields
+            yield start, fields, last
 
 
-def _columns(path: Path, first: tuple[int, list[str]], config: DataConfig) -> tuple[int, int, int, bool]:
+def _columns(path: Path, first: tuple[int, list[str], int], config: DataConfig) -> tuple[int, int, int, bool]:
     """Indices of the text and label columns, the expected width, and whether line 1 is a header."""
-    line, fields = first
+    line, fields, _ = first
     names = [f.strip() for f in fields]
     specs = {"text_column": config.text_column, "label_column": config.label_column}
     header = config.header

@@ -192,6 +192,24 @@ def test_stage_without_manifest_is_rebuilt(store: Store, tmp_path: Path) -> None
     assert scratch_entries(tmp_path) == []
 
 
+@pytest.mark.parametrize("already_built", [False, True], ids=["then-built", "then-reused"])
+def test_scratch_of_a_killed_build_is_removed_by_the_next_holder_of_the_stage(
+        store: Store, tmp_path: Path, already_built: bool) -> None:
+    key, other = store.stage_key(stage="distill"), store.stage_key(stage="other")
+    if already_built:
+        store.get_or_build_stage(key, "student", Builder())
+    stages = tmp_path / "artifacts" / "stages"
+    stages.mkdir(parents=True, exist_ok=True)
+    for stale in (f".{key}.tmp-0123abcd", f".{other}.tmp-4567ef01"):  # builds SIGKILLed mid-way
+        (stages / stale).mkdir()
+        (stages / stale / "model.bin").write_text("half")
+
+    store.get_or_build_stage(key, "student", Builder())
+
+    # this stage's litter is gone; another stage's stays until a builder of that stage holds its lock
+    assert [Path(p).name for p in scratch_entries(stages)] == [f".{other}.tmp-4567ef01"]
+
+
 def test_corrupted_stage_is_detected_and_rebuilt(store: Store, tmp_path: Path) -> None:
     key = store.stage_key(stage="quantize")
     build = Builder()

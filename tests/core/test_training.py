@@ -111,7 +111,7 @@ def test_fit_learns_and_keeps_the_best_epoch():
     before = evaluate(model, validation)["accuracy"]
     seen = []
     result = fit(model, train, validation, TrainSettings(epochs=4, learning_rate=3e-3, batch_size=16),
-                 on_epoch=lambda epoch, metrics, best: seen.append((epoch, best)))
+                 on_epoch=lambda epoch, metrics, best, state: seen.append((epoch, best)))
     assert [e for e, _ in seen] == [0, 1, 2, 3] and seen[0][1]
     assert result.best_metrics["accuracy"] >= 0.9 > before
     assert evaluate(model, validation)["macro_f1"] == pytest.approx(result.best_metrics["macro_f1"])
@@ -124,6 +124,54 @@ def test_fit_stops_early_without_progress():
     result = fit(model, train, validation,
                  TrainSettings(epochs=10, learning_rate=1e-9, batch_size=16, early_stopping_patience=1))
     assert result.stopped_early and len(result.history) == 2
+
+
+def dropout_model():
+    """tiny_model with dropout on, so that resuming must also restore the random stream."""
+    model = tiny_model()
+    for module in model.modules():
+        if isinstance(module, torch.nn.Dropout):
+            module.p = 0.1
+    return model
+
+
+def test_fit_resumed_from_a_training_state_ends_exactly_where_an_uninterrupted_fit_does():
+    import copy
+    import io
+
+    train, validation = token_dataset(96), token_dataset(32, seed=1)
+    settings = TrainSettings(epochs=3, learning_rate=3e-3, batch_size=16)
+    states = {}
+
+    def keep(epoch, metrics, best, state):
+        buffer = io.BytesIO()  # through torch.save/load(weights_only=True), as a checkpoint goes
+        torch.save(state(), buffer)
+        states[epoch] = torch.load(io.BytesIO(buffer.getvalue()), weights_only=True)
+
+    whole = dropout_model()
+    full = fit(whole, train, validation, settings, on_epoch=keep)
+    resumed_model = dropout_model()
+    resumed = fit(resumed_model, train, validation, settings, resume=copy.deepcopy(states[0]))
+    assert [h["epoch"] for h in resumed.history] == [0, 1, 2]  # epoch 0 from the state, 1-2 trained
+    assert resumed.history == full.history[:1] + [
+        {**h, "epoch_seconds": resumed.history[i + 1]["epoch_seconds"]} for i, h in enumerate(full.history[1:])]
+    assert resumed.best_epoch == full.best_epoch
+    for name, value in whole.state_dict().items():
+        torch.testing.assert_close(resumed_model.state_dict()[name], value, rtol=0, atol=0, msg=name)
+
+
+def test_fit_resumed_after_its_last_epoch_trains_nothing_and_keeps_the_best_weights():
+    train, validation = token_dataset(64), token_dataset(32, seed=1)
+    states = []
+    whole = tiny_model()
+    fit(whole, train, validation, TrainSettings(epochs=2, learning_rate=3e-3, batch_size=16),
+        on_epoch=lambda epoch, metrics, best, state: states.append(state()))
+    model = tiny_model()
+    calls = []
+    result = fit(model, train, validation, TrainSettings(epochs=2, learning_rate=3e-3, batch_size=16),
+                 resume=states[-1], progress=lambda *a: calls.append(a))
+    assert calls == [] and len(result.history) == 2
+    torch.testing.assert_close(model.classifier.weight, whole.classifier.weight, rtol=0, atol=0)
 
 
 def test_gradient_accumulation_matches_a_big_batch():

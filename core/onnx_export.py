@@ -4,8 +4,8 @@
 
     path = export_onnx(model, "model.onnx")              # opset 17, checked, dynamic batch/sequence
     heads, width = attention_dims(model.config)
-    fused = optimize_onnx(path, "model.opt.onnx", heads, width)  # Attention, SkipLayerNorm, Gelu
-    fused_operators(fused)                               # {"Attention": 4, "SkipLayerNormalization": 8, ...}
+    fused = optimize_onnx(path, "model.opt.onnx", heads, width)  # Attention, BiasGelu, EmbedLayerNorm
+    fused_operators(fused)                               # {"Attention": 4, "BiasGelu": 4, ...}
     session = ort_session(fused, threads=1)
     ort_logits(session, batch)                           # (B, labels) numpy
     compare_logits(model, fused, test_split, 2000)       # max_abs_diff, argmax_agreement, examples
@@ -49,6 +49,11 @@ OUTPUT = "logits"
 FUSED_OPS = ("EmbedLayerNormalization", "Attention", "MultiHeadAttention", "SkipLayerNormalization",
              "SimplifiedLayerNormalization", "SkipSimplifiedLayerNormalization", "Gelu", "FastGelu",
              "BiasGelu")
+#: ONNX Runtime fusions alambic leaves out, offline (optimize_onnx) and when a session loads a graph:
+#: ORT's CPU SkipLayerNormalization kernel is slower than the LayerNormalization + Add it replaces
+#: (76 vs 17 us on a 32 x 512 input; 25-30% of a 4-layer student's int8 latency at 1 thread:
+#: BENCHMARKS.md, "Inference")
+SLOW_FUSIONS = ("SkipLayerNormFusion",)
 # what the legacy exporter says each time it runs; the choice is deliberate (see module doc)
 _LEGACY_EXPORTER_WARNINGS = ("You are using the legacy TorchScript-based ONNX export",
                              "The feature will be removed")
@@ -139,26 +144,31 @@ def attention_dims(config: Any) -> tuple[int, int]:
 
 
 def optimize_onnx(path: str | os.PathLike[str], out: str | os.PathLike[str], num_heads: int,
-                  hidden_size: int, opt_level: int = 1) -> Path:
+                  hidden_size: int, opt_level: int = 1, skip_layer_norm: bool = False) -> Path:
     """Fuse a BERT-style graph with ONNX Runtime's transformer optimizer (model_type "bert").
 
-    Attention, LayerNorm (+ residual), GELU and embeddings are fused into ORT contrib operators
-    when their patterns are recognised; :func:`fused_operators` says which were. A graph the
-    optimizer cannot handle (e.g. an unusual MobileBERT block) is copied to ``out`` unchanged,
-    with a warning in the log: fusion is a speed-up, never a requirement.
+    Attention, GELU and embeddings (+ their LayerNorm) are fused into ORT contrib operators when
+    their patterns are recognised; :func:`fused_operators` says which were. Residual + LayerNorm
+    become SkipLayerNormalization only with ``skip_layer_norm`` (slower: :data:`SLOW_FUSIONS`).
+    A graph the optimizer cannot handle (e.g. an unusual MobileBERT block) is copied to ``out``
+    unchanged, with a warning in the log: fusion is a speed-up, never a requirement.
 
     :param num_heads: attention heads; with ``hidden_size``, 0 lets the optimizer infer them.
     :param opt_level: ONNX Runtime graph optimizations applied on top (0 = fusions only;
         1 = basic, portable; 2 and 99 add CPU/GPU-specific nodes).
     """
     from onnxruntime.transformers import optimizer
+    from onnxruntime.transformers.fusion_options import FusionOptions
 
     path, out = Path(path), Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
+    fusions = FusionOptions("bert")
+    fusions.enable_skip_layer_norm = skip_layer_norm
     try:
         with _quiet_optimizer():
             model = optimizer.optimize_model(str(path), model_type="bert", num_heads=num_heads,
-                                             hidden_size=hidden_size, opt_level=opt_level)
+                                             hidden_size=hidden_size, opt_level=opt_level,
+                                             optimization_options=fusions)
             stats = model.get_fused_operator_statistics()
             model.save_model_to_file(str(out))
     except Exception as exc:  # noqa: BLE001 - the optimizer raises anything on graphs it does not expect
@@ -200,8 +210,13 @@ def _quiet_optimizer() -> Iterator[None]:
 # --- running --------------------------------------------------------------------------------
 
 
-def ort_session(path: str | os.PathLike[str], threads: int | None = None) -> onnxruntime.InferenceSession:
-    """A CPU ONNX Runtime session; ``threads`` intra-op threads (None = ORT's default)."""
+def ort_session(path: str | os.PathLike[str], threads: int | None = None,
+                disabled_optimizers: tuple[str, ...] = SLOW_FUSIONS) -> onnxruntime.InferenceSession:
+    """A CPU ONNX Runtime session; ``threads`` intra-op threads (None = ORT's default).
+
+    Every graph optimization of ORT runs at load except ``disabled_optimizers`` (by default the
+    fusions measured slower, :data:`SLOW_FUSIONS`; ``()`` = ORT's own defaults).
+    """
     import onnxruntime as ort
 
     options = ort.SessionOptions()
@@ -209,7 +224,8 @@ def ort_session(path: str | os.PathLike[str], threads: int | None = None) -> onn
         options.intra_op_num_threads = threads
         options.inter_op_num_threads = 1
     options.log_severity_level = 3  # errors only: ORT warns about unused initializers after folding
-    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"],
+                                disabled_optimizers=list(disabled_optimizers))
 
 
 def ort_logits(session: onnxruntime.InferenceSession, batch: Mapping[str, Any]) -> np.ndarray:

@@ -193,6 +193,7 @@ class SearchJob:
     measure: MeasureSettings
     train_in_trial: bool  # True: distill in the trial's own process; False: a TorchTrainer inside
     since: float = 0.0  # when this search started: a candidate that failed after it is not retried
+    tokenized_key: str = ""  # the driver's ctx.prepared.tokenized_key: what the stage keys need
     space: Space = field(init=False)
 
     def __post_init__(self) -> None:
@@ -204,8 +205,32 @@ class SearchJob:
         from alambic.store import Store
 
         root = Store.open(self.config.store)
-        return RunContext(config=self.config, registry=self.registry, pm=get_plugin_manager(), root=root,
-                          store=root.run(self.config.name), quiet=True)
+        ctx = RunContext(config=self.config, registry=self.registry, pm=get_plugin_manager(), root=root,
+                         store=root.run(self.config.name), quiet=True)
+        if self.tokenized_key:
+            ctx.__dict__["prepared"] = _TrialData(self.tokenized_key, lambda: RunContext.prepared.func(ctx))
+        return ctx
+
+
+class _TrialData:
+    """A trial's ``ctx.prepared``: the driver's tokenized key at once, the data loaded on first use.
+
+    A memoized stage needs only the key to find itself; loading, splitting and tokenizing the data
+    again in every trial (a cache hit, still 4-5 s on 2 cores for the quickstart) was most of what
+    a trial of an all-memoized search cost. A stage that builds reads the data, and loads it then."""
+
+    def __init__(self, tokenized_key: str, load: Callable[[], Any]) -> None:
+        self.tokenized_key, self._load, self._data = tokenized_key, load, None
+
+    def __getattr__(self, name: str) -> Any:  # only for what __init__ did not set: raw, tokenized, ...
+        if name.startswith("_"):  # copy, pickle and our own fields: never load the data for those
+            raise AttributeError(name)
+        if self._data is None:
+            self._data = self._load()
+            if self._data.tokenized_key != self.tokenized_key:
+                log.warning("this node's data (tokenized %s) differs from the driver's (%s)",
+                            self._data.tokenized_key, self.tokenized_key)
+        return getattr(self._data, name)
 
 
 def candidate_trial(params: dict[str, Any], job: SearchJob) -> None:
@@ -355,6 +380,8 @@ def search(ctx: Any, *, resume: bool = False, on_row: Callable[[dict[str, Any]],
         raise ConfigError("config", ["search: this run config has no search section (students, pruning, "
                                      "quantization); see examples/thucnews.yaml"])
     os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")  # no TensorBoard/CSV/JSON files per trial
+    # ...whose absence Tune's result grid then warns about, trial by trial; the rows come from the store
+    logging.getLogger("ray.tune.analysis.experiment_analysis").setLevel(logging.ERROR)
     from ray import tune
 
     from alambic.distributed import cluster_has_gpus, ensure_ray
@@ -380,7 +407,7 @@ def search(ctx: Any, *, resume: bool = False, on_row: Callable[[dict[str, Any]],
         "lengths": tuple(ctx.config.search.measure.lengths)})
     config = _trial_config(ctx.config, in_trial)
     job = SearchJob(config=config, registry=ctx.registry, teacher=teacher, measure=measure,
-                    train_in_trial=in_trial, since=time.time())
+                    train_in_trial=in_trial, since=time.time(), tokenized_key=ctx.prepared.tokenized_key)
     trainable = tune.with_resources(tune.with_parameters(candidate_trial, job=job), resources)
     name = f"search-{search_key(ctx, teacher.key)}"
     storage = _tune_storage(ctx)
@@ -397,9 +424,13 @@ def search(ctx: Any, *, resume: bool = False, on_row: Callable[[dict[str, Any]],
         tuner = tune.Tuner.restore(experiment, trainable=trainable, resume_errored=False)
     else:
         _forget_experiment(experiment)
+        # reuse_actors: a trial runs in the actor (process) of a finished one, not in a new process
+        # that starts Ray's worker and imports torch again (2-3 s a trial on 2 cores, most of what
+        # a memoized candidate cost). A failed trial's actor is not reused (Tune stops it).
         tuner = tune.Tuner(
             trainable, param_space=param_space,
-            tune_config=tune.TuneConfig(search_alg=algo, num_samples=samples, max_concurrent_trials=limit),
+            tune_config=tune.TuneConfig(search_alg=algo, num_samples=samples, max_concurrent_trials=limit,
+                                        reuse_actors=True),
             run_config=tune.RunConfig(
                 name=name, storage_path=storage, verbose=0,
                 failure_config=tune.FailureConfig(max_failures=ctx.config.ray.max_failures)),

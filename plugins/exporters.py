@@ -166,7 +166,7 @@ class Onnx(Exporter):
 
     @classmethod
     def export(cls, source: ExportSource, folder: Path, options: OnnxOptions) -> Exported:
-        from alambic.onnx_export import export_onnx, file_bytes
+        from alambic.onnx_export import SLOW_FUSIONS, export_onnx, file_bytes
 
         path, notes = folder / "model.onnx", []
         quantized = source.runtime == "onnxruntime" and source.artifact is not None \
@@ -187,7 +187,9 @@ class Onnx(Exporter):
         if quantized and source.int8 and fp32.is_file():
             checks.append(size_check("model.onnx (int8)", size, file_bytes(fp32), MAX_INT8_RATIO))
         spec = {"inputs": _graph_inputs(path),
-                "outputs": [{"name": "logits", "dtype": "float32", "shape": ["batch", len(source.labels)]}]}
+                "outputs": [{"name": "logits", "dtype": "float32", "shape": ["batch", len(source.labels)]}],
+                # how alambic ran it: ORT's SkipLayerNormalization kernel is the slower (BENCHMARKS.md)
+                "onnxruntime_session": {"disabled_optimizers": list(SLOW_FUSIONS)}}
         return Exported(files=sorted(p for p in folder.iterdir() if p.is_file()), spec=spec, checks=checks,
                         sizes={"model.onnx": size}, notes=notes)
 

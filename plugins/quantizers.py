@@ -4,7 +4,8 @@
 id            what                                                        runtime of the output
 ============  ==========================================================  ==========================
 dynamic-int8  int8 weights of linear layers (and embeddings), activations  onnxruntime (default), or
-              quantized per batch at run time                             pytorch (needs torchao)
+              quantized per batch at run time; on ONNX Runtime, of the    pytorch (needs torchao)
+              graph fused by its transformer optimizer (``graph: fused``)
 static-int8   int8 weights and activations, QDQ format, activation ranges  onnxruntime
               calibrated on validation batches (minmax/entropy/percentile)
 fp16          half-precision weights and arithmetic; for GPU/NPU targets   onnxruntime
@@ -59,6 +60,10 @@ def _onnx_result(source: Path, out: Path, extra: dict | None = None) -> Quantize
 @dataclass(frozen=True)
 class DynamicInt8Options:
     runtime: str = "onnxruntime"  # or "pytorch" (torchao: Linear layers, weights always per channel)
+    # onnxruntime: quantize the graph ONNX Runtime's transformer optimizer fused (Attention, BiasGelu,
+    # EmbedLayerNormalization), or the plain export; fused is the faster (benchmarks/inference.py,
+    # BENCHMARKS.md); a graph nothing fuses in stays as it is
+    graph: str = "fused"
     per_channel: bool = False  # one weight scale per output channel: more accurate, a bit slower
     reduce_range: bool = False  # 7-bit weights: avoids int16 overflow on CPUs without VNNI
     # int8 embedding tables too (most of a small model's bytes); None = yes for onnxruntime, no for
@@ -68,6 +73,7 @@ class DynamicInt8Options:
     def __post_init__(self) -> None:
         who = "quantizer 'dynamic-int8'"
         choice(who, "runtime", self.runtime, DynamicInt8.runtimes)
+        choice(who, "graph", self.graph, ("fused", "plain"))
         if self.runtime == "pytorch" and (self.reduce_range or self.embeddings):
             raise AlambicError(f"{who}: reduce_range and embeddings apply to runtime onnxruntime only; "
                                f"runtime pytorch quantizes Linear layers only")
@@ -85,10 +91,25 @@ class DynamicInt8(Quantizer):
     def quantize(cls, source: QuantSource, options: DynamicInt8Options, context: QuantContext) -> Quantized:
         if options.runtime == "pytorch":
             return _torch_dynamic(source, context)
+        from alambic.onnx_export import fused_operators
+
         fp32 = source.onnx_path(context)
-        out = int8_dynamic(fp32, context.work_dir / "model.int8-dynamic.onnx", per_channel=options.per_channel,
+        graph, extra = fp32, {"graph": "plain"}
+        if options.graph == "fused":
+            graph = fused_graph(fp32, source, context)
+            extra = {"graph": "fused", "fused_ops": fused_operators(graph)}
+        out = int8_dynamic(graph, context.work_dir / "model.int8-dynamic.onnx", per_channel=options.per_channel,
                            reduce_range=options.reduce_range, embeddings=options.embeddings is not False)
-        return _onnx_result(fp32, out)
+        return _onnx_result(fp32, out, extra)
+
+
+def fused_graph(fp32: Path, source: QuantSource, context: QuantContext) -> Path:
+    """The fp32 graph fused by ONNX Runtime's transformer optimizer, heads and width from the model's
+    config when there is a model (the optimizer infers them from an ONNX file alone)."""
+    from alambic.onnx_export import attention_dims, optimize_onnx
+
+    heads, width = attention_dims(source.model.config) if source.model is not None else (0, 0)
+    return optimize_onnx(fp32, context.work_dir / "fp32.fused.onnx", heads, width)
 
 
 def _torch_dynamic(source: QuantSource, context: QuantContext) -> Quantized:

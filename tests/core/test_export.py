@@ -83,6 +83,8 @@ def test_the_shipped_onnx_is_the_candidates_int8_graph(run, exported):
     sizes = json.loads((exported.path / "verification.json").read_text())["formats"]["onnx"]["checks"]
     ratio = next(c for c in sizes if c["name"].startswith("model.onnx (int8) size"))["data"]
     assert 0 < ratio["ratio"] < 1 and ratio["fp32_bytes"] > ratio["bytes"]  # ~1/4 needs a real-size model
+    io = json.loads((exported.path / "manifest.json").read_text(encoding="utf-8"))["meta"]["io"]["onnx"]
+    assert io["onnxruntime_session"] == {"disabled_optimizers": ["SkipLayerNormFusion"]}  # as it was measured
 
 
 def test_manifest_lists_every_file_with_its_sha256(exported):

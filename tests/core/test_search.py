@@ -92,6 +92,21 @@ def test_memo_counts_count_builds_and_reuses():
                                  "compress": {"ran": 2, "reused": 0}, "candidates": {"ok": 2, "failed": 1}}
 
 
+def test_a_trial_keys_its_stages_by_the_drivers_data_and_loads_the_data_only_to_build():
+    from types import SimpleNamespace
+
+    from alambic.search import _TrialData
+
+    loads = []
+    data = _TrialData("driver-key", lambda: loads.append(1) or SimpleNamespace(tokenized_key="driver-key",
+                                                                                 label_names=["neg", "pos"]))
+    assert data.tokenized_key == "driver-key" and loads == []  # what a memoized stage needs: no data loaded
+    assert data.label_names == ["neg", "pos"] and data.label_names == ["neg", "pos"] and loads == [1]  # once
+    with pytest.raises(AttributeError):
+        data.__deepcopy__  # noqa: B018  (copy and pickle probe these: they never load the data)
+    assert loads == [1]
+
+
 # --- a real search (Ray Tune, tiny models) ----------------------------------------------------
 
 

@@ -67,7 +67,8 @@ def test_bucketing_cuts_padding():
     def padded(bucket):
         return sum(len(b) * lengths[b].max() for b in global_batches(lengths, 32, 0, 0, bucket=bucket))
 
-    assert padded(True) < 0.6 * padded(False)
+    real = lengths.sum()  # bucketed batches pad little beyond the real tokens; random ones a lot
+    assert padded(True) < 1.2 * real and padded(False) > 1.6 * real
 
 
 def test_shards_split_a_batch_exactly():
@@ -172,6 +173,14 @@ def test_fit_resumed_after_its_last_epoch_trains_nothing_and_keeps_the_best_weig
                  resume=states[-1], progress=lambda *a: calls.append(a))
     assert calls == [] and len(result.history) == 2
     torch.testing.assert_close(model.classifier.weight, whole.classifier.weight, rtol=0, atol=0)
+
+
+def test_the_optimizer_is_fused_adamw_unless_told_otherwise():
+    from alambic.training import make_optimizer
+
+    params = list(tiny_model().named_parameters())
+    assert make_optimizer(params, TrainSettings()).defaults["fused"] is True
+    assert not make_optimizer(params, TrainSettings(), fused=False).defaults["fused"]
 
 
 def test_gradient_accumulation_matches_a_big_batch():

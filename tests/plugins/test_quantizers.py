@@ -39,6 +39,7 @@ def test_the_four_quantizers_are_registered():
 @pytest.mark.parametrize("quantizer_id, options", [
     ("dynamic-int8", {}),
     ("dynamic-int8", {"per_channel": True}),
+    ("dynamic-int8", {"graph": "plain"}),
     ("static-int8", {}),
     ("static-int8", {"method": "percentile", "per_channel": True, "reduce_range": True}),
     ("fp16", {}),
@@ -60,6 +61,20 @@ def test_onnx_quantizers_shrink_the_graph_and_keep_its_predictions(fp32, tmp_pat
     assert record["quantizer"] == quantizer_id and record["runtime"] == "onnxruntime"
     assert record["options"] == {**vars(cls.options()), **options}  # every option, defaults included
     assert record["files"] == [str(path)]
+
+
+@pytest.mark.parametrize("graph", ["fused", "plain"])
+def test_dynamic_int8_quantizes_the_fused_graph_by_default(fp32, tmp_path, graph):
+    from alambic.quantization import op_counts
+
+    options = {} if graph == "fused" else {"graph": "plain"}
+    result = DynamicInt8.apply(QuantSource(model=tiny_classifier(), onnx=fp32), options, context(tmp_path))
+    ops = op_counts(result.files[0])
+    assert result.report["graph"] == graph
+    if graph == "fused":  # int8 attention and ORT's fused embeddings and GELU: the faster graph (BENCHMARKS.md)
+        assert ops.get("QAttention") and ops.get("BiasGelu") and result.report["fused_ops"]
+    else:
+        assert not ops.get("QAttention") and not ops.get("BiasGelu")
 
 
 def test_the_fp32_graph_is_exported_when_only_the_model_is_given(tmp_path):

@@ -1,0 +1,312 @@
+"""Training throughput on THUCNews: padded vs length-bucketed batches, online vs cached teacher logits.
+
+For distillation and for teacher fine-tuning; with --accuracy, the test accuracy each recipe reaches.
+
+    python benchmarks/training_throughput.py [--steps 40] [--batch-size 16] [--max-length 128]
+    python benchmarks/training_throughput.py --accuracy [--train-examples 8000] [--epochs 2]
+
+Data: the 45,000 THUCNews training headlines of examples/thucnews.yaml (~20 tokens each, <= 32).
+CPU by default; every variant of a run starts from the same weights, side by side in one process.
+
+Throughput (the default). Teacher: bert-base-chinese's architecture from config, random weights
+(speed does not depend on them); student: --student (roberta-l4), full size. Each variant times
+--steps training steps (collate, loss, backward, gradient clipping, AdamW) after 3 warm-up steps,
+on the same headlines: the first batches of a bucketed epoch (its batch order is shuffled, so they
+are a random sample of its batches), and for the padded variants the same rows in random order.
+One full epoch is projected as s/step x steps per epoch.
+
+  distillation (kd loss, the config's temperature and alpha)
+    online, padded     the teacher runs every step, every batch padded to --max-length (the seeds')
+    online, bucketed   the teacher runs every step, length-bucketed batches, dynamic padding
+    cached, padded     teacher logits read from a cache, batches padded to --max-length
+    cached, bucketed   cached logits, length-bucketed batches
+    ..., fused AdamW   the same with PyTorch's fused AdamW kernel (alambic's default)
+  teacher fine-tuning (the bert-base-sized teacher, cross-entropy)
+    padded             every batch padded to --max-length (the seeds')
+    bucketed           length-bucketed batches
+    ..., fused AdamW   the same with the fused AdamW kernel (alambic's default)
+The rows before the last of each group use PyTorch's default (for-loop) AdamW, as the seeds' do.
+
+The cache is not free: computing the teacher's logits once for the 45,000 headlines (projected from
+the sampled rows) is charged to alambic's epoch, spread over the config's distill.epochs.
+
+Accuracy (--accuracy). The config's teacher (4 layers, hidden 256), reused from the store (or
+trained there first, ~10 min on 2 cores); the same initial --student distilled on the first
+--train-examples headlines for --epochs with the config's distill settings (batch size, learning
+rate, T, alpha; --seed replaces its seed, to see how much a run varies), through
+alambic.training.fit, two ways:
+
+  seeds     teacher run online every step, batches padded to --max-length, no bucketing
+  alambic   teacher logits computed once on the subset (timed), length-bucketed batches
+
+Each is scored on the 10,000 test headlines; wall time covers the logits, training and the
+validation after each epoch (10,000 headlines, the same for both), not the test scoring.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import dataclasses
+import logging
+import time
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from transformers import AutoModelForSequenceClassification, BertForSequenceClassification
+
+from alambic import machine
+from alambic.distill import train_settings
+from alambic.losses import kd_loss
+from alambic.models import teacher_config
+from alambic.run import RunContext
+from alambic.teacher import train_teacher
+from alambic.training import (
+    MODEL_INPUTS, LossFn, TrainSettings, collate, cross_entropy_loss, evaluate, fast_cpu_math, fit,
+    global_batches, make_optimizer, predict, seed_everything,
+)
+
+WARMUP_STEPS = 3
+
+# --- losses: fit()'s compute_loss(model, batch, rows) -------------------------------------------
+
+
+def kd_online(teacher: torch.nn.Module, temperature: float, alpha: float) -> LossFn:
+    """KD with the teacher run on every batch (the seeds' recipe)."""
+    def compute_loss(model, batch, rows):
+        inputs = {k: v for k, v in batch.items() if k in MODEL_INPUTS}
+        with torch.no_grad():
+            teacher_logits = teacher(**inputs).logits
+        loss = kd_loss(model(**inputs).logits, teacher_logits, batch["labels"], temperature, alpha)
+        return loss, {"kd": float(loss.detach())}
+    return compute_loss
+
+
+def kd_cached(logits: torch.Tensor, temperature: float, alpha: float) -> LossFn:
+    """KD with the teacher's logits read from a cache (row -> logits), as alambic distills."""
+    def compute_loss(model, batch, rows):
+        student_logits = model(**{k: v for k, v in batch.items() if k in MODEL_INPUTS}).logits
+        loss = kd_loss(student_logits, logits[torch.as_tensor(rows)], batch["labels"], temperature, alpha)
+        return loss, {"kd": float(loss.detach())}
+    return compute_loss
+
+
+def padded_to(width: int, compute_loss: LossFn) -> LossFn:
+    """The same loss on batches padded to ``width`` tokens, as a fixed-shape pipeline feeds them."""
+    def padded(model, batch, rows):
+        batch = {k: F.pad(v, (0, max(0, width - v.shape[1]))) if v.dim() == 2 else v for k, v in batch.items()}
+        return compute_loss(model, batch, rows)
+    return padded
+
+
+def cached_logits(teacher: torch.nn.Module, dataset: Any) -> torch.Tensor:
+    """The teacher's logits for every row of ``dataset``, indexed by row (alambic's cache)."""
+    rows, logits = predict(teacher, dataset)
+    cache = torch.zeros(len(dataset), logits.shape[1])
+    cache[torch.as_tensor(rows)] = torch.from_numpy(logits)
+    return cache
+
+
+# --- throughput -------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class Measured:
+    group: str  # distillation | teacher fine-tuning: ratios are against the group's first (the seeds')
+    name: str
+    seconds_per_step: float
+    real_tokens: int  # in the timed steps
+    padded_tokens: int  # processed in the timed steps, padding included
+    steps_per_epoch: int
+
+    @property
+    def epoch_seconds(self) -> float:
+        return self.seconds_per_step * self.steps_per_epoch
+
+
+def padded_tokens(batches: list[np.ndarray], lengths: np.ndarray, width: int = 0) -> int:
+    """Tokens processed: each batch padded to its longest row, or to ``width`` if wider."""
+    return int(sum(len(b) * max(width, lengths[b].max()) for b in batches))
+
+
+def seconds_per_step(model: torch.nn.Module, data: Any, batches: list[np.ndarray], compute_loss: LossFn,
+                     fused: bool) -> float:
+    """Mean time of a training step after the warm-up: collate, loss, backward, clipping, AdamW
+    (PyTorch's default for-loop implementation, or the ``fused`` kernel alambic uses)."""
+    model.train()
+    optimizer = make_optimizer(list(model.named_parameters()), TrainSettings(), fused=fused)
+    seconds = []
+    for rows in batches:
+        start = time.perf_counter()
+        loss, _ = compute_loss(model, collate(data[rows.tolist()]), rows)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        seconds.append(time.perf_counter() - start)
+    return float(np.mean(seconds[WARMUP_STEPS:]))
+
+
+def sample_batches(lengths: np.ndarray, batch_size: int, count: int) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """The first ``count`` batches of a bucketed epoch, and the same rows shuffled into batches."""
+    bucketed = global_batches(lengths, batch_size, seed=0, epoch=0)[:count]
+    rows = np.random.default_rng(0).permutation(np.concatenate(bucketed))
+    return bucketed, [rows[i:i + batch_size] for i in range(0, len(rows), batch_size)]
+
+
+def sample_cache(teacher: torch.nn.Module, data: Any, sample: np.ndarray) -> tuple[torch.Tensor, float]:
+    """The cache for the sampled rows, and the seconds it takes for all rows (projected)."""
+    rows = data.select(sample)
+    predict(teacher, rows.select(range(16)))  # warm-up
+    start = time.perf_counter()
+    logits = cached_logits(teacher, rows)
+    seconds = (time.perf_counter() - start) * len(data) / len(sample)
+    cache = torch.zeros(len(data), logits.shape[1])  # only the sampled rows are ever read
+    cache[torch.as_tensor(sample)] = logits
+    return cache, seconds
+
+
+def throughput(ctx: RunContext, args: argparse.Namespace) -> None:
+    data, names, vocab_size = ctx.prepared.tokenized["train"], ctx.prepared.label_names, len(ctx.prepared.tokenizer)
+    lengths = np.asarray(data["length"])
+    torch.manual_seed(0)
+    teacher = BertForSequenceClassification(teacher_config(len(names), names, vocab_size=vocab_size)).eval()
+    student_class = ctx.registry["students"].get(args.student)
+    initial_student = student_class.build(len(names), names, vocab_size=vocab_size).state_dict()
+
+    def student() -> torch.nn.Module:
+        model = student_class.build(len(names), names, vocab_size=vocab_size)
+        model.load_state_dict(initial_student)  # the same start for every variant
+        return model
+
+    bucketed, padded = sample_batches(lengths, args.batch_size, WARMUP_STEPS + args.steps)
+    sample = np.concatenate(bucketed)
+    cache, logits_once = sample_cache(teacher, data, sample)
+    T, alpha, w = ctx.config.distill.temperature, ctx.config.distill.alpha, args.max_length
+    online, cached = kd_online(teacher, T, alpha), kd_cached(cache, T, alpha)
+
+    def trainee() -> torch.nn.Module:
+        return copy.deepcopy(teacher)  # the teacher itself stays untrained, for the online variants
+
+    # (group, name, model, bucketed, loss, fused AdamW); each group's first row is the seeds' recipe,
+    # its last alambic's default
+    variants: list[tuple[str, str, Callable[[], torch.nn.Module], bool, LossFn, bool]] = [
+        ("distillation", f"online teacher, padded to {w} (the seeds')", student, False, padded_to(w, online), False),
+        ("distillation", "online teacher, bucketed", student, True, online, False),
+        ("distillation", f"cached logits, padded to {w}", student, False, padded_to(w, cached), False),
+        ("distillation", "cached logits, bucketed", student, True, cached, False),
+        ("distillation", "cached logits, bucketed, fused AdamW (alambic's default)", student, True, cached, True),
+        ("teacher fine-tuning", f"padded to {w} (the seeds')", trainee, False, padded_to(w, cross_entropy_loss),
+         False),
+        ("teacher fine-tuning", "bucketed", trainee, True, cross_entropy_loss, False),
+        ("teacher fine-tuning", "bucketed, fused AdamW (alambic's default)", trainee, True, cross_entropy_loss, True),
+    ]
+    steps_per_epoch = len(global_batches(lengths, args.batch_size, seed=0, epoch=0))
+    results = []
+    for group, name, build, bucket, compute_loss, fused in variants:
+        batches = bucketed if bucket else padded
+        timed = batches[WARMUP_STEPS:]
+        results.append(Measured(group, name, seconds_per_step(build(), data, batches, compute_loss, fused),
+                                int(lengths[np.concatenate(timed)].sum()),
+                                padded_tokens(timed, lengths, 0 if bucket else w), steps_per_epoch))
+        print(f"  {group}: {name:<58} {results[-1].seconds_per_step:6.3f} s/step", flush=True)
+    report(args, ctx, results, lengths, logits_once, len(sample))
+
+
+def report(args, ctx, results: list[Measured], lengths: np.ndarray, logits_once: float, sample_rows: int) -> None:
+    epoch_width = padded_tokens(global_batches(lengths, args.batch_size, seed=0, epoch=0), lengths) / len(lengths)
+    print(f"\nmachine: {machine.summary()}, torch {torch.__version__}, {torch.get_num_threads()} threads")
+    print(f"{len(lengths):,} headlines, {lengths.mean():.1f} tokens on average; batch {args.batch_size}, "
+          f"max_length {args.max_length}; student {args.student}; {args.steps} timed steps per variant after "
+          f"{WARMUP_STEPS} warm-up; bucketed batches are {epoch_width:.1f} tokens wide on average over the epoch")
+    print(f"\n| variant | s/step | real tokens/s | padded tokens/s | epoch s (projected: {args.steps} steps "
+          f"measured, {results[0].steps_per_epoch:,} an epoch) | vs the seeds' |")
+    print("| --- | ---: | ---: | ---: | ---: | ---: |")
+    for r in results:
+        seeds = next(s for s in results if s.group == r.group)
+        seconds = r.seconds_per_step * args.steps
+        print(f"| {r.group}: {r.name} | {r.seconds_per_step:.3f} | {r.real_tokens / seconds:,.0f} | "
+              f"{r.padded_tokens / seconds:,.0f} | {r.epoch_seconds:,.0f} | "
+              f"{seeds.epoch_seconds / r.epoch_seconds:.2f}x |")
+    epochs = ctx.config.distill.epochs
+    distillation = [r for r in results if r.group == "distillation"]
+    seeds, default = distillation[0], distillation[-1]  # the seeds' recipe, alambic's default
+    alambic = default.epoch_seconds + logits_once / epochs
+    print(f"\nteacher logits once, {len(lengths):,} headlines: {logits_once:,.0f} s (projected from {sample_rows:,})")
+    print(f"seeds' epoch {seeds.epoch_seconds:,.0f} s vs alambic's epoch {default.epoch_seconds:,.0f} s "
+          f"+ logits once / {epochs} epochs {logits_once / epochs:,.0f} s = {alambic:,.0f} s: "
+          f"{seeds.epoch_seconds / alambic:.2f}x faster")
+
+
+# --- accuracy ---------------------------------------------------------------------------------
+
+
+def accuracy(ctx: RunContext, args: argparse.Namespace) -> None:
+    record = train_teacher(ctx, local=True)
+    teacher = AutoModelForSequenceClassification.from_pretrained(record.path, use_safetensors=True).eval()
+    data, names = ctx.prepared.tokenized, ctx.prepared.label_names
+    train = data["train"].select(range(args.train_examples))
+    distill = ctx.config.distill
+    seed = distill.seed if args.seed is None else args.seed
+    settings = dataclasses.replace(train_settings(distill), epochs=args.epochs, seed=seed)
+    student_class = ctx.registry["students"].get(args.student)
+    seed_everything(settings.seed)
+    initial = student_class.build(len(names), names, vocab_size=len(ctx.prepared.tokenizer)).state_dict()
+    T, alpha = distill.temperature, distill.alpha
+    variants = [
+        (f"seeds: online teacher, padded to {args.max_length}, no bucketing", False,
+         lambda: padded_to(args.max_length, kd_online(teacher, T, alpha))),
+        ("alambic: cached logits (computed once), bucketed", True,
+         lambda: kd_cached(cached_logits(teacher, train), T, alpha)),
+    ]
+    rows = []
+    for name, bucket, make_loss in variants:
+        student = student_class.build(len(names), names, vocab_size=len(ctx.prepared.tokenizer))
+        student.load_state_dict(initial)
+        start = time.perf_counter()
+        result = fit(student, train, data["validation"], dataclasses.replace(settings, bucket=bucket), make_loss())
+        seconds = time.perf_counter() - start
+        test = evaluate(student, data["test"])
+        rows.append((name, test["accuracy"], test["macro_f1"], result.best_epoch + 1, seconds))
+    print_accuracy(args, record, settings, distill, rows, len(train), len(data["test"]))
+
+
+def print_accuracy(args, record, settings, distill, rows, train_rows: int, test_rows: int) -> None:
+    print(f"\nmachine: {machine.summary()}, torch {torch.__version__}, {torch.get_num_threads()} threads")
+    print(f"teacher {record.key[:12]} ({'reused' if record.reused else 'trained'}), test accuracy "
+          f"{record.metrics['test']['accuracy']:.4f}; student {args.student}, the first {train_rows:,} training "
+          f"headlines, {args.epochs} epochs, batch {settings.batch_size}, lr {settings.learning_rate}, "
+          f"T {distill.temperature}, alpha {distill.alpha}, seed {settings.seed}; test: {test_rows:,} headlines")
+    print("\n| variant | test accuracy | test macro-F1 | best epoch | wall s |")
+    print("| --- | ---: | ---: | ---: | ---: |")
+    for name, acc, f1, epoch, seconds in rows:
+        print(f"| {name} | {acc:.4f} | {f1:.4f} | {epoch} | {seconds:,.0f} |")
+    print(f"\nalambic - seeds: {100 * (rows[1][1] - rows[0][1]):+.2f} points of test accuracy, "
+          f"{rows[0][4] / rows[1][4]:.2f}x faster")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--config", default="examples/thucnews.yaml")
+    parser.add_argument("--student", default="roberta-l4")
+    parser.add_argument("--max-length", type=int, default=128, help="the width the seeds padded every batch to")
+    parser.add_argument("--batch-size", type=int, default=16, help="throughput only; --accuracy uses the config's")
+    parser.add_argument("--steps", type=int, default=40, help="timed steps per variant")
+    parser.add_argument("--accuracy", action="store_true", help="the accuracy check instead of the throughput table")
+    parser.add_argument("--train-examples", type=int, default=8000)
+    parser.add_argument("--epochs", type=int, default=2, help="distillation epochs of the accuracy check")
+    parser.add_argument("--seed", type=int, help="the accuracy check's seed (default: the config's distill.seed)")
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    logging.getLogger("alambic.data").setLevel(logging.ERROR)
+
+    ctx = RunContext.open(args.config, quiet=True)
+    fast_cpu_math()  # as alambic's training loop does
+    (accuracy if args.accuracy else throughput)(ctx, args)
+
+
+if __name__ == "__main__":
+    main()

@@ -285,6 +285,39 @@ def ceilings(work: Path, threads: int, runs: int, warmup: int) -> list[dict[str,
     return results
 
 
+def norm_file(path: Path, op: str, width: int) -> Path:
+    """A one-node graph of the residual + LayerNorm step at (1, 32, width): ``Add``,
+    ``LayerNormalization`` or ORT's fused ``SkipLayerNormalization`` (what SLOW_FUSIONS is about)."""
+    gamma = numpy_helper.from_array(np.ones(width, np.float32), "g")
+    beta = numpy_helper.from_array(np.zeros(width, np.float32), "b")
+    io = {n: helper.make_tensor_value_info(n, TensorProto.FLOAT, [1, 32, width]) for n in ("x", "r", "y")}
+    node, inputs, inits = {
+        "Add": (helper.make_node("Add", ["x", "r"], ["y"]), ["x", "r"], []),
+        "LayerNormalization": (helper.make_node("LayerNormalization", ["x", "g", "b"], ["y"], axis=-1, epsilon=1e-12),
+                               ["x"], [gamma, beta]),
+        "SkipLayerNormalization": (helper.make_node("SkipLayerNormalization", ["x", "r", "g", "b"], ["y"],
+                                                    domain="com.microsoft", epsilon=1e-12), ["x", "r"], [gamma, beta]),
+    }[op]
+    graph = helper.make_graph([node], op, [io[n] for n in inputs], [io["y"]], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("com.microsoft", 1)])
+    onnx.save(model, str(path))
+    return path
+
+
+def norm_kernels(work: Path, threads: int, runs: int, warmup: int, width: int = 512) -> list[dict[str, Any]]:
+    """p50 microseconds of each residual + LayerNorm kernel, one-node graphs, ORT's default session."""
+    feeds = {n: np.random.default_rng(i).standard_normal((1, 32, width), dtype=np.float32)
+             for i, n in enumerate(("x", "r"))}
+    results = []
+    for op in ("Add", "LayerNormalization", "SkipLayerNormalization"):
+        session = ort_session(norm_file(work / f"{op}.onnx", op, width), threads, ())
+        needed = {i.name for i in session.get_inputs()}
+        p50 = timed(lambda: session.run(None, {k: v for k, v in feeds.items() if k in needed}), runs * 10, warmup)["p50"]
+        results.append({"kernel": op, "shape": [1, 32, width], "p50_us": p50 * 1e3})
+        print(f"kernel {op:<24} (1, 32, {width}): {p50 * 1e3:6.1f} us", flush=True)
+    return results
+
+
 def best_ceiling(results: list[dict[str, Any]]) -> dict[str, float]:
     """Per precision, the best G(FL)OP/s of any kernel at any shape (the BERT-like one can win)."""
     return {p: max(r["gflops"] for r in results if r["precision"] == p) for p in ("fp32", "int8")}
@@ -446,6 +479,7 @@ def main() -> None:
         work = Path(tmp)
         calibration, tokenizer, registry = headlines(args.config, work)
         measured = ceilings(work, args.threads, args.runs, args.warmup)
+        norms = norm_kernels(work, args.threads, args.runs, args.warmup)
         rows, fused_ops = [], {}
         for name in args.models:
             subject = Subject(name, build_model(name, registry, len(tokenizer)), work, calibration)
@@ -459,6 +493,7 @@ def main() -> None:
     derive(rows, ceiling)
     print(f"\n{ceiling_table(measured)}\n\nceiling: fp32 {ceiling['fp32']:.1f} GFLOP/s, "
           f"int8 {ceiling['int8']:.1f} GOP/s (the best of each precision above)")
+    print("residual + LayerNorm kernels, p50: " + ", ".join(f"{k['kernel']} {k['p50_us']:.1f} us" for k in norms))
     for name, counts in fused_ops.items():
         fused = ", ".join(f"{op} {count}" for op, count in (counts or {}).items())
         print(f"optimize_onnx fused in {name}: {fused or 'nothing'}")
@@ -469,7 +504,7 @@ def main() -> None:
         report = {"machine": machine.describe(), "command": shlex.join(sys.argv),
                   "versions": {"torch": torch.__version__, "onnxruntime": onnxruntime.__version__},
                   "threads": args.threads, "runs": args.runs, "warmup": args.warmup,
-                  "ceilings": measured, "ceiling": ceiling, "fused_operators": fused_ops, "rows": rows}
+                  "ceilings": measured, "ceiling": ceiling, "norm_kernels": norms, "fused_operators": fused_ops, "rows": rows}
         args.out.write_text(json.dumps(report, indent=2, ensure_ascii=False))
         print(f"wrote {args.out}")
 

@@ -4,6 +4,7 @@ For distillation and for teacher fine-tuning; with --accuracy, the test accuracy
 
     python benchmarks/training_throughput.py [--steps 40] [--batch-size 16] [--max-length 128]
     python benchmarks/training_throughput.py --accuracy [--train-examples 8000] [--epochs 2]
+    python benchmarks/training_throughput.py --window-sweep [--windows 0,50,10] [--seeds 42,43]
 
 Data: the 45,000 THUCNews training headlines of examples/thucnews.yaml (~20 tokens each, <= 32).
 CPU by default; every variant of a run starts from the same weights, side by side in one process.
@@ -274,6 +275,31 @@ def accuracy(ctx: RunContext, args: argparse.Namespace) -> None:
     print_accuracy(args, record, settings, distill, rows, len(train), len(data["test"]))
 
 
+def window_sweep(ctx: RunContext, args: argparse.Namespace) -> None:
+    """alambic's recipe (cached logits) with each bucketing window of ``--windows`` (0 = not
+    bucketed: each batch padded to its longest row, the seeds' arithmetic) at each of ``--seeds``."""
+    record = train_teacher(ctx, local=True)
+    teacher = AutoModelForSequenceClassification.from_pretrained(record.path, use_safetensors=True).eval()
+    data, names = ctx.prepared.tokenized, ctx.prepared.label_names
+    train = data["train"].select(range(args.train_examples))
+    cache = cached_logits(teacher, train)
+    distill = ctx.config.distill
+    base = dataclasses.replace(train_settings(distill), epochs=args.epochs)
+    student_class = ctx.registry["students"].get(args.student)
+    print("\n| batches | seed | test accuracy | wall s |\n| --- | ---: | ---: | ---: |")
+    for window in args.windows:
+        for seed in args.seeds:
+            settings = dataclasses.replace(base, seed=seed, bucket=window > 0, bucket_window=max(window, 1))
+            seed_everything(seed)
+            student = student_class.build(len(names), names, vocab_size=len(ctx.prepared.tokenizer))
+            start = time.perf_counter()
+            fit(student, train, data["validation"], settings, kd_cached(cache, distill.temperature, distill.alpha))
+            seconds = time.perf_counter() - start
+            accuracy = evaluate(student, data["test"])["accuracy"]
+            label = f"bucketed, window of {window} batches" if window else "not bucketed"
+            print(f"| {label} | {seed} | {accuracy:.4f} | {seconds:,.0f} |", flush=True)
+
+
 def print_accuracy(args, record, settings, distill, rows, train_rows: int, test_rows: int) -> None:
     print(f"\nmachine: {machine.summary()}, torch {torch.__version__}, {torch.get_num_threads()} threads")
     print(f"teacher {record.key[:12]} ({'reused' if record.reused else 'trained'}), test accuracy "
@@ -299,13 +325,18 @@ def main() -> None:
     parser.add_argument("--train-examples", type=int, default=8000)
     parser.add_argument("--epochs", type=int, default=2, help="distillation epochs of the accuracy check")
     parser.add_argument("--seed", type=int, help="the accuracy check's seed (default: the config's distill.seed)")
+    parser.add_argument("--window-sweep", action="store_true",
+                        help="alambic's recipe at each --windows x --seeds instead (same subset and epochs)")
+    parser.add_argument("--windows", type=lambda s: [int(w) for w in s.split(",")], default=[0, 50, 10],
+                        help="bucketing windows in batches; 0 = not bucketed")
+    parser.add_argument("--seeds", type=lambda s: [int(w) for w in s.split(",")], default=[42, 43])
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     logging.getLogger("alambic.data").setLevel(logging.ERROR)
 
     ctx = RunContext.open(args.config, quiet=True)
     fast_cpu_math()  # as alambic's training loop does
-    (accuracy if args.accuracy else throughput)(ctx, args)
+    (window_sweep if args.window_sweep else accuracy if args.accuracy else throughput)(ctx, args)
 
 
 if __name__ == "__main__":

@@ -516,5 +516,5 @@ def format_record(record: CompressRecord) -> list[Table]:
     return tables
 
 
-__all__ = ["CompressRecord", "MIN_AGREEMENT", "MeasureSettings", "PruneRecord", "compress", "prune", "relative_path", "format_record", "model_digest",
-           "parse_lengths", "parse_steps", "step_label"]
+__all__ = ["CompressRecord", "MIN_AGREEMENT", "MeasureSettings", "PruneRecord", "compress", "format_record",
+           "model_digest", "parse_lengths", "parse_steps", "prune", "relative_path", "step_label"]

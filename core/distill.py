@@ -195,9 +195,7 @@ def distill(ctx: Any, student_id: str, overrides: Mapping[str, Any] | None = Non
         extra = {"student": student_id, "sizes": sizes, "settings": settings.model_dump(),
                  "teacher": teacher.key, "teacher_test_accuracy": teacher.metrics["test"]["accuracy"],
                  "online_teacher": online, "donor": donor.key if donor else None}
-        meta = finish_model_folder(run.checkpoint, folder, data, time.perf_counter() - start, extra)
-        run.discard()  # the stage holds the result now; the checkpoints were for resuming
-        return meta
+        return finish_model_folder(run, folder, data, time.perf_counter() - start, extra)
 
     manifest, reused = ctx.store.get_or_build_stage(key, "distill", build)
     record = StudentRecord(key=key, student=student_id, path=ctx.store.local_path(ctx.store.stage_path(key)),

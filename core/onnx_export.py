@@ -51,8 +51,8 @@ FUSED_OPS = ("EmbedLayerNormalization", "Attention", "MultiHeadAttention", "Skip
              "BiasGelu")
 #: ONNX Runtime fusions alambic leaves out, offline (optimize_onnx) and when a session loads a graph:
 #: ORT's CPU SkipLayerNormalization kernel is slower than the LayerNormalization + Add it replaces
-#: (76 vs 17 us on a 32 x 512 input; 25-30% of a 4-layer student's int8 latency at 1 thread:
-#: BENCHMARKS.md, "Inference")
+#: (42 vs 18 us on a 32 x 512 input at 2 threads; without it a fused int8 student is ~15% faster:
+#: benchmarks/inference.py, BENCHMARKS.md "Inference")
 SLOW_FUSIONS = ("SkipLayerNormFusion",)
 # what the legacy exporter says each time it runs; the choice is deliberate (see module doc)
 _LEGACY_EXPORTER_WARNINGS = ("You are using the legacy TorchScript-based ONNX export",

@@ -12,11 +12,14 @@ import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from alambic.config import TeacherConfig
 from alambic.store import stable_hash
 from alambic.training import TrainSettings
+
+if TYPE_CHECKING:
+    from alambic.distributed import TrainRun
 
 log = logging.getLogger(__name__)
 
@@ -143,9 +146,7 @@ def train_teacher(ctx: Any, local: bool = False) -> TeacherRecord:
             name=f"teacher-{key[:12]}", scratch=ctx.cache_dir, ray_config=ctx.config.ray,
             local=local, quiet=ctx.quiet,
         )
-        meta = finish_model_folder(run.checkpoint, folder, data, time.perf_counter() - start)
-        run.discard()  # the stage holds the result now; the checkpoints were for resuming
-        return meta
+        return finish_model_folder(run, folder, data, time.perf_counter() - start)
 
     manifest, reused = ctx.store.get_or_build_stage(key, "teacher", build)
     path = ctx.store.local_path(ctx.store.stage_path(key))
@@ -156,14 +157,16 @@ def train_teacher(ctx: Any, local: bool = False) -> TeacherRecord:
     return record
 
 
-def finish_model_folder(checkpoint: Path | None, folder: Path, data: Any, wall_time_s: float,
+def finish_model_folder(run: TrainRun, folder: Path, data: Any, wall_time_s: float,
                         extra: dict[str, Any] | None = None) -> dict[str, Any]:
-    """Copy the best checkpoint into ``folder`` with the tokenizer, score it on test, write metrics."""
+    """Copy the run's best checkpoint into ``folder`` with the tokenizer, score it on test, write
+    metrics; then discard the run's scratch (its checkpoints were for resuming; the stage has it now)."""
     from transformers import AutoModelForSequenceClassification
 
     from alambic.models import params
     from alambic.training import evaluate
 
+    checkpoint = run.checkpoint
     if checkpoint is None:
         raise RuntimeError("training finished without reporting a checkpoint")
     for item in checkpoint.iterdir():
@@ -176,6 +179,7 @@ def finish_model_folder(checkpoint: Path | None, folder: Path, data: Any, wall_t
     metrics = {"validation": validation, "test": test, "params": params(model),
                "wall_time_s": round(wall_time_s, 1), **(extra or {})}
     (folder / METRICS_FILE).write_text(json.dumps(metrics, ensure_ascii=False, indent=2))
+    run.discard()
     return {"validation": _headline(validation), "test": _headline(test), "params": metrics["params"],
             "wall_time_s": metrics["wall_time_s"], **(extra or {})}
 

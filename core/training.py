@@ -28,6 +28,13 @@ log = logging.getLogger(__name__)
 MODEL_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
 
 
+#: batches sorted by length together. Wider windows pad less but make batches more alike (headline
+#: length goes with the class): roberta-l4 distilled 2 epochs on 8,000 THUCNews headlines scored
+#: 76.3 / 79.6% on test (seeds 42 / 43) with windows of 50, 80.3 / 77.2% with 10, 79.5 / 79.3%
+#: unbucketed (benchmarks/training_throughput.py --window-sweep)
+BUCKET_WINDOW = 10
+
+
 @dataclass(frozen=True)
 class TrainSettings:
     """How to train; a frozen value so that it can be hashed into a stage key."""
@@ -43,6 +50,7 @@ class TrainSettings:
     early_stopping_patience: int | None = None
     seed: int = 42
     bucket: bool = True  # length-bucketed batches with dynamic padding
+    bucket_window: int = BUCKET_WINDOW  # batches sorted by length together
     eval_batch_size: int = 128
 
 
@@ -64,27 +72,22 @@ def seed_everything(seed: int) -> None:
 
 # --- batching -------------------------------------------------------------------------------
 
-#: batches sorted by length together. Wider windows pad less but make batches more alike (headline
-#: length goes with the class): roberta-l4 distilled 2 epochs on 8,000 THUCNews headlines scored
-#: 76.3 / 79.6% on test (seeds 42 / 43) with windows of 50, 80.3% with 10, 79.5 / 79.3% unbucketed
-BUCKET_WINDOW = 10
-
 
 def global_batches(lengths: Sequence[int], batch_size: int, seed: int, epoch: int,
-                   shuffle: bool = True, bucket: bool = True) -> list[np.ndarray]:
+                   shuffle: bool = True, bucket: bool = True, window: int = BUCKET_WINDOW) -> list[np.ndarray]:
     """Row indices of each global batch, identical on every rank for a given (seed, epoch).
 
-    Bucketing sorts examples by length inside windows of ``BUCKET_WINDOW`` batches, so each batch
+    Bucketing sorts examples by length inside windows of ``window`` batches, so each batch
     holds texts of similar length, then shuffles the batch order so training still sees classes mixed.
     """
     rng = np.random.default_rng([seed, epoch])
     order = rng.permutation(len(lengths)) if shuffle else np.arange(len(lengths))
     if bucket:
         lengths = np.asarray(lengths)
-        window = batch_size * BUCKET_WINDOW
+        rows_per_window = batch_size * window
         order = np.concatenate([
             chunk[np.argsort(lengths[chunk], kind="stable")]
-            for chunk in np.array_split(order, max(1, math.ceil(len(order) / window)))
+            for chunk in np.array_split(order, max(1, math.ceil(len(order) / rows_per_window)))
         ]) if len(order) else order
     batches = [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
     if shuffle and bucket:
@@ -111,9 +114,9 @@ def collate(rows: dict[str, list], pad_id: int = 0) -> dict[str, torch.Tensor]:
 
 
 def iterate(dataset: Any, batch_size: int, *, seed: int = 0, epoch: int = 0, shuffle: bool = False,
-            bucket: bool = True, rank: int = 0, world_size: int = 1):
+            bucket: bool = True, rank: int = 0, world_size: int = 1, window: int = BUCKET_WINDOW):
     """Yield (row indices, padded batch) for this rank. Every rank yields the same number."""
-    for batch in global_batches(dataset["length"], batch_size, seed, epoch, shuffle, bucket):
+    for batch in global_batches(dataset["length"], batch_size, seed, epoch, shuffle, bucket, window):
         if len(batch) < world_size:  # a last batch too small to give every worker a row: skip it
             continue                 # on all ranks alike, or DDP would wait forever
         rows = shard(batch, rank, world_size)
@@ -216,9 +219,9 @@ def make_optimizer(params: list[tuple[str, torch.nn.Parameter]], settings: Train
     """AdamW without weight decay on biases and LayerNorm weights (the BERT recipe).
 
     ``fused`` (None = when every parameter is a float on a CPU or CUDA device): PyTorch's fused
-    AdamW kernel, one pass over all parameters instead of a loop of small ops. Measured on a
-    roberta-l4 step (batch 16): 18 ms against 93 ms for the default implementation, most of which
-    was the dense 21,128 x 512 embedding table (BENCHMARKS.md, "Training throughput").
+    AdamW kernel, one pass over all parameters instead of a loop of small ops: a roberta-l4
+    distillation step (batch 16) took 0.149 s against 0.197 s with the default implementation
+    (benchmarks/training_throughput.py, BENCHMARKS.md "Training throughput").
     """
     decay = [p for n, p in params if p.requires_grad and not _no_decay(n)]
     no_decay = [p for n, p in params if p.requires_grad and _no_decay(n)]
@@ -257,7 +260,8 @@ def fit(model: torch.nn.Module, train: Any, validation: Any, settings: TrainSett
     fast_cpu_math()
     torch.manual_seed(settings.seed)
     steps_per_epoch = sum(1 for b in global_batches(train["length"], settings.batch_size, settings.seed, 0,
-                                                    bucket=settings.bucket) if len(b) >= world_size)
+                                                    bucket=settings.bucket, window=settings.bucket_window)
+                          if len(b) >= world_size)
     updates = max(1, math.ceil(steps_per_epoch / settings.gradient_accumulation) * settings.epochs)
     optimizer = make_optimizer(list(model.named_parameters()) + list(extra_parameters), settings, eight_bit_optimizer)
     scheduler = get_linear_schedule_with_warmup(optimizer, int(settings.warmup_ratio * updates), updates)
@@ -277,7 +281,8 @@ def fit(model: torch.nn.Module, train: Any, validation: Any, settings: TrainSett
         model.train()
         step, epoch_start, loss_sums = 0, time.perf_counter(), {}
         for step, (rows, batch) in enumerate(iterate(train, settings.batch_size, seed=settings.seed, epoch=epoch,
-                                                     shuffle=True, bucket=settings.bucket, rank=rank,
+                                                     shuffle=True, bucket=settings.bucket,
+                                                     window=settings.bucket_window, rank=rank,
                                                      world_size=world_size), start=1):
             batch = {k: v.to(device) for k, v in batch.items()}
             with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):

@@ -93,8 +93,9 @@ BAD_FILES = {  # id: (file name, content, options, the message, as a regex)
                            r"t.jsonl: JSON Lines rows are objects: data.text_column and data.label_column "
                            r"must be key names"),
     "not-a-parquet-file": ("t.parquet", "text,label\n甲,0\n", {}, r"t.parquet: not a readable Parquet file"),
-    "unclosed-csv-quote": ("t.csv", 'text,label\n"甲,0\n乙,1\n', {}, r"t.csv:2: expected 2 columns, found 1 \(a quoted field opened on line 2 runs to line 3: "
-                           r"an unclosed '\"'\?\)"),
+    "unclosed-csv-quote": ("t.csv", 'text,label\n"甲,0\n乙,1\n', {},
+                           r"t.csv:2: expected 2 columns, found 1 \(a quoted field opened on line 2 runs to "
+                           r"line 3: an unclosed '\"'\?\)"),
     "too-few-rows-to-split": ("t.tsv", "甲\t0\n乙\t1\n", TSV,
                               r"cannot split 11% of 1 train rows off as validation: .*; give a data.validation file"),
 }

@@ -25,7 +25,7 @@ from alambic.guard import final_outcome
 from alambic.run import RunContext
 from alambic.teacher import train_teacher
 
-#: name -> (pruning steps, quantizer, quantizer options)
+#: name -> (pruning steps, quantizer, quantizer options); "step+N": N recovery epochs
 SETTINGS = {
     "heads:0.25": ("heads:0.25", None, None),
     "layers:0.25": ("layers:0.25", None, None),
@@ -39,6 +39,9 @@ SETTINGS = {
     "mixed (attention fp16, ffn int8, embeddings int8)": ("none", "mixed", None),
     "vocab + heads:0.25 + ffn:0.3 + dynamic-int8": ("vocab,heads:0.25,ffn:0.3", "dynamic-int8", None),
     "vocab + layers:0.25 + ffn:0.5 + dynamic-int8": ("vocab,layers:0.25,ffn:0.5", "dynamic-int8", None),
+    # deeper structured pruning, each step distilled again from the teacher before the guard judges it
+    "vocab + layers:0.5 + ffn:0.5, 1 recovery epoch each + dynamic-int8": (
+        "vocab,layers:0.5+1,ffn:0.5+1", "dynamic-int8", None),
 }
 
 
@@ -66,25 +69,30 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1, help="intra-op threads while timing")
     parser.add_argument("--runs", type=int, default=50, help="timed runs per length")
     parser.add_argument("--only", nargs="*", help="setting names to run (default: all)")
+    parser.add_argument("--model", help="a distilled student's folder (default: --student distilled from the "
+                                        "config, reused from the store)")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s: %(message)s")
 
     ctx = RunContext.open(args.config, quiet=True)
-    teacher = train_teacher(ctx)
-    student = distill(ctx, args.student, teacher=teacher)
+    if args.model:
+        model_dir, label = args.model, f"{args.student} {args.model}"
+    else:
+        student = distill(ctx, args.student, teacher=train_teacher(ctx))
+        model_dir, label = student.path, f"{args.student} {student.key[:12]}"
     measure = MeasureSettings(lengths=(16, 32, 64, 128), threads=args.threads, runs=args.runs, warmup=10)
     rows, before = [], None
     for name, (steps, quant, options) in SETTINGS.items():
         if args.only and name not in args.only:
             continue
         start = time.perf_counter()
-        record = compress(ctx, student.path, parse_steps(steps, ctx.registry), quant, options, measure=measure)
+        record = compress(ctx, model_dir, parse_steps(steps, ctx.registry), quant, options, measure=measure)
         print(f"{name}: {time.perf_counter() - start:.0f} s "
               f"({', '.join(final_outcome([d]) for d in record.decisions) or 'no step'})", flush=True)
         before = before or record.before
         rows.append(row(name, record.after, record.record))
 
-    print(f"\nmachine: {machine.summary()}; latency threads: {args.threads}; student {args.student} {student.key[:12]}")
+    print(f"\nmachine: {machine.summary()}; latency threads: {args.threads}; student {label}")
     print("| setting | runtime | test accuracy | macro-F1 | size MB | p50 ms @32 | p90 ms @32 | peak RSS MB | "
           "model RSS MB | params | argmax vs fp32 ONNX | guard |")
     print("| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |")

@@ -13,35 +13,36 @@ Throughput (the default). Teacher: bert-base-chinese's architecture from config,
 (speed does not depend on them); student: --student (roberta-l4), full size. Each variant times
 --steps training steps (collate, loss, backward, gradient clipping, AdamW) after 3 warm-up steps,
 on the same headlines: the first batches of a bucketed epoch (its batch order is shuffled, so they
-are a random sample of its batches), and for the padded variants the same rows in random order.
+are a random sample of its batches), and for the unbucketed variants the same rows in random batches.
 One full epoch is projected as s/step x steps per epoch.
 
   distillation (kd loss, the config's temperature and alpha)
-    online, padded     the teacher runs every step, every batch padded to --max-length (the seeds')
-    online, bucketed   the teacher runs every step, length-bucketed batches, dynamic padding
-    cached, padded     teacher logits read from a cache, batches padded to --max-length
-    cached, bucketed   cached logits, length-bucketed batches
-    ..., fused AdamW   the same with PyTorch's fused AdamW kernel (alambic's default)
-  teacher fine-tuning (the bert-base-sized teacher, cross-entropy)
-    padded             every batch padded to --max-length (the seeds')
-    bucketed           length-bucketed batches
-    ..., fused AdamW   the same with the fused AdamW kernel (alambic's default)
-The rows before the last of each group use PyTorch's default (for-loop) AdamW, as the seeds' do.
+    online, padded to 128   the teacher runs every step, every batch padded to --max-length (the seeds')
+    online, per batch       the teacher runs every step, each batch padded to its longest row
+    online, bucketed        the same, rows sorted by length into alike batches (bucket_by_length)
+    cached, ...             the same three with the teacher's logits read from a cache
+    ..., fused AdamW        per batch and bucketed with PyTorch's fused AdamW kernel; padded per
+                            batch is alambic's default
+  teacher fine-tuning (the bert-base-sized teacher, cross-entropy): padded to 128 (the seeds'),
+    per batch, bucketed, and the last two with the fused AdamW kernel
+The other rows use PyTorch's default (for-loop) AdamW, as the seeds' do.
 
 The cache is not free: computing the teacher's logits once for the 45,000 headlines (projected from
 the sampled rows) is charged to alambic's epoch, spread over the config's distill.epochs.
 
 Accuracy (--accuracy). The config's teacher (4 layers, hidden 256), reused from the store (or
-trained there first, ~10 min on 2 cores); the same initial --student distilled on the first
---train-examples headlines for --epochs with the config's distill settings (batch size, learning
-rate, T, alpha; --seed replaces its seed, to see how much a run varies), through
-alambic.training.fit, two ways:
+trained there first, ~10 min on 2 cores); at each of --seeds, one initial --student distilled on
+the first --train-examples headlines for --epochs with the config's distill settings (batch size,
+learning rate, T, alpha), through alambic.training.fit, three ways:
 
-  seeds     teacher run online every step, batches padded to --max-length, no bucketing
-  alambic   teacher logits computed once on the subset (timed), length-bucketed batches
+  seeds              teacher run online every step, batches padded to --max-length
+  alambic's default  teacher logits computed once on the subset (timed), each batch padded to its
+                     longest row
+  bucket_by_length   the same, rows sorted by length into alike batches
 
 Each is scored on the 10,000 test headlines; wall time covers the logits, training and the
-validation after each epoch (10,000 headlines, the same for both), not the test scoring.
+validation after each epoch (10,000 headlines, the same for all), not the test scoring. A summary
+gives each recipe's mean over the seeds and its difference from the seeds' recipe, paired by seed.
 """
 
 from __future__ import annotations
@@ -66,8 +67,8 @@ from alambic.models import teacher_config
 from alambic.run import RunContext
 from alambic.teacher import train_teacher
 from alambic.training import (
-    MODEL_INPUTS, LossFn, TrainSettings, collate, cross_entropy_loss, evaluate, fast_cpu_math, fit,
-    global_batches, make_optimizer, predict, seed_everything,
+    BUCKET_WINDOW, MODEL_INPUTS, LossFn, TrainSettings, collate, cross_entropy_loss, evaluate, fast_cpu_math,
+    fit, global_batches, make_optimizer, predict, seed_everything,
 )
 
 WARMUP_STEPS = 3
@@ -100,6 +101,7 @@ def padded_to(width: int, compute_loss: LossFn) -> LossFn:
     def padded(model, batch, rows):
         batch = {k: F.pad(v, (0, max(0, width - v.shape[1]))) if v.dim() == 2 else v for k, v in batch.items()}
         return compute_loss(model, batch, rows)
+    padded.width = width  # type: ignore[attr-defined]  (the tokens it processes)
     return padded
 
 
@@ -183,7 +185,7 @@ def throughput(ctx: RunContext, args: argparse.Namespace) -> None:
         model.load_state_dict(initial_student)  # the same start for every variant
         return model
 
-    bucketed, padded = sample_batches(lengths, args.batch_size, WARMUP_STEPS + args.steps)
+    bucketed, shuffled = sample_batches(lengths, args.batch_size, WARMUP_STEPS + args.steps)
     sample = np.concatenate(bucketed)
     cache, logits_once = sample_cache(teacher, data, sample)
     T, alpha, w = ctx.config.distill.temperature, ctx.config.distill.alpha, args.max_length
@@ -192,37 +194,50 @@ def throughput(ctx: RunContext, args: argparse.Namespace) -> None:
     def trainee() -> torch.nn.Module:
         return copy.deepcopy(teacher)  # the teacher itself stays untrained, for the online variants
 
-    # (group, name, model, bucketed, loss, fused AdamW); each group's first row is the seeds' recipe,
-    # its last alambic's default
+    # (group, name, model, bucketed batches?, loss, fused AdamW); each group's first row is the
+    # seeds' recipe. Unbucketed rows take the same rows in random batches, padded to --max-length
+    # by padded_to() or else to each batch's longest row (alambic's default).
     variants: list[tuple[str, str, Callable[[], torch.nn.Module], bool, LossFn, bool]] = [
         ("distillation", f"online teacher, padded to {w} (the seeds')", student, False, padded_to(w, online), False),
+        ("distillation", "online teacher, padded per batch", student, False, online, False),
         ("distillation", "online teacher, bucketed", student, True, online, False),
         ("distillation", f"cached logits, padded to {w}", student, False, padded_to(w, cached), False),
+        ("distillation", "cached logits, padded per batch", student, False, cached, False),
         ("distillation", "cached logits, bucketed", student, True, cached, False),
-        ("distillation", "cached logits, bucketed, fused AdamW (alambic's default)", student, True, cached, True),
+        ("distillation", "cached logits, padded per batch, fused AdamW (alambic's default)", student, False, cached,
+         True),
+        ("distillation", "cached logits, bucketed, fused AdamW (bucket_by_length: true)", student, True, cached, True),
         ("teacher fine-tuning", f"padded to {w} (the seeds')", trainee, False, padded_to(w, cross_entropy_loss),
          False),
+        ("teacher fine-tuning", "padded per batch", trainee, False, cross_entropy_loss, False),
         ("teacher fine-tuning", "bucketed", trainee, True, cross_entropy_loss, False),
-        ("teacher fine-tuning", "bucketed, fused AdamW (alambic's default)", trainee, True, cross_entropy_loss, True),
+        ("teacher fine-tuning", "padded per batch, fused AdamW (alambic's default)", trainee, False,
+         cross_entropy_loss, True),
+        ("teacher fine-tuning", "bucketed, fused AdamW (bucket_by_length: true)", trainee, True, cross_entropy_loss,
+         True),
     ]
     steps_per_epoch = len(global_batches(lengths, args.batch_size, seed=0, epoch=0))
     results = []
     for group, name, build, bucket, compute_loss, fused in variants:
-        batches = bucketed if bucket else padded
+        batches = bucketed if bucket else shuffled
         timed = batches[WARMUP_STEPS:]
+        width = getattr(compute_loss, "width", 0)
         results.append(Measured(group, name, seconds_per_step(build(), data, batches, compute_loss, fused),
                                 int(lengths[np.concatenate(timed)].sum()),
-                                padded_tokens(timed, lengths, 0 if bucket else w), steps_per_epoch))
-        print(f"  {group}: {name:<58} {results[-1].seconds_per_step:6.3f} s/step", flush=True)
+                                padded_tokens(timed, lengths, width), steps_per_epoch))
+        print(f"  {group}: {name:<70} {results[-1].seconds_per_step:6.3f} s/step", flush=True)
     report(args, ctx, results, lengths, logits_once, len(sample))
 
 
 def report(args, ctx, results: list[Measured], lengths: np.ndarray, logits_once: float, sample_rows: int) -> None:
-    epoch_width = padded_tokens(global_batches(lengths, args.batch_size, seed=0, epoch=0), lengths) / len(lengths)
+    def epoch_width(bucket: bool) -> float:  # tokens a batch is wide, over a whole epoch
+        return padded_tokens(global_batches(lengths, args.batch_size, 0, 0, bucket=bucket), lengths) / len(lengths)
+
     print(f"\nmachine: {machine.summary()}, torch {torch.__version__}, {torch.get_num_threads()} threads")
     print(f"{len(lengths):,} headlines, {lengths.mean():.1f} tokens on average; batch {args.batch_size}, "
           f"max_length {args.max_length}; student {args.student}; {args.steps} timed steps per variant after "
-          f"{WARMUP_STEPS} warm-up; bucketed batches are {epoch_width:.1f} tokens wide on average over the epoch")
+          f"{WARMUP_STEPS} warm-up; over an epoch, batches padded per batch are {epoch_width(False):.1f} tokens "
+          f"wide on average, bucketed ones {epoch_width(True):.1f}")
     print(f"\n| variant | s/step | real tokens/s | padded tokens/s | epoch s (projected: {args.steps} steps "
           f"measured, {results[0].steps_per_epoch:,} an epoch) | vs the seeds' |")
     print("| --- | ---: | ---: | ---: | ---: | ---: |")
@@ -234,7 +249,8 @@ def report(args, ctx, results: list[Measured], lengths: np.ndarray, logits_once:
               f"{seeds.epoch_seconds / r.epoch_seconds:.2f}x |")
     epochs = ctx.config.distill.epochs
     distillation = [r for r in results if r.group == "distillation"]
-    seeds, default = distillation[0], distillation[-1]  # the seeds' recipe, alambic's default
+    seeds = distillation[0]
+    default = next(r for r in distillation if "alambic's default" in r.name)
     alambic = default.epoch_seconds + logits_once / epochs
     print(f"\nteacher logits once, {len(lengths):,} headlines: {logits_once:,.0f} s (projected from {sample_rows:,})")
     print(f"seeds' epoch {seeds.epoch_seconds:,.0f} s vs alambic's epoch {default.epoch_seconds:,.0f} s "
@@ -246,33 +262,41 @@ def report(args, ctx, results: list[Measured], lengths: np.ndarray, logits_once:
 
 
 def accuracy(ctx: RunContext, args: argparse.Namespace) -> None:
+    """The seeds' recipe, alambic's default and alambic with bucketing, at each of ``--seeds``."""
     record = train_teacher(ctx, local=True)
     teacher = AutoModelForSequenceClassification.from_pretrained(record.path, use_safetensors=True).eval()
     data, names = ctx.prepared.tokenized, ctx.prepared.label_names
     train = data["train"].select(range(args.train_examples))
     distill = ctx.config.distill
-    seed = distill.seed if args.seed is None else args.seed
-    settings = dataclasses.replace(train_settings(distill), epochs=args.epochs, seed=seed)
+    settings = dataclasses.replace(train_settings(distill), epochs=args.epochs)
     student_class = ctx.registry["students"].get(args.student)
-    seed_everything(settings.seed)
-    initial = student_class.build(len(names), names, vocab_size=len(ctx.prepared.tokenizer)).state_dict()
+    start = time.perf_counter()
+    cache = cached_logits(teacher, train)
+    cache_seconds = time.perf_counter() - start  # charged to every alambic row
     T, alpha = distill.temperature, distill.alpha
+    # (name, bucketed, loss, seconds charged besides training)
     variants = [
-        (f"seeds: online teacher, padded to {args.max_length}, no bucketing", False,
-         lambda: padded_to(args.max_length, kd_online(teacher, T, alpha))),
-        ("alambic: cached logits (computed once), bucketed", True,
-         lambda: kd_cached(cached_logits(teacher, train), T, alpha)),
+        (f"seeds: online teacher, padded to {args.max_length}", False,
+         padded_to(args.max_length, kd_online(teacher, T, alpha)), 0.0),
+        ("alambic's default: cached logits, padded per batch", False, kd_cached(cache, T, alpha), cache_seconds),
+        (f"alambic, bucket_by_length: cached logits, bucketed (window {BUCKET_WINDOW})", True,
+         kd_cached(cache, T, alpha), cache_seconds),
     ]
     rows = []
-    for name, bucket, make_loss in variants:
-        student = student_class.build(len(names), names, vocab_size=len(ctx.prepared.tokenizer))
-        student.load_state_dict(initial)
-        start = time.perf_counter()
-        result = fit(student, train, data["validation"], dataclasses.replace(settings, bucket=bucket), make_loss())
-        seconds = time.perf_counter() - start
-        test = evaluate(student, data["test"])
-        rows.append((name, test["accuracy"], test["macro_f1"], result.best_epoch + 1, seconds))
-    print_accuracy(args, record, settings, distill, rows, len(train), len(data["test"]))
+    for seed in args.seeds:
+        seed_everything(seed)  # the same initial student for the three variants of a seed
+        initial = student_class.build(len(names), names, vocab_size=len(ctx.prepared.tokenizer)).state_dict()
+        for name, bucket, compute_loss, charged in variants:
+            student = student_class.build(len(names), names, vocab_size=len(ctx.prepared.tokenizer))
+            student.load_state_dict(initial)
+            start = time.perf_counter()
+            result = fit(student, train, data["validation"], dataclasses.replace(settings, seed=seed, bucket=bucket),
+                         compute_loss)
+            seconds = time.perf_counter() - start + charged
+            test = evaluate(student, data["test"])
+            rows.append((name, seed, test["accuracy"], test["macro_f1"], result.best_epoch + 1, seconds))
+            print(f"  seed {seed}: {name:<62} {test['accuracy']:.4f} {seconds:6.0f} s", flush=True)
+    print_accuracy(args, record, settings, distill, rows, len(train), len(data["test"]), cache_seconds)
 
 
 def window_sweep(ctx: RunContext, args: argparse.Namespace) -> None:
@@ -300,18 +324,33 @@ def window_sweep(ctx: RunContext, args: argparse.Namespace) -> None:
             print(f"| {label} | {seed} | {accuracy:.4f} | {seconds:,.0f} |", flush=True)
 
 
-def print_accuracy(args, record, settings, distill, rows, train_rows: int, test_rows: int) -> None:
+def print_accuracy(args, record, settings, distill, rows, train_rows: int, test_rows: int,
+                   cache_seconds: float) -> None:
     print(f"\nmachine: {machine.summary()}, torch {torch.__version__}, {torch.get_num_threads()} threads")
     print(f"teacher {record.key[:12]} ({'reused' if record.reused else 'trained'}), test accuracy "
           f"{record.metrics['test']['accuracy']:.4f}; student {args.student}, the first {train_rows:,} training "
           f"headlines, {args.epochs} epochs, batch {settings.batch_size}, lr {settings.learning_rate}, "
-          f"T {distill.temperature}, alpha {distill.alpha}, seed {settings.seed}; test: {test_rows:,} headlines")
-    print("\n| variant | test accuracy | test macro-F1 | best epoch | wall s |")
-    print("| --- | ---: | ---: | ---: | ---: |")
-    for name, acc, f1, epoch, seconds in rows:
-        print(f"| {name} | {acc:.4f} | {f1:.4f} | {epoch} | {seconds:,.0f} |")
-    print(f"\nalambic - seeds: {100 * (rows[1][1] - rows[0][1]):+.2f} points of test accuracy, "
-          f"{rows[0][4] / rows[1][4]:.2f}x faster")
+          f"T {distill.temperature}, alpha {distill.alpha}; test: {test_rows:,} headlines; "
+          f"teacher logits once: {cache_seconds:.0f} s (in every alambic row's wall time)")
+    print("\n| variant | seed | test accuracy | test macro-F1 | best epoch | wall s |")
+    print("| --- | ---: | ---: | ---: | ---: | ---: |")
+    for name, seed, acc, f1, epoch, seconds in rows:
+        print(f"| {name} | {seed} | {acc:.4f} | {f1:.4f} | {epoch} | {seconds:,.0f} |")
+    by_variant: dict[str, list[tuple[float, float]]] = {}
+    for name, _, acc, _, _, seconds in rows:
+        by_variant.setdefault(name, []).append((acc, seconds))
+    seeds_name = rows[0][0]
+    seeds_acc = np.array([a for a, _ in by_variant[seeds_name]])
+    seeds_wall = np.mean([s for _, s in by_variant[seeds_name]])
+    print(f"\n| variant | mean test accuracy over {len(args.seeds)} seeds | sd | mean difference from the seeds' "
+          f"(paired by seed) | largest difference | faster than the seeds' |")
+    print("| --- | ---: | ---: | ---: | ---: | ---: |")
+    for name, values in by_variant.items():
+        acc = np.array([a for a, _ in values])
+        diff = 100 * (acc - seeds_acc)
+        print(f"| {name} | {acc.mean():.4f} | {acc.std(ddof=1) if len(acc) > 1 else 0:.4f} | "
+              f"{diff.mean():+.2f} points | {diff[np.abs(diff).argmax()]:+.2f} points | "
+              f"{seeds_wall / np.mean([s for _, s in values]):.2f}x |")
 
 
 def main() -> None:
@@ -324,12 +363,12 @@ def main() -> None:
     parser.add_argument("--accuracy", action="store_true", help="the accuracy check instead of the throughput table")
     parser.add_argument("--train-examples", type=int, default=8000)
     parser.add_argument("--epochs", type=int, default=2, help="distillation epochs of the accuracy check")
-    parser.add_argument("--seed", type=int, help="the accuracy check's seed (default: the config's distill.seed)")
     parser.add_argument("--window-sweep", action="store_true",
                         help="alambic's recipe at each --windows x --seeds instead (same subset and epochs)")
     parser.add_argument("--windows", type=lambda s: [int(w) for w in s.split(",")], default=[0, 50, 10],
                         help="bucketing windows in batches; 0 = not bucketed")
-    parser.add_argument("--seeds", type=lambda s: [int(w) for w in s.split(",")], default=[42, 43])
+    parser.add_argument("--seeds", type=lambda s: [int(w) for w in s.split(",")], default=[42, 43],
+                        help="seeds of --accuracy and --window-sweep")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     logging.getLogger("alambic.data").setLevel(logging.ERROR)

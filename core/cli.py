@@ -220,8 +220,9 @@ def compress(
     model: Annotated[Path, typer.Option("--model", "-m", help=(
         "The model to compress: a save_pretrained folder (e.g. a distilled student's stage folder)."))],
     steps: Annotated[str, typer.Option(help=(
-        "Pruning steps in order, comma-separated pruner[:amount], e.g. heads:0.25,ffn:0.3,vocab; "
-        "'none' for no pruning. `alambic plugins` lists the pruners."))] = "none",
+        "Pruning steps in order, comma-separated pruner[:amount][+N], e.g. heads:0.25,ffn:0.3,vocab; "
+        "+N: N epochs of distillation from the run's teacher after the step, before the guard judges "
+        "it (layers:0.5+1); 'none' for no pruning. `alambic plugins` lists the pruners."))] = "none",
     quant: Annotated[str, typer.Option(help=(
         "A quantizer id (dynamic-int8, static-int8, fp16, mixed, ...) or 'none'."))] = "none",
     quant_options: Annotated[list[str] | None, typer.Option(

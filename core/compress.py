@@ -17,6 +17,7 @@ The loop, in two stages of the store::
         for step in steps:                          # guarded: kept, retried at half, or reverted
             model = Pruner.apply(model, options, PruneContext(validation, train, tokenizer))
             (after vocabulary pruning: the splits are remapped, the tokenizer is the pruned one)
+            (recover_epochs: then distilled from the run's teacher's cached logits, before the guard)
         save model/                                 # safetensors + the pruned model's tokenizer
     compress stage (stages/<key>/), keyed by the prune stage, quantizer, options, guard, measuring:
         model/       the pruned model, copied in: the stage ships whole
@@ -30,13 +31,15 @@ its runtime, on the test split tokenized by the pruned model's own tokenizer.
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import json
 import logging
 import math
 import shutil
 import tempfile
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -96,7 +99,8 @@ class CompressRecord:
 
 
 def parse_steps(text: str | None, registry: Any = None) -> list[PruningStep]:
-    """``"heads:0.25,ffn:0.3,vocab"`` -> pruning steps (pruner id, optional amount in [0, 1]).
+    """``"heads:0.25,ffn:0.3,vocab"`` -> pruning steps (pruner id, optional amount in [0, 1]);
+    ``layers:0.5+1``: followed by 1 epoch of recovery distillation (``recover_epochs``).
 
     With a ``registry`` the pruner ids and amounts are checked against the pruners (an unknown
     id gets a did-you-mean; a strength given to a pruner without one is refused).
@@ -109,6 +113,13 @@ def parse_steps(text: str | None, registry: Any = None) -> list[PruningStep]:
         if not part:
             raise AlambicError(f"--steps {text!r}: step {number} is empty; steps are comma-separated "
                                f"pruner[:amount], e.g. heads:0.25,ffn:0.3,vocab")
+        part, plus, epochs_text = (s.strip() for s in part.partition("+"))
+        recover_epochs = 0
+        if plus:
+            if not epochs_text.isdigit() or not 0 < int(epochs_text) <= 100:
+                raise AlambicError(f"--steps: step {raw.strip()!r}: '+{epochs_text}' should be a number of recovery "
+                                   f"epochs from 1 to 100, e.g. layers:0.5+1")
+            recover_epochs = int(epochs_text)
         name, sep, amount_text = (s.strip() for s in part.partition(":"))
         if not name:
             raise AlambicError(f"--steps: step {part!r} has no pruner id before ':' (e.g. heads:0.25)")
@@ -126,7 +137,7 @@ def parse_steps(text: str | None, registry: Any = None) -> list[PruningStep]:
                 registry["pruners"].get(name).options(amount)
             except AlambicError as exc:
                 raise AlambicError(f"--steps: step {part!r}: {exc}") from None
-        steps.append(PruningStep(pruner=name, amount=amount))
+        steps.append(PruningStep(pruner=name, amount=amount, recover_epochs=recover_epochs))
     return steps
 
 
@@ -143,11 +154,11 @@ def parse_lengths(text: str) -> tuple[int, ...]:
 
 
 def step_label(step: PruningStep) -> str:
-    """How a step is written on the command line: ``heads:0.25``, ``vocab``."""
+    """How a step is written on the command line: ``heads:0.25``, ``vocab``, ``layers:0.5+1``."""
     label = step.pruner if step.amount is None else f"{step.pruner}:{step.amount:g}"
     if step.options:
         label += "(" + ", ".join(f"{k}={v}" for k, v in sorted(step.options.items())) + ")"
-    return label
+    return label + (f"+{step.recover_epochs}" if step.recover_epochs else "")
 
 
 # --- inputs ---------------------------------------------------------------------------------
@@ -230,9 +241,17 @@ def prune(ctx: Any, model_dir: str | Path, steps: Sequence[PruningStep], *,
                            reused=True)
     pruners = [ctx.registry["pruners"].get(step.pruner) for step in steps]
     options = [P.options(step.amount, **step.options) for P, step in zip(pruners, steps, strict=True)]
+    for P, step in zip(pruners, steps, strict=True):
+        if step.recover_epochs and not P.recoverable:
+            raise AlambicError(f"pruning step {step_label(step)}: pruner '{P.id}' cannot be followed by "
+                               f"recovery training ({P.recoverable_why}); set recover_epochs: 0")
     _check_model_dir(model_dir)
     inputs = {"stage": "prune", "model": model_digest(model_dir), "data": ctx.prepared.tokenized_key,
-              "steps": [s.model_dump() for s in steps], "guard": ctx.config.guard.model_dump()}
+              # a step without recovery hashes as before recovery existed: its stage is still valid
+              "steps": [s.model_dump(exclude=None if s.recover_epochs else {"recover_epochs"}) for s in steps],
+              "guard": ctx.config.guard.model_dump()}
+    if any(step.recover_epochs for step in steps):
+        inputs["recovery"] = recovery_inputs(ctx)
     key = stable_hash(inputs)[:32]
 
     def build(folder: Path) -> dict[str, Any]:
@@ -252,6 +271,7 @@ def prune(ctx: Any, model_dir: str | Path, steps: Sequence[PruningStep], *,
 def _prune(ctx: Any, folder: Path, model: Any, tokenizer: Any, tokenized: Any, steps: Sequence[PruningStep],
            pruners: Sequence[type], options: Sequence[Any], on_decision: Any) -> dict[str, Any]:
     """Each step under the guard, in order; the pruned model saved in ``folder/model``."""
+    from alambic.distill import recover
     from alambic.guard import final_outcome
     from alambic.pruning import PruneContext
     from alambic.training import evaluate
@@ -261,10 +281,22 @@ def _prune(ctx: Any, folder: Path, model: Any, tokenizer: Any, tokenized: Any, s
     accuracy = start_accuracy = evaluate(model, splits["validation"])["accuracy"]
     decisions: list[GuardDecision] = []
     summary, reports = [], []
+    logits = functools.cache(lambda: recovery_logits(ctx))  # read once, only if a step recovers
+
+    def apply(Pruner: Any, options: Any, context: Any, step: PruningStep) -> Any:
+        result = Pruner.apply(model, options, context)
+        if step.recover_epochs:
+            log.info("%s: %d epoch(s) of recovery distillation", step_label(step), step.recover_epochs)
+            with _progress_bar(f"recovery {step_label(step)}", enabled=not ctx.quiet) as progress:
+                metrics = recover(result.model, result.remap(splits["train"]), result.remap(splits["validation"]),
+                                  logits(), ctx.config.distill, step.recover_epochs, progress)
+            result.report["recovery"] = {"epochs": step.recover_epochs, "validation": metrics}
+        return result
+
     for step, Pruner, opts in zip(steps, pruners, options, strict=True):
         context = PruneContext(validation=splits["validation"], train=splits["train"], tokenizer=tokenizer)
         result, made = guarded_step(
-            apply=lambda o, P=Pruner, c=context: P.apply(model, o, c),
+            apply=lambda o, P=Pruner, c=context, s=step: apply(P, o, c, s),
             evaluate=lambda r: evaluate(r.model, r.remap(splits["validation"]))["accuracy"],
             options=opts, half=Pruner.half, accuracy_before=accuracy, max_drop=guard.max_drop,
             retries=guard.retries, name=step_label(step), plugin=Pruner.id, on_decision=on_decision)
@@ -280,6 +312,39 @@ def _prune(ctx: Any, folder: Path, model: Any, tokenizer: Any, tokenized: Any, s
     tokenizer.save_pretrained(folder / MODEL_DIR)  # the pruned model's own vocabulary
     return {"steps": summary, "decisions": [d.to_dict() for d in decisions], "pruning": reports,
             "validation_accuracy": {"before": start_accuracy, "after": accuracy}}
+
+
+@contextlib.contextmanager
+def _progress_bar(label: str, enabled: bool) -> Iterator[Callable[[int, int, dict[str, float]], None] | None]:
+    """A progress bar fed by fit's ``progress(step, steps, losses)``; None when disabled."""
+    if not enabled:
+        yield None
+        return
+    from tqdm.auto import tqdm
+
+    with tqdm(desc=label, unit="step", leave=False) as bar:
+        def update(step: int, steps: int, losses: dict[str, float]) -> None:
+            bar.total, bar.n = steps, step
+            bar.set_postfix({k: f"{v:.3f}" for k, v in losses.items()}, refresh=False)
+            bar.refresh()
+        yield update
+
+
+def recovery_inputs(ctx: Any) -> dict[str, Any]:
+    """What a recovered step's result depends on besides the step: the teacher and the settings."""
+    from alambic.distill import train_settings
+    from alambic.teacher import teacher_key
+
+    data, distill = ctx.prepared, ctx.config.distill
+    return {"teacher": teacher_key(ctx.config.teacher, data.tokenized_key, data.label_names),
+            "settings": train_settings(distill), "temperature": distill.temperature, "alpha": distill.alpha}
+
+
+def recovery_logits(ctx: Any) -> Any:
+    """The run's teacher's logits on its training rows (the teacher trained first if it never was)."""
+    from alambic.teacher import teacher_logits, train_teacher
+
+    return teacher_logits(ctx, train_teacher(ctx, local=True))
 
 
 def compress(ctx: Any, model_dir: str | Path, steps: Sequence[PruningStep], quant: str | None = None,

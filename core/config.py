@@ -145,6 +145,10 @@ class TeacherConfig(Section):
     gradient_checkpointing: bool = False
     optimizer: Literal["adamw", "adamw-8bit"] = "adamw"
     early_stopping_patience: int | None = Field(None, ge=1)
+    bucket_by_length: bool = Field(
+        False, description="sort rows by length into alike batches: less padding (~17% on THUCNews) "
+        "but batches skewed in class where length goes with the class (it cost accuracy there)"
+    )
     seed: Seed = 42
     trust_remote_code: bool = False
 
@@ -167,6 +171,10 @@ class DistillConfig(Section):
     loss_weights: dict[str, float] = Field(default_factory=dict, description="weight per loss id (default 1)")
     layer_map: list[int] | None = Field(None, description="teacher layer for each student layer; null = uniform")
     early_stopping_patience: int | None = Field(None, ge=1)
+    bucket_by_length: bool = Field(
+        False, description="sort rows by length into alike batches: less padding (~17% on THUCNews) "
+        "but batches skewed in class where length goes with the class (it cost accuracy there)"
+    )
     seed: Seed = 42
     # students with a donor (mobilebert-adapter): layer-by-layer transfer from the donor first
     transfer_epochs: int = Field(1, ge=1, le=100, description="transfer epochs per layer")
@@ -181,6 +189,10 @@ class PruningStep(Section):
     pruner: str = Field(..., description="pruner plugin id")
     amount: float | None = Field(None, ge=0, le=1, description="strength (fraction), if any")
     options: dict[str, Any] = Field(default_factory=dict)
+    recover_epochs: int = Field(
+        0, ge=0, le=100, description="epochs of distillation from the run's teacher (its cached logits, the "
+        "distill section's settings) after the step, before the guard judges it; 0 = none"
+    )
 
 
 class Objective(Section):

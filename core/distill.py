@@ -70,6 +70,7 @@ def train_settings(settings: DistillConfig) -> TrainSettings:
         epochs=settings.epochs, learning_rate=settings.learning_rate, batch_size=settings.batch_size,
         warmup_ratio=settings.warmup_ratio, weight_decay=settings.weight_decay,
         early_stopping_patience=settings.early_stopping_patience, seed=settings.seed,
+        bucket=settings.bucket_by_length,
     )
 
 
@@ -85,6 +86,34 @@ def build_losses(loss_classes: Sequence[type], settings: DistillConfig, teacher_
         losses.append(cls(teacher_config, student_config, layer_map=settings.layer_map,
                           weight=settings.loss_weights.get(cls.id, 1.0), **options))
     return losses
+
+
+def recover(model: Any, train: Any, validation: Any, teacher_logits: Any, settings: DistillConfig,
+            epochs: int, progress: Any = None) -> dict[str, Any]:
+    """Distill a pruned ``model`` back toward the teacher, in place, in this process: the ``kd``
+    loss on the teacher's cached logits (row -> logits, the rows of ``train``) for ``epochs``, with
+    the distill section's learning rate, batch size, temperature and alpha. Returns the best epoch's
+    validation metrics (its weights are the ones kept). ``progress`` is fit's (step, steps, losses)."""
+    import torch
+
+    from alambic.losses import kd_loss
+    from alambic.training import MODEL_INPUTS, fit
+
+    if len(teacher_logits) != len(train):
+        raise AlambicError(f"recovery: the teacher's logits cover {len(teacher_logits)} training rows, "
+                           f"the pruned model's training split has {len(train)}")
+    logits = torch.tensor(teacher_logits, dtype=torch.float32)  # a copy: the Arrow-backed array is read-only
+
+    def compute_loss(model: Any, batch: dict[str, Any], rows: Any) -> tuple[Any, dict[str, float]]:
+        student = model(**{k: batch[k] for k in MODEL_INPUTS if k in batch}).logits
+        teacher = logits[torch.as_tensor(rows)].to(student.device)
+        loss = kd_loss(student, teacher, batch["labels"], settings.temperature, settings.alpha)
+        return loss, {"kd": float(loss.detach())}
+
+    result = fit(model, train, validation, dataclasses.replace(train_settings(settings), epochs=epochs), compute_loss,
+                 progress=progress)
+    model.eval()
+    return {k: v for k, v in result.best_metrics.items() if k not in ("per_class", "confusion")}
 
 
 # --- per worker -----------------------------------------------------------------------------

@@ -137,6 +137,9 @@ class Pruner:
 
     id: ClassVar[str] = ""
     Options: ClassVar[type] = NoOptions
+    #: whether a step may be followed by recovery training (``PruningStep.recover_epochs``)
+    recoverable: ClassVar[bool] = True
+    recoverable_why: ClassVar[str] = ""  # why not, when not
 
     @classmethod
     def options(cls, amount: Any = None, /, **options: Any) -> Any:

@@ -40,6 +40,7 @@ def teacher_settings(config: TeacherConfig) -> TrainSettings:
         gradient_accumulation=config.gradient_accumulation, warmup_ratio=config.warmup_ratio,
         weight_decay=config.weight_decay, mixed_precision=config.mixed_precision,
         early_stopping_patience=config.early_stopping_patience, seed=config.seed,
+        bucket=config.bucket_by_length,
     )
 
 

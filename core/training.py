@@ -3,8 +3,10 @@
 It runs the same in a plain process (world size 1, for notebooks and tests) and inside a Ray Train
 worker, where ``rank``/``world_size`` come from the Ray context and the model is DDP-wrapped.
 
-Batches are length-bucketed with dynamic padding: THUCNews headlines are ~20 tokens, so padding
-every batch to ``max_length`` would spend most of the compute on padding. Every rank builds the
+Batches are padded dynamically, to their longest row: THUCNews headlines are ~20 tokens, so padding
+every batch to ``max_length`` would spend most of the compute on padding. Sorting rows by length
+into alike batches (``bucket``) pads ~17% less again, but is off by default: headline length goes
+with the class, so alike batches are skewed in class and cost accuracy (BENCHMARKS.md). Every rank builds the
 same global batches from the same seed and takes its own slice of each, so one step on W workers
 averages the gradient of exactly the examples one worker would see in one step.
 """
@@ -28,10 +30,10 @@ log = logging.getLogger(__name__)
 MODEL_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
 
 
-#: batches sorted by length together. Wider windows pad less but make batches more alike (headline
-#: length goes with the class): roberta-l4 distilled 2 epochs on 8,000 THUCNews headlines scored
-#: 76.3 / 79.6% on test (seeds 42 / 43) with windows of 50, 80.3 / 77.2% with 10, 79.5 / 79.3%
-#: unbucketed (benchmarks/training_throughput.py --window-sweep)
+#: batches sorted by length together when bucketing. Wider windows pad less but make batches more
+#: alike (headline length goes with the class): roberta-l4 distilled 2 epochs on 8,000 THUCNews
+#: headlines scored 76.3 / 79.6% on test (seeds 42 / 43) with windows of 50, 80.3 / 77.2% with 10,
+#: 79.5 / 79.3% unbucketed (benchmarks/training_throughput.py --window-sweep)
 BUCKET_WINDOW = 10
 
 
@@ -49,7 +51,7 @@ class TrainSettings:
     mixed_precision: str = "auto"  # auto | fp16 | bf16 | no; only ever on with a CUDA device
     early_stopping_patience: int | None = None
     seed: int = 42
-    bucket: bool = True  # length-bucketed batches with dynamic padding
+    bucket: bool = False  # sort rows by length into alike batches (every batch is padded dynamically)
     bucket_window: int = BUCKET_WINDOW  # batches sorted by length together
     eval_batch_size: int = 128
 

@@ -347,6 +347,8 @@ class Magnitude(Pruner):
 
     id = "magnitude"
     Options = MagnitudeOptions
+    recoverable = False
+    recoverable_why = "training would regrow the zeroed weights"
 
     @classmethod
     def check(cls, model: Any) -> None:

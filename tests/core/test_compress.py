@@ -224,3 +224,88 @@ def test_candidates_that_differ_only_in_quantizer_prune_once(trained, monkeypatc
     assert second.prune_reused and second.prune_key == first.prune_key and not second.reused
     assert [d["step"] for d in second.record["decisions"]] == ["ffn:0.5", "quant:fp16"]
     assert second.runtime == "onnxruntime" and not calls
+
+
+# --- recovery distillation ------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def recovering(tmp_path_factory):
+    """The run of ``trained`` with a tiny teacher and the distill settings recovery trains with."""
+    from tests.conftest import train_tiny_run
+
+    root = tmp_path_factory.mktemp("recovering")
+    _, folder = train_tiny_run(
+        root, [f"{'好坏'[i % 2]}消息第{i}条\t{i % 2}" for i in range(160)],
+        teacher={"architecture": {"layers": 1, "hidden": 32, "heads": 2, "ffn": 64}, "epochs": 3,
+                 "batch_size": 8, "learning_rate": 3e-3, "warmup_ratio": 0.0},
+        distill={"batch_size": 8, "learning_rate": 3e-3, "warmup_ratio": 0.0})
+    return root, folder
+
+
+def test_a_recovered_step_is_distilled_from_the_teacher_before_the_guard_judges_it(recovering):
+    from alambic.compress import prune
+    from alambic.run import RunContext
+
+    root, folder = recovering
+    ctx = RunContext.open(root / "run.yaml", quiet=True)
+    ctx.registry["pruners"].add(Scramble)
+    hurt = PruningStep(pruner="scramble", amount=0.1)
+    plain = prune(ctx, folder, [hurt])  # the noise costs far more than 1 point: reverted
+    assert plain.record["steps"] == [{"step": "scramble:0.1", "outcome": "reverted"}]
+
+    recovered = prune(ctx, folder, [hurt.model_copy(update={"recover_epochs": 3})])
+    decision = recovered.record["decisions"][0]
+    assert decision["outcome"] == "kept" and decision["attempt"] == 0  # the retrained model passed at once
+    assert recovered.record["steps"] == [{"step": "scramble:0.1+3", "outcome": "kept"}]
+    recovery = recovered.record["pruning"][0]["recovery"]
+    assert recovery["epochs"] == 3 and recovery["validation"]["accuracy"] == decision["accuracy_after"]
+    assert recovered.key != plain.key and recovered.record["inputs"]["recovery"]["teacher"]
+    kinds = [ctx.store.load_manifest(ctx.store.stage_path(k)).kind for k in ctx.store.list("stages")
+             if ctx.store.load_manifest(ctx.store.stage_path(k))]
+    assert {"teacher", "teacher-logits"} <= set(kinds)  # the run's teacher, trained for the recovery
+
+
+def test_a_step_without_recovery_keeps_its_stage_key(recovering):
+    """Stages made before recover_epochs existed stay valid: a step without recovery hashes as then."""
+    from alambic.compress import prune
+    from alambic.run import RunContext
+    from alambic.store import stable_hash
+
+    root, folder = recovering
+    ctx = RunContext.open(root / "run.yaml", quiet=True)
+    record = prune(ctx, folder, [PruningStep(pruner="ffn", amount=0.5)])
+    before = {"stage": "prune", "model": model_digest(folder), "data": ctx.prepared.tokenized_key,
+              "steps": [{"pruner": "ffn", "amount": 0.5, "options": {}}], "guard": ctx.config.guard.model_dump()}
+    assert record.key == stable_hash(before)[:32]
+
+
+def test_recovery_after_magnitude_pruning_is_refused(recovering):
+    from alambic.compress import prune
+    from alambic.run import RunContext
+
+    root, folder = recovering
+    ctx = RunContext.open(root / "run.yaml", quiet=True)
+    with pytest.raises(AlambicError, match="magnitude.*regrow the zeroed weights"):
+        prune(ctx, folder, [PruningStep(pruner="magnitude", amount=0.5, recover_epochs=1)])
+
+
+def test_a_plus_n_suffix_asks_for_recovery_epochs():
+    steps = parse_steps("vocab,layers:0.5+1,ffn+2")
+    assert [(s.pruner, s.amount, s.recover_epochs) for s in steps] == [
+        ("vocab", None, 0), ("layers", 0.5, 1), ("ffn", None, 2)]
+    assert [step_label(s) for s in steps] == ["vocab", "layers:0.5+1", "ffn+2"]
+    for bad in ("layers:0.5+", "layers:0.5+x", "layers:0.5+0", "layers+101"):
+        with pytest.raises(AlambicError, match="recovery epochs from 1 to 100"):
+            parse_steps(bad)
+
+
+def test_cli_compress_recovers_a_step_with_a_progress_bar(recovering):
+    from tests.core.test_cli import alambic
+
+    root, folder = recovering
+    done = alambic("compress", str(root / "run.yaml"), "--model", str(folder), "--steps", "ffn:0.5+1",
+                   "--lengths", "8", "--runs", "2", "--no-memory", cwd=root)
+    assert done.returncode == 0, done.stderr
+    assert "guard ffn:0.5+1 (try 0): validation accuracy" in done.stdout
+    assert "recovery ffn:0.5+1" in done.stderr  # the bar, on stderr

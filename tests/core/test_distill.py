@@ -80,3 +80,13 @@ def test_settings_change_the_stage(run_with_students):
 def test_unknown_student_is_a_clear_error(run_with_students):
     with pytest.raises(AlambicError, match="unknown students id 'roberta-l5' \\(did you mean 'roberta-l4'\\?\\)"):
         distill(run_with_students(), "roberta-l5", local=True)
+
+
+def test_batches_are_sorted_by_length_only_when_asked():
+    from alambic.config import TeacherConfig
+    from alambic.distill import train_settings
+    from alambic.teacher import teacher_settings
+
+    assert not train_settings(DistillConfig()).bucket and not teacher_settings(TeacherConfig()).bucket
+    assert train_settings(DistillConfig(bucket_by_length=True)).bucket
+    assert teacher_settings(TeacherConfig(bucket_by_length=True)).bucket

@@ -42,6 +42,10 @@ SETTINGS = {
     # deeper structured pruning, each step distilled again from the teacher before the guard judges it
     "vocab + layers:0.5 + ffn:0.5, 1 recovery epoch each + dynamic-int8": (
         "vocab,layers:0.5+1,ffn:0.5+1", "dynamic-int8", None),
+    "vocab + layers:0.5 + heads:0.5 + ffn:0.5, 1 recovery epoch each + dynamic-int8": (
+        "vocab,layers:0.5+1,heads:0.5+1,ffn:0.5+1", "dynamic-int8", None),
+    "vocab + layers:0.75 + ffn:0.75, 1 recovery epoch each + dynamic-int8": (
+        "vocab,layers:0.75+1,ffn:0.75+1", "dynamic-int8", None),
 }
 
 

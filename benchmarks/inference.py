@@ -27,7 +27,9 @@ config; the others are the student plugins. Runtimes, one row per (model, runtim
 
 ``--artifact LABEL=FILE.onnx`` adds rows for a model alambic built (e.g. a compress stage's
 ``model.int8-dynamic.onnx``), timed in alambic's session; its FLOPs come from the config.json of
-the stage's ``model/`` folder (pruned sizes), found beside or above the file.
+the stage's ``model/`` folder (pruned sizes), found beside or above the file. A last table lists
+the artifacts with the test accuracy of their stage's record.json and marks their Pareto front
+(accuracy max, size min, p50 min at length 32).
 
 A runtime that fails for a model gets its reason in the rows' note instead of figures. Each row:
 p50/p90 ms of ``--runs`` passes after ``--warmup`` (alambic.measure.timed), ``--threads`` intra-op
@@ -431,6 +433,35 @@ def verdicts(rows: list[dict], length: int) -> list[str]:
     return lines
 
 
+def stage_accuracy(path: Path) -> float | None:
+    """Test accuracy of what a compress stage ships, from the record.json above ``path``."""
+    for folder in (path.parent, *path.parents):
+        if (folder / "record.json").is_file():
+            return json.loads((folder / "record.json").read_text(encoding="utf-8"))["after"]["accuracy"]
+    return None
+
+
+def front_table(rows: list[dict], accuracy: dict[str, float | None], length: int) -> str:
+    """The --artifact rows at ``length`` with their test accuracy, and which of them are on the
+    accuracy (max) / size (min) / p50 (min) Pareto front among them."""
+    measured = [r for r in rows if r["runtime"] == ARTIFACT.name and r["length"] == length and r["p50_ms"]]
+
+    def dominated(r: dict) -> bool:
+        a = accuracy.get(r["model"])
+        return a is not None and any(
+            (accuracy.get(o["model"]) or 0) >= a and o["size_mb"] <= r["size_mb"] and o["p50_ms"] <= r["p50_ms"]
+            and ((accuracy.get(o["model"]) or 0) > a or o["size_mb"] < r["size_mb"] or o["p50_ms"] < r["p50_ms"])
+            for o in measured)
+
+    lines = [f"| artifact | test accuracy | size MB | p50 ms @{length} | speed-up vs teacher PyTorch fp32 | on the front |",
+             "| --- | ---: | ---: | ---: | ---: | --- |"]
+    for r in sorted(measured, key=lambda r: r["p50_ms"]):
+        a = accuracy.get(r["model"])
+        lines.append(f"| {r['model']} | {cell(a, '.4f')} | {r['size_mb']:.1f} | {r['p50_ms']:.2f} | "
+                     f"{cell(r['speedup'], '.2f', 'x')} | {'-' if a is None else 'no' if dominated(r) else 'yes'} |")
+    return "\n".join(lines)
+
+
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", type=lambda s: s.split(","), default=list(MODELS),
@@ -500,6 +531,8 @@ def main() -> None:
     print(f"\n{table(rows)}")
     length = REFERENCE_LENGTH if REFERENCE_LENGTH in args.lengths else args.lengths[0]
     print("\n" + "\n".join(verdicts(rows, length)))
+    if args.artifact:
+        print("\n" + front_table(rows, {label: stage_accuracy(path) for label, path in args.artifact}, length))
     if args.out:
         report = {"machine": machine.describe(), "command": shlex.join(sys.argv),
                   "versions": {"torch": torch.__version__, "onnxruntime": onnxruntime.__version__},

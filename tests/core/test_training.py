@@ -195,3 +195,44 @@ def test_gradient_accumulation_matches_a_big_batch():
         states.append(model.classifier.weight.detach().clone())
     # bucket=False and the same seed: the 16 rows of the big batch are exactly the two small ones
     torch.testing.assert_close(states[0], states[1], rtol=1e-4, atol=1e-5)
+
+
+def test_cached_logits_and_per_batch_padding_give_the_seeds_loss_and_gradient():
+    """alambic's default distillation step computes what the seeds' recipe (teacher run online,
+    every batch padded to 128) computes, on the same batch: padding is masked and the cache holds
+    the eval-mode teacher's own logits. Only dropout masks differ between the two in training."""
+    import torch.nn.functional as F
+    from transformers import BertForSequenceClassification
+
+    from alambic.losses import kd_loss
+    from alambic.training import MODEL_INPUTS, predict
+
+    data = token_dataset(32)
+    torch.manual_seed(0)
+    labels = ["无", "有"]
+    teacher = BertForSequenceClassification(
+        teacher_config(2, labels, {"layers": 2, "hidden": 32, "heads": 2, "ffn": 64}, vocab_size=40)).eval()
+    student = BertForSequenceClassification(  # eval: no dropout
+        teacher_config(2, labels, {"layers": 1, "hidden": 16, "heads": 2, "ffn": 32}, vocab_size=40)).eval()
+    rows, logits = predict(teacher, data)  # the cache, row -> logits
+    cache = torch.zeros(len(data), 2)
+    cache[torch.as_tensor(rows)] = torch.from_numpy(logits)
+    batch_rows = np.arange(8, 24)
+    batch = collate(data[batch_rows.tolist()])
+    assert batch["input_ids"].shape[1] < 12  # per-batch padding: the longest row, not 128
+
+    def step(inputs, teacher_logits):
+        student.zero_grad()
+        loss = kd_loss(student(**inputs).logits, teacher_logits, batch["labels"], 4.0, 0.7)
+        loss.backward()
+        return loss.detach(), [p.grad.clone() for p in student.parameters() if p.grad is not None]
+
+    padded = {k: F.pad(batch[k], (0, 128 - batch[k].shape[1])) for k in MODEL_INPUTS}
+    with torch.no_grad():
+        online = teacher(**padded).logits
+    seeds_loss, seeds_grads = step(padded, online)
+    alambic_loss, alambic_grads = step({k: batch[k] for k in MODEL_INPUTS}, cache[torch.as_tensor(batch_rows)])
+    torch.testing.assert_close(alambic_loss, seeds_loss, rtol=1e-5, atol=1e-6)
+    assert len(alambic_grads) == len(seeds_grads) > 0
+    for ours, theirs in zip(alambic_grads, seeds_grads):
+        torch.testing.assert_close(ours, theirs, rtol=1e-4, atol=1e-6)

@@ -40,6 +40,10 @@ learning rate, T, alpha), through alambic.training.fit, three ways:
                      longest row
   bucket_by_length   the same, rows sorted by length into alike batches
 
+With --no-dropout the student trains without dropout, so the seeds' recipe and alambic's default
+run the same arithmetic on the same batches (up to float rounding): what is left between them is
+what padding and the cache change, not the draw of dropout masks.
+
 Each is scored on the 10,000 test headlines; wall time covers the logits, training and the
 validation after each epoch (10,000 headlines, the same for all), not the test scoring. A summary
 gives each recipe's mean over the seeds and its difference from the seeds' recipe, paired by seed.
@@ -289,6 +293,10 @@ def accuracy(ctx: RunContext, args: argparse.Namespace) -> None:
         for name, bucket, compute_loss, charged in variants:
             student = student_class.build(len(names), names, vocab_size=len(ctx.prepared.tokenizer))
             student.load_state_dict(initial)
+            if args.no_dropout:  # training then runs the same arithmetic in every variant
+                for module in student.modules():
+                    if isinstance(module, torch.nn.Dropout):
+                        module.p = 0.0
             start = time.perf_counter()
             result = fit(student, train, data["validation"], dataclasses.replace(settings, seed=seed, bucket=bucket),
                          compute_loss)
@@ -331,7 +339,8 @@ def print_accuracy(args, record, settings, distill, rows, train_rows: int, test_
           f"{record.metrics['test']['accuracy']:.4f}; student {args.student}, the first {train_rows:,} training "
           f"headlines, {args.epochs} epochs, batch {settings.batch_size}, lr {settings.learning_rate}, "
           f"T {distill.temperature}, alpha {distill.alpha}; test: {test_rows:,} headlines; "
-          f"teacher logits once: {cache_seconds:.0f} s (in every alambic row's wall time)")
+          f"teacher logits once: {cache_seconds:.0f} s (in every alambic row's wall time)"
+          f"{'; student dropout off' if args.no_dropout else ''}")
     print("\n| variant | seed | test accuracy | test macro-F1 | best epoch | wall s |")
     print("| --- | ---: | ---: | ---: | ---: | ---: |")
     for name, seed, acc, f1, epoch, seconds in rows:
@@ -363,6 +372,9 @@ def main() -> None:
     parser.add_argument("--accuracy", action="store_true", help="the accuracy check instead of the throughput table")
     parser.add_argument("--train-examples", type=int, default=8000)
     parser.add_argument("--epochs", type=int, default=2, help="distillation epochs of the accuracy check")
+    parser.add_argument("--no-dropout", action="store_true",
+                        help="--accuracy with the student's dropout off: the variants then differ only in "
+                             "padding, logits source and batch order, not in random dropout masks")
     parser.add_argument("--window-sweep", action="store_true",
                         help="alambic's recipe at each --windows x --seeds instead (same subset and epochs)")
     parser.add_argument("--windows", type=lambda s: [int(w) for w in s.split(",")], default=[0, 50, 10],

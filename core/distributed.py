@@ -77,7 +77,7 @@ def cpus_per_worker(ray_config: RayConfig) -> float:
 
 @dataclass(frozen=True)
 class TrainRun:
-    """What came back from a TorchTrainer: the last reported metrics and checkpoint folder."""
+    """What came back from a training run: the best epoch's metrics and its checkpoint folder."""
 
     metrics: dict[str, Any]
     checkpoint: Path | None
@@ -125,7 +125,10 @@ def run_trainer(worker: Callable[[dict[str, Any]], None], loop_config: dict[str,
     if result.error is not None:
         raise AlambicError(f"training run '{name}' failed: {result.error}") from result.error
     checkpoint = Path(result.checkpoint.path) if result.checkpoint is not None else None
-    return TrainRun(metrics=dict(result.metrics or {}), checkpoint=checkpoint, scratch=storage_path / name)
+    best = checkpoint / "metrics.json" if checkpoint is not None else None
+    # the best epoch's metrics, as a local run gives them; Ray's own are the last epoch's
+    metrics = json.loads(best.read_text()) if best is not None and best.is_file() else dict(result.metrics or {})
+    return TrainRun(metrics=metrics, checkpoint=checkpoint, scratch=storage_path / name)
 
 
 LOCAL_CHECKPOINT_KEY = "_local_checkpoint_dir"

@@ -6,7 +6,8 @@ worker, where ``rank``/``world_size`` come from the Ray context and the model is
 Batches are padded dynamically, to their longest row: THUCNews headlines are ~20 tokens, so padding
 every batch to ``max_length`` would spend most of the compute on padding. Sorting rows by length
 into alike batches (``bucket``) pads ~17% less again, but is off by default: headline length goes
-with the class, so alike batches are skewed in class and cost accuracy (BENCHMARKS.md). Every rank builds the
+with the class, so alike batches are skewed in class, and accuracy swung 3 points with the seed
+(BENCHMARKS.md); unbucketed batches are the seeds' computation exactly. Every rank builds the
 same global batches from the same seed and takes its own slice of each, so one step on W workers
 averages the gradient of exactly the examples one worker would see in one step.
 """

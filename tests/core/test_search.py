@@ -270,3 +270,19 @@ def test_driver_killed_mid_search_resumes_without_redoing(tmp_path):
     assert clean.returncode == 0, err[-3000:]
     clean_rows = json.loads(out[out.index("{"):])["rows"]
     assert {r["candidate_id"] for r in clean_rows} == set(rows)  # the same candidates as a clean run
+
+
+def test_a_recovered_pruning_step_runs_inside_a_search_trial(tmp_path):
+    """recover_epochs in search.pruning: the trial distills the pruned student from the run's
+    teacher (trained by the driver, reused by the trial) before the guard judges the step."""
+    config = tiny_run(tmp_path, name="recovering", students=["roberta-l4"],
+                      pruning=[[{"pruner": "ffn", "amount": 0.5, "recover_epochs": 1}]])
+    search = alambic_search(str(config), "--json", cwd=tmp_path)
+    out, err = search.communicate(timeout=900)
+    assert search.returncode == 0, err[-3000:]
+    [row] = json.loads(out[out.index("{"):])["rows"]
+    assert row["status"] == "ok" and row["pruning"] == "ffn:0.5+1", row
+    record = json.loads((tmp_path / "artifacts" / "recovering" / row["stage"] / "record.json").read_text())
+    prune = json.loads((tmp_path / "artifacts" / "recovering" / "stages" / record["prune_key"] / "prune.json")
+                       .read_text())
+    assert prune["pruning"][0]["recovery"]["epochs"] == 1 and prune["steps"][0]["step"] == "ffn:0.5+1"

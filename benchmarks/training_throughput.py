@@ -65,7 +65,7 @@ import torch.nn.functional as F
 from transformers import AutoModelForSequenceClassification, BertForSequenceClassification
 
 from alambic import machine
-from alambic.distill import train_settings
+from alambic.distill import kd_from_cache, train_settings
 from alambic.losses import kd_loss
 from alambic.models import teacher_config
 from alambic.run import RunContext
@@ -87,15 +87,6 @@ def kd_online(teacher: torch.nn.Module, temperature: float, alpha: float) -> Los
         with torch.no_grad():
             teacher_logits = teacher(**inputs).logits
         loss = kd_loss(model(**inputs).logits, teacher_logits, batch["labels"], temperature, alpha)
-        return loss, {"kd": float(loss.detach())}
-    return compute_loss
-
-
-def kd_cached(logits: torch.Tensor, temperature: float, alpha: float) -> LossFn:
-    """KD with the teacher's logits read from a cache (row -> logits), as alambic distills."""
-    def compute_loss(model, batch, rows):
-        student_logits = model(**{k: v for k, v in batch.items() if k in MODEL_INPUTS}).logits
-        loss = kd_loss(student_logits, logits[torch.as_tensor(rows)], batch["labels"], temperature, alpha)
         return loss, {"kd": float(loss.detach())}
     return compute_loss
 
@@ -193,7 +184,7 @@ def throughput(ctx: RunContext, args: argparse.Namespace) -> None:
     sample = np.concatenate(bucketed)
     cache, logits_once = sample_cache(teacher, data, sample)
     T, alpha, w = ctx.config.distill.temperature, ctx.config.distill.alpha, args.max_length
-    online, cached = kd_online(teacher, T, alpha), kd_cached(cache, T, alpha)
+    online, cached = kd_online(teacher, T, alpha), kd_from_cache(cache, T, alpha)
 
     def trainee() -> torch.nn.Module:
         return copy.deepcopy(teacher)  # the teacher itself stays untrained, for the online variants
@@ -233,15 +224,29 @@ def throughput(ctx: RunContext, args: argparse.Namespace) -> None:
     report(args, ctx, results, lengths, logits_once, len(sample))
 
 
+def class_entropy(batches: list[np.ndarray], labels: np.ndarray) -> float:
+    """Mean entropy (nats) of the batches' class mix: alike batches hold fewer classes."""
+    def entropy(batch: np.ndarray) -> float:
+        p = np.bincount(labels[batch]) / len(batch)
+        return float(-(p[p > 0] * np.log(p[p > 0])).sum())
+    return float(np.mean([entropy(b) for b in batches]))
+
+
 def report(args, ctx, results: list[Measured], lengths: np.ndarray, logits_once: float, sample_rows: int) -> None:
+    def epoch(bucket: bool) -> list[np.ndarray]:
+        return global_batches(lengths, args.batch_size, 0, 0, bucket=bucket)
+
     def epoch_width(bucket: bool) -> float:  # tokens a batch is wide, over a whole epoch
-        return padded_tokens(global_batches(lengths, args.batch_size, 0, 0, bucket=bucket), lengths) / len(lengths)
+        return padded_tokens(epoch(bucket), lengths) / len(lengths)
+
+    labels = np.asarray(ctx.prepared.tokenized["train"]["label"])
 
     print(f"\nmachine: {machine.summary()}, torch {torch.__version__}, {torch.get_num_threads()} threads")
     print(f"{len(lengths):,} headlines, {lengths.mean():.1f} tokens on average; batch {args.batch_size}, "
           f"max_length {args.max_length}; student {args.student}; {args.steps} timed steps per variant after "
           f"{WARMUP_STEPS} warm-up; over an epoch, batches padded per batch are {epoch_width(False):.1f} tokens "
-          f"wide on average, bucketed ones {epoch_width(True):.1f}")
+          f"wide on average, bucketed ones {epoch_width(True):.1f}; their mean class entropy "
+          f"{class_entropy(epoch(False), labels):.2f} and {class_entropy(epoch(True), labels):.2f} nats")
     print(f"\n| variant | s/step | real tokens/s | padded tokens/s | epoch s (projected: {args.steps} steps "
           f"measured, {results[0].steps_per_epoch:,} an epoch) | vs the seeds' |")
     print("| --- | ---: | ---: | ---: | ---: | ---: |")
@@ -282,9 +287,9 @@ def accuracy(ctx: RunContext, args: argparse.Namespace) -> None:
     variants = [
         (f"seeds: online teacher, padded to {args.max_length}", False,
          padded_to(args.max_length, kd_online(teacher, T, alpha)), 0.0),
-        ("alambic's default: cached logits, padded per batch", False, kd_cached(cache, T, alpha), cache_seconds),
+        ("alambic's default: cached logits, padded per batch", False, kd_from_cache(cache, T, alpha), cache_seconds),
         (f"alambic, bucket_by_length: cached logits, bucketed (window {BUCKET_WINDOW})", True,
-         kd_cached(cache, T, alpha), cache_seconds),
+         kd_from_cache(cache, T, alpha), cache_seconds),
     ]
     rows = []
     for seed in args.seeds:
@@ -325,7 +330,7 @@ def window_sweep(ctx: RunContext, args: argparse.Namespace) -> None:
             seed_everything(seed)
             student = student_class.build(len(names), names, vocab_size=len(ctx.prepared.tokenizer))
             start = time.perf_counter()
-            fit(student, train, data["validation"], settings, kd_cached(cache, distill.temperature, distill.alpha))
+            fit(student, train, data["validation"], settings, kd_from_cache(cache, distill.temperature, distill.alpha))
             seconds = time.perf_counter() - start
             accuracy = evaluate(student, data["test"])["accuracy"]
             label = f"bucketed, window of {window} batches" if window else "not bucketed"

@@ -242,9 +242,9 @@ def prune(ctx: Any, model_dir: str | Path, steps: Sequence[PruningStep], *,
     pruners = [ctx.registry["pruners"].get(step.pruner) for step in steps]
     options = [P.options(step.amount, **step.options) for P, step in zip(pruners, steps, strict=True)]
     for P, step in zip(pruners, steps, strict=True):
-        if step.recover_epochs and not P.recoverable:
+        if step.recover_epochs and P.recovery_refused:
             raise AlambicError(f"pruning step {step_label(step)}: pruner '{P.id}' cannot be followed by "
-                               f"recovery training ({P.recoverable_why}); set recover_epochs: 0")
+                               f"recovery training ({P.recovery_refused}); set recover_epochs: 0")
     _check_model_dir(model_dir)
     inputs = {"stage": "prune", "model": model_digest(model_dir), "data": ctx.prepared.tokenized_key,
               # a step without recovery hashes as before recovery existed: its stage is still valid

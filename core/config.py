@@ -26,6 +26,9 @@ if TYPE_CHECKING:
 SplitName = Literal["train", "validation", "test"]
 #: NumPy seeds must lie in [0, 2**32): refuse others here, not in a training worker
 Seed = Annotated[int, Field(ge=0, lt=2**32)]
+BucketByLength = Annotated[bool, Field(
+    description="sort rows by length into alike batches: less padding (~17% on THUCNews) "
+    "but batches skewed in class where length goes with the class (accuracy swung with the seed there)")]
 
 
 class Section(BaseModel):
@@ -145,10 +148,7 @@ class TeacherConfig(Section):
     gradient_checkpointing: bool = False
     optimizer: Literal["adamw", "adamw-8bit"] = "adamw"
     early_stopping_patience: int | None = Field(None, ge=1)
-    bucket_by_length: bool = Field(
-        False, description="sort rows by length into alike batches: less padding (~17% on THUCNews) "
-        "but batches skewed in class where length goes with the class (accuracy swung with the seed there)"
-    )
+    bucket_by_length: BucketByLength = False
     seed: Seed = 42
     trust_remote_code: bool = False
 
@@ -171,10 +171,7 @@ class DistillConfig(Section):
     loss_weights: dict[str, float] = Field(default_factory=dict, description="weight per loss id (default 1)")
     layer_map: list[int] | None = Field(None, description="teacher layer for each student layer; null = uniform")
     early_stopping_patience: int | None = Field(None, ge=1)
-    bucket_by_length: bool = Field(
-        False, description="sort rows by length into alike batches: less padding (~17% on THUCNews) "
-        "but batches skewed in class where length goes with the class (accuracy swung with the seed there)"
-    )
+    bucket_by_length: BucketByLength = False
     seed: Seed = 42
     # students with a donor (mobilebert-adapter): layer-by-layer transfer from the donor first
     transfer_epochs: int = Field(1, ge=1, le=100, description="transfer epochs per layer")

@@ -88,29 +88,37 @@ def build_losses(loss_classes: Sequence[type], settings: DistillConfig, teacher_
     return losses
 
 
+def kd_from_cache(teacher_logits: Any, temperature: float, alpha: float) -> Any:
+    """fit()'s ``compute_loss`` for the ``kd`` loss against cached teacher logits (row -> logits)."""
+    import numpy as np
+    import torch
+
+    from alambic.losses import kd_loss
+    from alambic.training import MODEL_INPUTS
+
+    # a copy: an Arrow-backed array is read-only
+    logits = torch.tensor(np.asarray(teacher_logits), dtype=torch.float32)
+
+    def compute_loss(model: Any, batch: dict[str, Any], rows: Any) -> tuple[Any, dict[str, float]]:
+        student = model(**{k: batch[k] for k in MODEL_INPUTS if k in batch}).logits
+        loss = kd_loss(student, logits[torch.as_tensor(rows)].to(student.device), batch["labels"], temperature, alpha)
+        return loss, {"kd": float(loss.detach())}
+    return compute_loss
+
+
 def recover(model: Any, train: Any, validation: Any, teacher_logits: Any, settings: DistillConfig,
             epochs: int, progress: Any = None) -> dict[str, Any]:
     """Distill a pruned ``model`` back toward the teacher, in place, in this process: the ``kd``
     loss on the teacher's cached logits (row -> logits, the rows of ``train``) for ``epochs``, with
     the distill section's learning rate, batch size, temperature and alpha. Returns the best epoch's
     validation metrics (its weights are the ones kept). ``progress`` is fit's (step, steps, losses)."""
-    import torch
-
-    from alambic.losses import kd_loss
-    from alambic.training import MODEL_INPUTS, fit
+    from alambic.training import fit
 
     if len(teacher_logits) != len(train):
         raise AlambicError(f"recovery: the teacher's logits cover {len(teacher_logits)} training rows, "
                            f"the pruned model's training split has {len(train)}")
-    logits = torch.tensor(teacher_logits, dtype=torch.float32)  # a copy: the Arrow-backed array is read-only
-
-    def compute_loss(model: Any, batch: dict[str, Any], rows: Any) -> tuple[Any, dict[str, float]]:
-        student = model(**{k: batch[k] for k in MODEL_INPUTS if k in batch}).logits
-        teacher = logits[torch.as_tensor(rows)].to(student.device)
-        loss = kd_loss(student, teacher, batch["labels"], settings.temperature, settings.alpha)
-        return loss, {"kd": float(loss.detach())}
-
-    result = fit(model, train, validation, dataclasses.replace(train_settings(settings), epochs=epochs), compute_loss,
+    loss = kd_from_cache(teacher_logits, settings.temperature, settings.alpha)
+    result = fit(model, train, validation, dataclasses.replace(train_settings(settings), epochs=epochs), loss,
                  progress=progress)
     model.eval()
     return {k: v for k, v in result.best_metrics.items() if k not in ("per_class", "confusion")}

@@ -137,9 +137,8 @@ class Pruner:
 
     id: ClassVar[str] = ""
     Options: ClassVar[type] = NoOptions
-    #: whether a step may be followed by recovery training (``PruningStep.recover_epochs``)
-    recoverable: ClassVar[bool] = True
-    recoverable_why: ClassVar[str] = ""  # why not, when not
+    #: why a step may not be followed by recovery training (``PruningStep.recover_epochs``); "" = it may
+    recovery_refused: ClassVar[str] = ""
 
     @classmethod
     def options(cls, amount: Any = None, /, **options: Any) -> Any:

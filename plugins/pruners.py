@@ -347,8 +347,7 @@ class Magnitude(Pruner):
 
     id = "magnitude"
     Options = MagnitudeOptions
-    recoverable = False
-    recoverable_why = "training would regrow the zeroed weights"
+    recovery_refused = "training would regrow the zeroed weights"
 
     @classmethod
     def check(cls, model: Any) -> None:

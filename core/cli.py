@@ -199,6 +199,10 @@ def distill(
     student: Annotated[str, typer.Option("--student", "-s", help="Student plugin id, e.g. roberta-l4.")],
     settings: Annotated[list[str] | None, typer.Option(
         "--set", help="Override a distill setting, e.g. --set temperature=2 --set losses=[kd,hidden-mse].")] = None,
+    init: Annotated[str | None, typer.Option("--init", help=(
+        "Where the student's weights start: a hub id (uer/chinese_roberta_L-4_H-512), a save_pretrained "
+        "folder, a packaged <source>:<model>, or 'random'. Default: search.student_init, else random "
+        "(the teacher-layers student: the teacher's own layers)."))] = None,
     local: LocalOption = False,
 ) -> None:
     """Distill a student from the run's teacher (trained first if needed); reuse identical runs."""
@@ -207,7 +211,7 @@ def distill(
     from alambic.run import RunContext
 
     ctx = RunContext.open(path, quiet=State.quiet)
-    record = run_distill(ctx, student, parse_set(settings or []), local=local)
+    record = run_distill(ctx, student, parse_set(settings or []), local=local, init=init)
     teacher_accuracy = record.metrics.get("teacher_test_accuracy")
     _print_model_record(f"student {student}", record.path, record.metrics, record.reused)
     if teacher_accuracy:

@@ -333,10 +333,10 @@ def _progress_bar(label: str, enabled: bool) -> Iterator[Callable[[int, int, dic
 def recovery_inputs(ctx: Any) -> dict[str, Any]:
     """What a recovered step's result depends on besides the step: the teacher and the settings."""
     from alambic.distill import train_settings
-    from alambic.teacher import teacher_key
+    from alambic.teacher import current_teacher_key
 
-    data, distill = ctx.prepared, ctx.config.distill
-    return {"teacher": teacher_key(ctx.config.teacher, data.tokenized_key, data.label_names),
+    distill = ctx.config.distill
+    return {"teacher": current_teacher_key(ctx),
             "settings": train_settings(distill), "temperature": distill.temperature, "alpha": distill.alpha}
 
 

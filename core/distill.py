@@ -128,10 +128,19 @@ def recover(model: Any, train: Any, validation: Any, teacher_logits: Any, settin
 
 
 def build_student(spec: dict[str, Any], attn_implementation: str | None = None) -> Any:
-    """The student from config (random init), at the run's vocabulary size and size overrides."""
+    """The student, from where its init says: random (its config, at the run's vocabulary size
+    and size overrides), pretrained weights (a local folder), or the teacher's own layers."""
+    from alambic.models import from_teacher_layers
+
     id2label = dict(enumerate(spec["label_names"]))
-    return spec["student_class"].build(len(id2label), id2label, vocab_size=spec["vocab_size"],
-                                       attn_implementation=attn_implementation, **spec["sizes"])
+    init, cls = spec["init"], spec["student_class"]
+    if init.kind == "teacher-layers":
+        return from_teacher_layers(init.folder, spec["sizes"].get("layers", cls.size.layers), attn_implementation)
+    if init.kind == "weights":
+        kw = {"attn_implementation": attn_implementation} if attn_implementation else {}
+        return cls.from_pretrained(init.folder, len(id2label), id2label, config_key=init.config_key, **kw)
+    return cls.build(len(id2label), id2label, vocab_size=spec["vocab_size"],
+                     attn_implementation=attn_implementation, **spec["sizes"])
 
 
 def distill_worker(loop_config: dict[str, Any]) -> None:
@@ -196,11 +205,91 @@ def student_sizes(ctx: Any, student_id: str) -> dict[str, int]:
     return {k: v for k, v in sizes.model_dump().items() if v is not None} if sizes else {}
 
 
+@dataclass(frozen=True)
+class StudentInit:
+    """Where a student's weights start: ``random`` (its config), ``weights`` (a folder of
+    pretrained weights) or ``teacher-layers``; the tokenizer it reads with, and the key part
+    that names the weights by content."""
+
+    kind: str
+    folder: str | None  # the weights folder, or the teacher's folder for teacher-layers
+    tokenizer: Any
+    tokenizer_from: str
+    key: Any  # what enters the distill stage's key (content hashes, not paths)
+    config_key: str = "--init"
+
+
+def student_init(ctx: Any, student_class: type, init: str | None, teacher: Any, sizes: dict[str, int]) -> StudentInit:
+    """Resolve a student's initialisation: ``init`` (``--init``), else ``search.student_init``,
+    else the student's default; random init is said in the log."""
+    from alambic.compress import model_digest
+    from alambic.data import tokenizer_fingerprint
+    from alambic.model_sources import resolve_model
+    from alambic.models import own_tokenizer, weights_folder
+
+    sid = student_class.id
+    search = ctx.config.search
+    where = "--init" if init else f"search.student_init.{sid}"
+    init = init or (search.student_init.get(sid) if search else None) or student_class.default_init
+    if init == "teacher-layers":
+        if student_class.default_init != "teacher-layers":
+            raise AlambicError(f"{where}: 'teacher-layers' is the student 'teacher-layers' (the teacher's own "
+                               f"architecture); student '{sid}' has its own: give it weights or 'random'")
+        extra = sorted(set(sizes) - {"layers"})
+        if extra:
+            raise AlambicError(f"search.student_sizes.{sid}: only 'layers' applies to the teacher's layers "
+                               f"(width, heads and FFN are the teacher's); remove {', '.join(extra)}")
+        tokenizer = teacher.tokenizer()
+        return StudentInit("teacher-layers", str(teacher.path), tokenizer, "the teacher",
+                           {"teacher-layers": sizes.get("layers", student_class.size.layers)}, where)
+    if init == "random":
+        if student_class.default_init == "teacher-layers":
+            raise AlambicError(f"{where}: student 'teacher-layers' starts from the teacher's layers; "
+                               f"for a random student use roberta-l4 or tinybert-4l")
+        log.info("student %s starts from random weights (set search.student_init.%s or --init to start "
+                 "from pretrained weights)", sid, sid)
+        return StudentInit("random", None, ctx.prepared.tokenizer, "the tokenizer section", "random", where)
+    if sizes:
+        raise AlambicError(f"search.student_sizes.{sid} and {where} both given: pretrained weights fix the "
+                           f"student's size; remove one")
+    folder = str(weights_folder(resolve_model(init, ctx.registry, ctx.root, where), where))
+    tokenizer = own_tokenizer(folder, where)
+    origin = init
+    if tokenizer is None:
+        log.info("%s %s has no tokenizer of its own: student %s reads with the tokenizer section's", where, init, sid)
+        tokenizer, origin = ctx.prepared.tokenizer, "the tokenizer section"
+    return StudentInit("weights", folder, tokenizer, origin,
+                       {"weights": model_digest(folder), "tokenizer": tokenizer_fingerprint(tokenizer)}, where)
+
+
+def check_tokenizers(loss_classes: Sequence[type], init: StudentInit, teacher_tokenizer: Any) -> None:
+    """Losses beyond the cached logits run the teacher on the student's batch: that needs one
+    tokenizer. Cached logits are per example, so any two tokenizers distill through them."""
+    from alambic.data import tokenizer_fingerprint
+    from alambic.losses import needs_online_teacher
+
+    if not needs_online_teacher(loss_classes):
+        return
+    if tokenizer_fingerprint(init.tokenizer) == tokenizer_fingerprint(teacher_tokenizer):
+        return
+    online = [cls.id for cls in loss_classes if cls.needs - {"logits"}]
+    raise AlambicError(
+        f"distill.losses {online} compare the teacher's and the student's tokens position by position, but "
+        f"the student reads with {init.tokenizer_from}'s tokenizer ({len(init.tokenizer)} tokens) and the "
+        f"teacher with its own ({len(teacher_tokenizer)}): use losses: [kd] (the cached logits), or a student "
+        f"that shares the teacher's tokenizer (teacher-layers)")
+
+
 def distill(ctx: Any, student_id: str, overrides: Mapping[str, Any] | None = None, *, local: bool = False,
-            teacher: Any = None) -> StudentRecord:
-    """Distill ``student_id`` from the run's teacher, or reuse the identical distillation."""
+            teacher: Any = None, init: str | None = None) -> StudentRecord:
+    """Distill ``student_id`` from the run's teacher, or reuse the identical distillation.
+
+    :param init: where the student's weights start (``--init``): a hub id, a folder, a packaged
+        ``<source>:<model>``, or ``random``; default ``search.student_init``, else the student's own.
+    """
     from alambic.distributed import launch
     from alambic.losses import needs_online_teacher
+    from alambic.models import check_vocab
     from alambic.teacher import finish_model_folder, teacher_logits, train_teacher
 
     settings = distill_settings(ctx.config.distill, overrides or {})
@@ -212,27 +301,35 @@ def distill(ctx: Any, student_id: str, overrides: Mapping[str, Any] | None = Non
         donor = distill(ctx, student_class.donor, overrides, local=local, teacher=teacher)
     data = ctx.prepared
     sizes = student_sizes(ctx, student_id)
+    start_from = student_init(ctx, student_class, init, teacher, sizes)
     key = stable_hash({"stage": "distill", "teacher": teacher.key, "data": data.tokenized_key,
                        "student": student_id, "sizes": sizes, "settings": settings,
-                       "donor": donor.key if donor else None})[:32]
+                       "donor": donor.key if donor else None, "init": start_from.key})[:32]
 
     def build(folder: Path) -> dict[str, Any]:
         online = needs_online_teacher(loss_classes)
+        check_tokenizers(loss_classes, start_from, teacher.tokenizer())
+        spec = {"student_class": student_class, "label_names": data.label_names,
+                "vocab_size": len(start_from.tokenizer), "sizes": sizes, "init": start_from}
+        check_vocab(build_student(spec), start_from.tokenizer, start_from.folder or f"student '{student_id}' config",
+                    start_from.tokenizer_from)  # before training starts
+        tokenized, _ = ctx.tokenize(start_from.tokenizer)
         loop_config = {
-            "student": {"student_class": student_class, "label_names": data.label_names,
-                        "vocab_size": len(data.tokenizer), "sizes": sizes},
+            "student": spec,
             "settings": settings, "loss_classes": loss_classes, "teacher_path": str(teacher.path),
             "teacher_logits": None if online else teacher_logits(ctx, teacher),
             "donor_path": str(donor.path) if donor else None,
-            "train": data.tokenized["train"], "validation": data.tokenized["validation"],
+            "train": tokenized["train"], "validation": tokenized["validation"],
         }
         start = time.perf_counter()
         run = launch(distill_worker, loop_config, name=f"distill-{student_id}-{key[:12]}", scratch=ctx.cache_dir,
                      ray_config=ctx.config.ray, local=local, quiet=ctx.quiet)
         extra = {"student": student_id, "sizes": sizes, "settings": settings.model_dump(),
                  "teacher": teacher.key, "teacher_test_accuracy": teacher.metrics["test"]["accuracy"],
-                 "online_teacher": online, "donor": donor.key if donor else None}
-        return finish_model_folder(run, folder, data, time.perf_counter() - start, extra)
+                 "online_teacher": online, "donor": donor.key if donor else None,
+                 "init": start_from.kind if start_from.kind != "weights" else init_name(ctx, student_id, init),
+                 "tokenizer_from": start_from.tokenizer_from}
+        return finish_model_folder(run, folder, start_from.tokenizer, tokenized, time.perf_counter() - start, extra)
 
     manifest, reused = ctx.store.get_or_build_stage(key, "distill", build)
     record = StudentRecord(key=key, student=student_id, path=ctx.store.local_path(ctx.store.stage_path(key)),
@@ -241,3 +338,9 @@ def distill(ctx: Any, student_id: str, overrides: Mapping[str, Any] | None = Non
              record.metrics["test"]["accuracy"])
     ctx.pm.hook.alambic_after_distill(context=ctx, student=record)
     return record
+
+
+def init_name(ctx: Any, student_id: str, init: str | None) -> str:
+    """The init as the user wrote it (for the record)."""
+    search = ctx.config.search
+    return init or (search.student_init.get(student_id) if search else None) or "random"

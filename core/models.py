@@ -158,6 +158,9 @@ class Student:
     size: ClassVar[Size]
     #: a student distilled first and transferred into this one (the MobileBERT adapter's roberta-l4)
     donor: ClassVar[str | None] = None
+    #: where its weights come from when the config names none (``search.student_init``, ``--init``):
+    #: "random" (from config) or "teacher-layers" (every k-th layer of the run's teacher)
+    default_init: ClassVar[str] = "random"
 
     @classmethod
     def prepare_from_donor(cls, student: Any, donor: Any, train: Any, context: Any, settings: Any) -> None:
@@ -371,20 +374,94 @@ def _is_network_error(exc: BaseException | None) -> bool:
 # --- checks -----------------------------------------------------------------------------------
 
 
-def check_vocab(model: Any, tokenizer: Any) -> None:
+def check_vocab(model: Any, tokenizer: Any, model_source: str = "", tokenizer_source: str = "") -> None:
     """Raise when the model's embedding table and the tokenizer have different vocabulary sizes.
 
     A mismatch means token ids point at the wrong rows (or past the end): e.g. the English
     TinyBERT_General_4L_312D (30522) with the Chinese bert-base-chinese tokenizer (21128).
+    ``model_source`` / ``tokenizer_source`` name where each came from, for the message.
     """
     model_size = model.get_input_embeddings().num_embeddings
     tok_size = len(tokenizer)
     if model_size == tok_size:
         return
     english = " (30522 is the English BERT vocabulary)" if model_size == 30522 else ""
+    weights = f" (weights from {model_source})" if model_source else ""
+    tokens = f" (tokenizer from {tokenizer_source})" if tokenizer_source else ""
     raise AlambicError(
-        f"vocabulary mismatch: the model's embeddings have {model_size} tokens{english} but the "
-        f"tokenizer has {tok_size}; use a checkpoint trained on the tokenizer's vocabulary, for "
+        f"vocabulary mismatch: the model's embeddings have {model_size} tokens{english}{weights} but the "
+        f"tokenizer has {tok_size}{tokens}; use a checkpoint trained on the tokenizer's vocabulary, for "
         f"Chinese (21128) e.g. huawei-noah/TinyBERT_4L_zh rather than "
         f"huawei-noah/TinyBERT_General_4L_312D, or uer/chinese_roberta_L-4_H-512"
     )
+
+
+# --- where a model's weights and tokenizer come from ------------------------------------------
+
+#: the files a saved tokenizer leaves in a model folder (any one of them)
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.txt")
+
+
+def own_tokenizer(name_or_path: str | os.PathLike[str], config_key: str = "the model") -> Any | None:
+    """The tokenizer saved with a model (its folder's, or its hub repo's); None when it has none."""
+    from transformers import AutoTokenizer
+
+    name = os.fspath(name_or_path)
+    path = Path(name).expanduser()
+    if path.is_dir():
+        if not any((path / file).is_file() for file in TOKENIZER_FILES):
+            return None
+        try:
+            return AutoTokenizer.from_pretrained(str(path))
+        except (OSError, ValueError) as exc:
+            raise AlambicError(f"{config_key}: {path}: its saved tokenizer cannot be loaded: {exc}") from None
+    try:
+        return AutoTokenizer.from_pretrained(name, local_files_only=_offline())
+    except (OSError, ValueError):  # no network or no tokenizer in the repo: the caller falls back
+        return None
+
+
+def weights_folder(name: str, config_key: str) -> Path:
+    """A local folder holding ``name``'s weights: the folder itself, or a hub repo's snapshot
+    (downloaded once to the Hugging Face cache), so the weights can be hashed by content."""
+    path = Path(name).expanduser()
+    if path.is_dir():
+        _has_safetensors(path)  # a clear error when it holds no weights
+        return path
+    if _looks_like_path(name):
+        raise AlambicError(f"{config_key}: model directory not found: {path} (give a folder saved with "
+                           f"save_pretrained, a hub id, or a packaged <source>:<model>)")
+    from huggingface_hub import snapshot_download
+
+    try:
+        return Path(snapshot_download(name, local_files_only=_offline(),
+                                      allow_patterns=["*.json", "*.safetensors", "*.txt", "*.model", "*.bin"]))
+    except Exception as exc:  # noqa: BLE001 -- huggingface_hub raises many kinds; the message says which
+        raise _load_error(name, False, config_key, exc) from exc
+
+
+def from_teacher_layers(teacher_path: str | os.PathLike[str], layers: int, attn_implementation: str | None = None,
+                        ) -> PreTrainedModel:
+    """The fine-tuned teacher with only every k-th encoder layer kept (DistilBERT/TinyBERT-style
+    initialisation): its embeddings, the kept layers, its pooler and its classifier head. The
+    layers kept are the top one of each block (12 -> 4: 2, 5, 8, 11), so the last layer, which
+    the head was trained on, stays."""
+    from transformers import AutoModelForSequenceClassification
+
+    from alambic.losses import uniform_layer_map
+
+    kw = {"attn_implementation": attn_implementation} if attn_implementation else {}
+    model = AutoModelForSequenceClassification.from_pretrained(teacher_path, use_safetensors=True, **kw)
+    encoder = getattr(model.base_model, "encoder", None)
+    if encoder is None or not hasattr(encoder, "layer"):
+        raise AlambicError(f"student 'teacher-layers' needs a BERT-family teacher (encoder.layer), "
+                           f"not {type(model).__name__}")
+    total = len(encoder.layer)
+    if not 1 <= layers <= total:
+        raise AlambicError(f"student 'teacher-layers': layers={layers} but the teacher has {total} "
+                           f"(set search.student_sizes.teacher-layers.layers between 1 and {total})")
+    kept = uniform_layer_map(total, layers)
+    encoder.layer = type(encoder.layer)(encoder.layer[i] for i in kept)
+    model.config.num_hidden_layers = layers
+    model.config.alambic_teacher_layers = kept  # recorded in config.json: which layers it started from
+    return model

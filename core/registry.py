@@ -14,6 +14,7 @@ from alambic.errors import PluginError, did_you_mean
 #: kind -> the registrar hook that fills it. The order is the order of a run.
 KINDS: dict[str, str] = {
     "datasets": "alambic_register_datasets",
+    "model_sources": "alambic_register_model_sources",
     "students": "alambic_register_students",
     "distill_losses": "alambic_register_distill_losses",
     "pruners": "alambic_register_pruners",

@@ -128,10 +128,9 @@ def _gather(target: Any, quiet: bool) -> _Run:
 
 
 def _teacher(ctx: RunContext) -> _Teacher | None:
-    from alambic.teacher import teacher_key
+    from alambic.teacher import current_teacher_key
 
-    data = ctx.prepared
-    key = teacher_key(ctx.config.teacher, data.tokenized_key, data.label_names)
+    key = current_teacher_key(ctx)
     if ctx.store.load_manifest(ctx.store.stage_path(key)) is None:
         return None  # not trained yet: a report never trains
     path = ctx.store.local_path(ctx.store.stage_path(key))
@@ -151,7 +150,10 @@ def teacher_measurement(ctx: RunContext, key: str, path: Path) -> Measurement:
                          "threads": 1, "memory": False, **settings})[:32]
 
     def build(folder: Path) -> dict[str, Any]:
-        found = measure_pytorch(path, ctx.prepared.tokenized["test"], threads=1, memory=False, **settings)
+        from transformers import AutoTokenizer
+
+        tokenized, _ = ctx.tokenize(AutoTokenizer.from_pretrained(str(path)))  # the teacher's own tokenizer
+        found = measure_pytorch(path, tokenized["test"], threads=1, memory=False, **settings)
         (folder / MEASUREMENT_FILE).write_text(json.dumps(found.to_dict(), indent=2), encoding="utf-8")
         return found.headline()
 

@@ -83,6 +83,20 @@ class RunContext:
             label_names=list(dsd["train"].features["label"].names), tokenizer_path=tokenizer_path,
         )
 
+    def tokenize(self, tokenizer: Any) -> tuple[Any, str]:
+        """The run's splits tokenized by ``tokenizer`` (a model's own), cached like the run's; and
+        their key. Row ``i`` of each split is the same text whichever tokenizer made it, so
+        per-row teacher logits serve students that tokenize differently."""
+        from alambic.data import tokenize_data, tokenized_key
+
+        data = self.prepared
+        if tokenizer is data.tokenizer:
+            return data.tokenized, data.tokenized_key
+        max_length = self.config.tokenizer.max_length
+        tokenized = tokenize_data(data.raw, tokenizer, max_length, self.cache_dir, data.report.fingerprint,
+                                  progress=not self.quiet)
+        return tokenized, tokenized_key(data.report.fingerprint, tokenizer, max_length)
+
     def _tokenizer(self, dsd: Any, data_fp: str) -> tuple[Any, Path | None]:
         """The configured tokenizer; a trained one is saved as a stage so every step shares it."""
         from alambic.data import load_tokenizer, train_tokenizer

@@ -77,11 +77,15 @@ class Candidate:
     settings: dict[str, Any]  # distillation settings that differ from the config's distill section
     pruning: tuple[PruningStep, ...]
     quantization: str  # a quantizer id or "none"
+    init: str = ""  # search.student_init's entry for the student; "" = its default
 
     @property
     def id(self) -> str:
-        return stable_hash({"student": self.student, "settings": self.settings,
-                            "pruning": [s.model_dump() for s in self.pruning], "quant": self.quantization})[:12]
+        fields = {"student": self.student, "settings": self.settings,
+                  "pruning": [s.model_dump() for s in self.pruning], "quant": self.quantization}
+        if self.init:  # only when given: candidates without an init keep the ids they had
+            fields["init"] = self.init
+        return stable_hash(fields)[:12]
 
     @property
     def pruning_label(self) -> str:
@@ -157,7 +161,8 @@ class Space:
                 settings[name] = int(chosen[name]) if found[0] == "randint" else float(chosen[name])
         steps = tuple(self.search.pruning[int(params["pruning"])])
         return Candidate(student=params["student"], settings=settings, pruning=steps,
-                         quantization=params["quantization"])
+                         quantization=params["quantization"],
+                         init=self.search.student_init.get(params["student"], ""))
 
     def size(self) -> int:
         """How many candidates the grid holds (students x pruning x quantization x choices)."""

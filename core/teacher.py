@@ -33,6 +33,75 @@ class TeacherRecord:
     metrics: dict[str, Any]
     reused: bool
 
+    def tokenizer(self) -> Any:
+        """The tokenizer the teacher reads with (saved in its folder)."""
+        from transformers import AutoTokenizer
+
+        return AutoTokenizer.from_pretrained(str(self.path))
+
+
+@dataclass(frozen=True)
+class TeacherSource:
+    """Where the teacher starts: pretrained weights (a local folder) and the tokenizer they came
+    with, or None = built from ``teacher.architecture`` with the run's tokenizer."""
+
+    folder: str | None  # a local folder or a hub id; None = from config
+    tokenizer: Any
+    tokenizer_from: str  # said in the log and in errors
+    digest: str  # the weights by content (a hub id: its name)
+
+
+def teacher_source(ctx: Any) -> TeacherSource:
+    """Resolve ``teacher.model`` (hub id, folder, packaged model) and its own tokenizer."""
+    from alambic.compress import model_digest
+    from alambic.model_sources import resolve_model
+    from alambic.models import own_tokenizer
+
+    config, data = ctx.config.teacher, ctx.prepared
+    if config.model is None:
+        return TeacherSource(None, data.tokenizer, "the tokenizer section", "random")
+    folder = resolve_model(config.model, ctx.registry, ctx.root, "teacher.model")
+    tokenizer = own_tokenizer(folder, "teacher.model")
+    if tokenizer is None:
+        log.info("teacher.model %s has no tokenizer of its own: it reads with the tokenizer section's", config.model)
+        tokenizer, origin = data.tokenizer, "the tokenizer section"
+    else:
+        origin = config.model
+    digest = model_digest(folder) if Path(folder).is_dir() else config.model
+    return TeacherSource(folder, tokenizer, origin, digest)
+
+
+def pruned_vocab_source(ctx: Any, source: TeacherSource) -> TeacherSource:
+    """The pretrained teacher with only the vocabulary its train split uses (plus specials), a
+    stage of its own: a 250k-piece embedding would be most of what the optimizer carries."""
+    from transformers import AutoModel
+
+    from alambic.data import tokenizer_fingerprint
+    from alambic.models import check_vocab, load_pretrained
+    from alambic.pruning import PruneContext
+
+    tokenized, tokenized_key = ctx.tokenize(source.tokenizer)
+    key = stable_hash({"stage": "teacher-vocab", "weights": source.digest, "data": tokenized_key,
+                       "tokenizer": tokenizer_fingerprint(source.tokenizer)})[:32]
+
+    def build(folder: Path) -> dict[str, Any]:
+        model = load_pretrained(source.folder, AutoModel, config_key="teacher.model")
+        check_vocab(model, source.tokenizer, ctx.config.teacher.model, source.tokenizer_from)
+        vocab = ctx.registry["pruners"].get("vocab")
+        result = vocab.apply(model, vocab.options(), PruneContext(train=tokenized["train"], tokenizer=source.tokenizer))
+        result.model.save_pretrained(folder, safe_serialization=True)
+        result.tokenizer.save_pretrained(folder)
+        return {k: result.report[k] for k in ("vocab_before", "vocab_after", "params_before", "params_after")}
+
+    manifest, reused = ctx.store.get_or_build_stage(key, "teacher-vocab", build)
+    log.info("teacher vocabulary %s: %d -> %d pieces (the train split's), %d -> %d parameters",
+             "reused" if reused else "pruned", manifest.meta["vocab_before"], manifest.meta["vocab_after"],
+             manifest.meta["params_before"], manifest.meta["params_after"])
+    path = ctx.store.local_path(ctx.store.stage_path(key))
+    from transformers import AutoTokenizer
+
+    return TeacherSource(str(path), AutoTokenizer.from_pretrained(str(path)), source.tokenizer_from, source.digest)
+
 
 def teacher_settings(config: TeacherConfig) -> TrainSettings:
     return TrainSettings(
@@ -113,8 +182,22 @@ def teacher_worker(loop_config: dict[str, Any]) -> None:
 # --- driver ---------------------------------------------------------------------------------
 
 
-def teacher_key(config: TeacherConfig, tokenized_key: str, label_names: list[str]) -> str:
-    return stable_hash({"stage": "teacher", "teacher": config, "data": tokenized_key, "labels": label_names})[:32]
+def teacher_key(config: TeacherConfig, tokenized_key: str, label_names: list[str], weights: str = "random",
+                tokenizer: str = "") -> str:
+    """The teacher stage's key: its settings, the data, the labels, its starting weights by
+    content and the tokenizer it reads with."""
+    return stable_hash({"stage": "teacher", "teacher": config, "data": tokenized_key, "labels": label_names,
+                        "weights": weights, "tokenizer": tokenizer})[:32]
+
+
+def current_teacher_key(ctx: Any, source: TeacherSource | None = None) -> str:
+    """The key of the run's teacher stage (trained or not yet): nothing is trained."""
+    from alambic.data import tokenizer_fingerprint
+
+    source = source or teacher_source(ctx)
+    data = ctx.prepared
+    return teacher_key(ctx.config.teacher, data.tokenized_key, data.label_names, source.digest,
+                       tokenizer_fingerprint(source.tokenizer))
 
 
 def train_teacher(ctx: Any, local: bool = False) -> TeacherRecord:
@@ -126,10 +209,11 @@ def train_teacher(ctx: Any, local: bool = False) -> TeacherRecord:
     from alambic.models import check_vocab
 
     config, data = ctx.config.teacher, ctx.prepared
-    key = teacher_key(config, data.tokenized_key, data.label_names)
+    source = teacher_source(ctx)
+    key = current_teacher_key(ctx, source)
     spec = {
-        "model": config.model, "architecture": config.architecture.model_dump(),
-        "label_names": data.label_names, "vocab_size": len(data.tokenizer),
+        "model": source.folder, "architecture": config.architecture.model_dump(),
+        "label_names": data.label_names, "vocab_size": len(source.tokenizer),
         "trust_remote_code": config.trust_remote_code, "train_top_layers": config.train_top_layers,
         "gradient_checkpointing": config.gradient_checkpointing, "optimizer": config.optimizer,
     }
@@ -138,16 +222,24 @@ def train_teacher(ctx: Any, local: bool = False) -> TeacherRecord:
                     config.model)
 
     def build(folder: Path) -> dict[str, Any]:
-        check_vocab(build_teacher(spec), data.tokenizer)  # fail before Ray starts, not in a worker
+        nonlocal source
+        if source.folder is not None and config.prune_vocab:
+            source = pruned_vocab_source(ctx, source)
+            spec["model"], spec["vocab_size"] = source.folder, len(source.tokenizer)
+        # fail before Ray starts, not in a worker
+        check_vocab(build_teacher(spec), source.tokenizer, config.model or "teacher.architecture",
+                    source.tokenizer_from)
+        tokenized, _ = ctx.tokenize(source.tokenizer)
         start = time.perf_counter()
         run = launch(
             teacher_worker,
             {"model": spec, "settings": teacher_settings(config),
-             "train": data.tokenized["train"], "validation": data.tokenized["validation"]},
+             "train": tokenized["train"], "validation": tokenized["validation"]},
             name=f"teacher-{key[:12]}", scratch=ctx.cache_dir, ray_config=ctx.config.ray,
             local=local, quiet=ctx.quiet,
         )
-        return finish_model_folder(run, folder, data, time.perf_counter() - start)
+        return finish_model_folder(run, folder, source.tokenizer, tokenized, time.perf_counter() - start,
+                                   {"weights": config.model or "random", "tokenizer_from": source.tokenizer_from})
 
     manifest, reused = ctx.store.get_or_build_stage(key, "teacher", build)
     path = ctx.store.local_path(ctx.store.stage_path(key))
@@ -158,10 +250,11 @@ def train_teacher(ctx: Any, local: bool = False) -> TeacherRecord:
     return record
 
 
-def finish_model_folder(run: TrainRun, folder: Path, data: Any, wall_time_s: float,
+def finish_model_folder(run: TrainRun, folder: Path, tokenizer: Any, tokenized: Any, wall_time_s: float,
                         extra: dict[str, Any] | None = None) -> dict[str, Any]:
-    """Copy the run's best checkpoint into ``folder`` with the tokenizer, score it on test, write
-    metrics; then discard the run's scratch (its checkpoints were for resuming; the stage has it now)."""
+    """Copy the run's best checkpoint into ``folder`` with the model's own tokenizer, score it on
+    test (``tokenized`` by that tokenizer), write metrics; then discard the run's scratch (its
+    checkpoints were for resuming; the stage has it now)."""
     from transformers import AutoModelForSequenceClassification
 
     from alambic.models import params
@@ -174,9 +267,9 @@ def finish_model_folder(run: TrainRun, folder: Path, data: Any, wall_time_s: flo
         if item.is_file():
             shutil.copy2(item, folder / item.name)
     validation = json.loads((folder / METRICS_FILE).read_text())
-    data.tokenizer.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
     model = AutoModelForSequenceClassification.from_pretrained(folder, use_safetensors=True)
-    test = evaluate(model, data.tokenized["test"])
+    test = evaluate(model, tokenized["test"])
     metrics = {"validation": validation, "test": test, "params": params(model),
                "wall_time_s": round(wall_time_s, 1), **(extra or {})}
     (folder / METRICS_FILE).write_text(json.dumps(metrics, ensure_ascii=False, indent=2))
@@ -206,8 +299,9 @@ def teacher_logits(ctx: Any, teacher: TeacherRecord) -> Any:
         from alambic.training import predict
 
         model = AutoModelForSequenceClassification.from_pretrained(teacher.path, use_safetensors=True)
+        tokenized, _ = ctx.tokenize(teacher.tokenizer())  # the teacher reads with its own tokenizer
         start = time.perf_counter()
-        rows, logits = predict(model.to("cuda" if torch.cuda.is_available() else "cpu"), data.tokenized["train"])
+        rows, logits = predict(model.to("cuda" if torch.cuda.is_available() else "cpu"), tokenized["train"])
         order = np.argsort(rows)
         table = pa.table({"row": pa.array(rows[order], pa.int64()),
                           "logits": pa.FixedSizeListArray.from_arrays(

@@ -7,9 +7,13 @@ roberta-l4          BERT, 4 layers, hidden 512, 8 heads, FFN 2048          uer/c
 tinybert-4l         BERT, 4 layers, hidden 312, 12 heads, FFN 1200         huawei-noah/TinyBERT_4L_zh
 mobilebert-adapter  MobileBERT: 4 layers, 512 wide, bottleneck 128,        none: built from config, then
                     4 heads, 4 stacked FFNs of 512, ReLU, no LayerNorm     initialised from roberta-l4
+teacher-layers      the teacher's own architecture, 4 of its layers        the run's teacher: every k-th
+                    (``layers`` is its size setting)                       layer, embeddings, pooler, head
 ==================  =====================================================  =============================
 
-All use bert-base-chinese's vocabulary (21128 tokens) and 512 positions. Size overrides
+All use bert-base-chinese's vocabulary (21128 tokens) and 512 positions when built from config;
+one initialised from pretrained weights (``search.student_init``, ``alambic distill --init``) or
+from the teacher's layers tokenizes with the tokenizer that came with those weights. Size overrides
 (``layers``, ``hidden``, ``heads``, ``ffn``) shrink them for tests, e.g.
 ``Student.build(3, layers=2, hidden=64, heads=2, ffn=128)``.
 """
@@ -120,7 +124,17 @@ class MobileBertAdapter(Student):
         return MobileBertForSequenceClassification
 
 
-STUDENTS: tuple[type[Student], ...] = (RobertaL4, TinyBert4L, MobileBertAdapter)
+class TeacherLayers(BertStudent):
+    """The teacher's own encoder, every k-th layer kept (DistilBERT-style): 4 layers by default."""
+
+    id = "teacher-layers"
+    default_init = "teacher-layers"  # built from the run's teacher; from config only as a fallback
+    # from config: bert-base-chinese's width (the teacher's default architecture) at 4 layers;
+    # from the teacher: the teacher's own width, heads and FFN, `layers` of its layers
+    size = Size(layers=4, hidden=768, heads=12, ffn=3072)
+
+
+STUDENTS: tuple[type[Student], ...] = (RobertaL4, TinyBert4L, MobileBertAdapter, TeacherLayers)
 
 
 @alambic.hookimpl

@@ -22,6 +22,21 @@ def contract_datasets(cls: type) -> None:
     assert list(inspect.signature(cls().load).parameters) == ["config", "report"]
 
 
+def contract_model_sources(cls: type) -> None:
+    """Without converting anything: conversions are tested per source (they take seconds)."""
+    from alambic.model_sources import ModelSource, parse_packaged
+
+    assert issubclass(cls, ModelSource), "a model source subclasses alambic.model_sources.ModelSource"
+    assert cls.models, "a model source names at least one model"
+    assert all(parse_packaged(f"{cls.id}:{model}") == (cls.id, model) for model in cls.models), \
+        "'<id>:<model>' must parse as a packaged name"
+    assert type(cls.version) is int, "version: an int, bumped when convert() writes something else"
+    why = cls.available()
+    assert why is None or (isinstance(why, str) and why), "available(): None, or why not and how to fix it"
+    for method in ("fingerprint", "convert"):
+        assert getattr(cls, method).__func__ is not getattr(ModelSource, method).__func__, f"define {method}()"
+
+
 def contract_students(cls: type) -> None:
     import torch
 
@@ -146,6 +161,7 @@ def contract_quantizers(cls: type) -> None:
 
 CONTRACTS = {
     "datasets": contract_datasets,
+    "model_sources": contract_model_sources,
     "students": contract_students,
     "distill_losses": contract_distill_losses,
     "pruners": contract_pruners,

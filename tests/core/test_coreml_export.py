@@ -109,7 +109,7 @@ def test_both_products_pass_their_spec_checks(mobilebert_products):
     spec = cm.load_spec(mobilebert_products / "Classifier.mlpackage")
     assert spec.description.metadata.author == "tests" and spec.description.metadata.license == "MIT"
     assert spec.description.metadata.userDefined["labels"] == '["体育", "财经", "科技"]'
-    assert spec.description.input[0].shortDescription.startswith("token ids from vocab.txt")
+    assert spec.description.input[0].shortDescription.startswith("token ids from the bundled tokenizer")
 
 
 def test_int8_weights_shrink_the_package(tmp_path):

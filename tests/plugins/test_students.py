@@ -30,11 +30,13 @@ FULL_SIZE = {
     "roberta-l4": ((4, 512, 8, 2048), bert_params(21128, 512, 4, 2048, 2), (23.5e6, 24.5e6)),
     "tinybert-4l": ((4, 312, 12, 1200), bert_params(21128, 312, 4, 1200, 2), (11.2e6, 11.6e6)),
     "mobilebert-adapter": ((4, 512, 4, 512), 6_798_338, (6.5e6, 7.2e6)),
+    # from config only (its fallback): bert-base-chinese's width at 4 layers; from a teacher, the teacher's
+    "teacher-layers": ((4, 768, 12, 3072), bert_params(21128, 768, 4, 3072, 2), (45e6, 46e6)),
 }
 
 
 def test_registry_lists_the_builtin_students():
-    assert IDS == ["mobilebert-adapter", "roberta-l4", "tinybert-4l"]
+    assert IDS == ["mobilebert-adapter", "roberta-l4", "teacher-layers", "tinybert-4l"]
     for student_id in IDS:
         assert STUDENTS.entries[student_id].description  # the docstring's first line
         assert issubclass(STUDENTS.get(student_id), Student)

@@ -31,7 +31,6 @@ its runtime, on the test split tokenized by the pruned model's own tokenizer.
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import json
 import logging
@@ -39,7 +38,7 @@ import math
 import shutil
 import tempfile
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -274,7 +273,7 @@ def _prune(ctx: Any, folder: Path, model: Any, tokenizer: Any, tokenized: Any, s
     from alambic.distill import recover
     from alambic.guard import final_outcome
     from alambic.pruning import PruneContext
-    from alambic.training import evaluate
+    from alambic.training import evaluate, progress_bar
 
     guard = ctx.config.guard
     splits = {name: tokenized[name] for name in ("train", "validation")}
@@ -287,7 +286,7 @@ def _prune(ctx: Any, folder: Path, model: Any, tokenizer: Any, tokenized: Any, s
         result = Pruner.apply(model, options, context)
         if step.recover_epochs:
             log.info("%s: %d epoch(s) of recovery distillation", step_label(step), step.recover_epochs)
-            with _progress_bar(f"recovery {step_label(step)}", enabled=not ctx.quiet) as progress:
+            with progress_bar(f"recovery {step_label(step)}", enabled=not ctx.quiet) as progress:
                 metrics = recover(result.model, result.remap(splits["train"]), result.remap(splits["validation"]),
                                   logits(), ctx.config.distill, step.recover_epochs, progress)
             result.report["recovery"] = {"epochs": step.recover_epochs, "validation": metrics}
@@ -312,22 +311,6 @@ def _prune(ctx: Any, folder: Path, model: Any, tokenizer: Any, tokenized: Any, s
     tokenizer.save_pretrained(folder / MODEL_DIR)  # the pruned model's own vocabulary
     return {"steps": summary, "decisions": [d.to_dict() for d in decisions], "pruning": reports,
             "validation_accuracy": {"before": start_accuracy, "after": accuracy}}
-
-
-@contextlib.contextmanager
-def _progress_bar(label: str, enabled: bool) -> Iterator[Callable[[int, int, dict[str, float]], None] | None]:
-    """A progress bar fed by fit's ``progress(step, steps, losses)``; None when disabled."""
-    if not enabled:
-        yield None
-        return
-    from tqdm.auto import tqdm
-
-    with tqdm(desc=label, unit="step", leave=False) as bar:
-        def update(step: int, steps: int, losses: dict[str, float]) -> None:
-            bar.total, bar.n = steps, step
-            bar.set_postfix({k: f"{v:.3f}" for k, v in losses.items()}, refresh=False)
-            bar.refresh()
-        yield update
 
 
 def recovery_inputs(ctx: Any) -> dict[str, Any]:

@@ -192,6 +192,7 @@ def distill_worker(loop_config: dict[str, Any]) -> None:
     extra = [(f"{loss.id}.{name}", p) for loss in losses for name, p in loss.named_parameters()]
     fit(model, loop_config["train"], loop_config["validation"], train_settings(settings), compute_loss,
         extra_parameters=extra, rank=context.rank, world_size=context.world_size, resume=resume_state(context),
+        progress=loop_config.get("progress"),
         on_epoch=lambda epoch, metrics, is_best, state: report_epoch(model, metrics, is_best, context, state))
 
 

@@ -138,7 +138,10 @@ def launch(worker: Callable[[dict[str, Any]], None], loop_config: dict[str, Any]
            scratch: Path, ray_config: RayConfig, local: bool = False, quiet: bool = False) -> TrainRun:
     """Run a per-worker function on Ray Train, or (``local``) in this process."""
     if local:
-        return run_local(worker, loop_config, scratch / "local" / name)
+        from alambic.training import progress_bar
+
+        with progress_bar(name, enabled=not quiet) as progress:  # Ray Train reports its own progress
+            return run_local(worker, {**loop_config, "progress": progress}, scratch / "local" / name)
     return run_trainer(worker, loop_config, name=name, storage_path=scratch / "ray",
                        ray_config=ray_config, quiet=quiet)
 

@@ -176,6 +176,7 @@ def teacher_worker(loop_config: dict[str, Any]) -> None:
     fit(model, loop_config["train"], loop_config["validation"], loop_config["settings"],
         rank=context.rank, world_size=context.world_size,
         eight_bit_optimizer=use_eight_bit(spec["optimizer"]), resume=resume_state(context),
+        progress=loop_config.get("progress"),
         on_epoch=lambda epoch, metrics, is_best, state: report_epoch(model, metrics, is_best, context, state))
 
 

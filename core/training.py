@@ -14,11 +14,12 @@ averages the gradient of exactly the examples one worker would see in one step.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import logging
 import math
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -384,3 +385,19 @@ def _average_gradients(parameters: Sequence[tuple[str, torch.nn.Parameter]], wor
 def unwrap(model: torch.nn.Module) -> torch.nn.Module:
     """The model inside a DDP wrapper (or the model itself)."""
     return getattr(model, "module", model)
+
+
+@contextlib.contextmanager
+def progress_bar(label: str, enabled: bool) -> Iterator[Callable[[int, int, dict[str, float]], None] | None]:
+    """A progress bar fed by fit's ``progress(step, steps, losses)``; None when disabled."""
+    if not enabled:
+        yield None
+        return
+    from tqdm.auto import tqdm
+
+    with tqdm(desc=label, unit="step", leave=False) as bar:
+        def update(step: int, steps: int, losses: dict[str, float]) -> None:
+            bar.total, bar.n = steps, step
+            bar.set_postfix({k: f"{v:.3f}" for k, v in losses.items()}, refresh=False)
+            bar.refresh()
+        yield update

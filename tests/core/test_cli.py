@@ -128,3 +128,25 @@ def test_readme_configuration_reference_is_the_schema():
     readme = (PROJECT / "README.md").read_text(encoding="utf-8")
     assert config_reference() in readme, "README is out of date: paste `alambic config schema --markdown`"
     assert alambic("config", "schema", "--markdown").stdout == config_reference()
+
+
+def test_distill_init_starts_a_student_from_a_folder(write_config, minimal_config, tmp_path):
+    """`alambic distill --init DIR`: the hub path through a local folder, from the command line."""
+    import json
+
+    from alambic.plugins.students import RobertaL4
+
+    tiny = {"layers": 1, "hidden": 32, "heads": 2, "ffn": 64}
+    RobertaL4.build(2, **tiny).save_pretrained(tmp_path / "weights")  # no tokenizer: the run's vocabulary
+    minimal_config |= {"store": str(tmp_path / "artifacts"),
+                       "teacher": {"architecture": tiny, "epochs": 1, "batch_size": 8},
+                       "distill": {"epochs": 1, "batch_size": 8}}
+    result = alambic("distill", str(write_config(minimal_config)), "--student", "roberta-l4",
+                     "--init", str(tmp_path / "weights"), "--local")
+    assert result.returncode == 0, result.stderr
+    stages = tmp_path / "artifacts" / "tiny" / "stages"
+    records = [json.loads(p.read_text()) for p in stages.glob("*/metrics.json")]
+    assert any(r.get("init") == str(tmp_path / "weights") for r in records)
+    bad = alambic("distill", str(write_config(minimal_config)), "--student", "roberta-l4",
+                  "--init", str(tmp_path / "nowhere" / "x"), "--local")
+    assert bad.returncode != 0 and "--init: model directory not found" in bad.stderr

@@ -156,3 +156,12 @@ def test_wrongly_shaped_sections_do_not_crash_the_id_check(write_config, minimal
     minimal_config["search"] = {"students": "roberta-l4", "pruning": ["heads"], "space": []}
     found = problems(write_config(minimal_config), registry=fake_registry())
     assert found and all(p.startswith("search.") for p in found)
+
+
+def test_a_student_init_folder_is_read_relative_to_the_config(write_config, minimal_config, tmp_path):
+    (tmp_path / "weights").mkdir()
+    minimal_config["search"] = {"students": ["roberta-l4"],
+                                "student_init": {"roberta-l4": "weights", "tinybert-4l": "huawei-noah/TinyBERT_4L_zh"}}
+    config = load_config(write_config(minimal_config), registry=fake_registry())
+    assert config.search.student_init == {"roberta-l4": str((tmp_path / "weights").resolve()),
+                                          "tinybert-4l": "huawei-noah/TinyBERT_4L_zh"}  # a hub id, as written

@@ -10,8 +10,8 @@ accuracy of the teacher it was distilled from (the same run's teacher, its cache
 
 --scratch adds the teacher alambic trained from scratch before it had a pretrained model (a
 4 x 256 BERT on the bert-base-chinese vocabulary, 3 epochs): the same data, another teacher.
---baseline adds a character 1-2-gram TF-IDF + logistic regression (scikit-learn) fitted on the
-same train split and scored on the same test split: what a linear model gets.
+--baseline adds a character 1-2-gram TF-IDF + logistic regression (scikit-learn, the [bench]
+extra) fitted on the same train split and scored on the same test split: what a linear model gets.
 """
 
 from __future__ import annotations

@@ -534,6 +534,16 @@ def check_plugin_ids(raw: dict[str, Any], registry: Registry) -> list[str]:
     return problems
 
 
+def _packaged_names(teacher_model: Any, inits: Any) -> list[tuple[str, str]]:
+    """(key, name) for each ``<source>:<model>`` the config names as weights."""
+    from alambic.model_sources import parse_packaged
+
+    inits = inits if isinstance(inits, dict) else {}
+    named = [("teacher.model", teacher_model)] + [(f"search.student_init.{k}", v) for k, v in inits.items()]
+    return [(where, name) for where, name in named
+            if isinstance(name, str) and parse_packaged(name) and not Path(name).expanduser().exists()]
+
+
 def _named_plugin_ids(raw: dict[str, Any]) -> list[tuple[str, str, str]]:
     """(key path, kind, id) for every plugin id written in the config; wrong shapes are skipped
     (the structural validation reports them)."""
@@ -557,6 +567,11 @@ def _named_plugin_ids(raw: dict[str, Any]) -> list[tuple[str, str, str]]:
     found += strings("search.students", "students", section("search", "students"))
     sizes = section("search", "student_sizes")
     found += [(f"search.student_sizes.{s}", "students", s) for s in sizes or {} if isinstance(s, str)]
+    inits = section("search", "student_init")
+    found += [(f"search.student_init.{s}", "students", s) for s in (inits if isinstance(inits, dict) else {})
+              if isinstance(s, str)]
+    found += [(f"{where}: {name}", "model_sources", name.split(":", 1)[0])
+              for where, name in _packaged_names(section("teacher", "model"), inits)]
     found += strings("search.quantization", "quantizers", section("search", "quantization"), skip=("none",))
     for i, steps in enumerate(section("search", "pruning") or []):
         for j, step in enumerate(steps if isinstance(steps, list) else []):

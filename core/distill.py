@@ -133,14 +133,14 @@ def build_student(spec: dict[str, Any], attn_implementation: str | None = None) 
     from alambic.models import from_teacher_layers
 
     id2label = dict(enumerate(spec["label_names"]))
-    init, cls = spec["init"], spec["student_class"]
+    init, cls = spec.get("init"), spec["student_class"]  # no init: random
+    if init is None or init.kind == "random":
+        return cls.build(len(id2label), id2label, vocab_size=spec["vocab_size"],
+                         attn_implementation=attn_implementation, **spec["sizes"])
     if init.kind == "teacher-layers":
         return from_teacher_layers(init.folder, spec["sizes"].get("layers", cls.size.layers), attn_implementation)
-    if init.kind == "weights":
-        kw = {"attn_implementation": attn_implementation} if attn_implementation else {}
-        return cls.from_pretrained(init.folder, len(id2label), id2label, config_key=init.config_key, **kw)
-    return cls.build(len(id2label), id2label, vocab_size=spec["vocab_size"],
-                     attn_implementation=attn_implementation, **spec["sizes"])
+    kw = {"attn_implementation": attn_implementation} if attn_implementation else {}  # "weights": a folder
+    return cls.from_pretrained(init.folder, len(id2label), id2label, config_key=init.config_key, **kw)
 
 
 def distill_worker(loop_config: dict[str, Any]) -> None:

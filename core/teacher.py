@@ -210,6 +210,9 @@ def train_teacher(ctx: Any, local: bool = False) -> TeacherRecord:
     from alambic.models import check_vocab
 
     config, data = ctx.config.teacher, ctx.prepared
+    if config.trust_remote_code:  # said before anything of it is fetched or run
+        log.warning("teacher.trust_remote_code is on: code shipped with %s will run on this machine",
+                    config.model)
     source = teacher_source(ctx)
     key = current_teacher_key(ctx, source)
     spec = {
@@ -218,9 +221,6 @@ def train_teacher(ctx: Any, local: bool = False) -> TeacherRecord:
         "trust_remote_code": config.trust_remote_code, "train_top_layers": config.train_top_layers,
         "gradient_checkpointing": config.gradient_checkpointing, "optimizer": config.optimizer,
     }
-    if config.trust_remote_code:
-        log.warning("teacher.trust_remote_code is on: code shipped with %s will run on this machine",
-                    config.model)
 
     def build(folder: Path) -> dict[str, Any]:
         nonlocal source

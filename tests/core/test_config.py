@@ -165,3 +165,13 @@ def test_a_student_init_folder_is_read_relative_to_the_config(write_config, mini
     config = load_config(write_config(minimal_config), registry=fake_registry())
     assert config.search.student_init == {"roberta-l4": str((tmp_path / "weights").resolve()),
                                           "tinybert-4l": "huawei-noah/TinyBERT_4L_zh"}  # a hub id, as written
+
+
+def test_unknown_model_sources_and_student_ids_in_init_are_named(write_config, minimal_config):
+    minimal_config["teacher"] = {"model": "nanoe6:multilingual-e5-small"}
+    minimal_config["search"] = {"students": ["roberta-l4"], "student_init": {"roberta-l5": "random"}}
+    found = problems(write_config(minimal_config), registry=fake_registry())
+    assert any(p.startswith("teacher.model: nanoe6:multilingual-e5-small: unknown model_sources id 'nanoe6'")
+               for p in found), found
+    assert any(p.startswith("search.student_init.roberta-l5: unknown students id 'roberta-l5' "
+                            "(did you mean 'roberta-l4'?)") for p in found), found

@@ -222,3 +222,40 @@ def test_the_folder_loads_with_optimum_when_installed(exported):
     optimum = pytest.importorskip("optimum.onnxruntime", reason="optimum is not installed")
     model = optimum.ORTModelForSequenceClassification.from_pretrained(exported.path / "onnx")
     assert model.config.id2label == {0: "体育", 1: "财经"}
+
+
+def test_a_model_with_a_sentencepiece_tokenizer_exports_with_it(run, tmp_path):
+    """A teacher-layers student of the e5 teacher reads with an XLM-R Unigram tokenizer (no
+    vocab.txt): every format ships its tokenizer.json, verified on text it tokenizes itself, and the
+    bundle's README and Core ML metadata describe that tokenizer, not WordPiece."""
+    import torch
+    from tokenizers import SentencePieceUnigramTokenizer
+    from transformers import BertForSequenceClassification
+
+    from alambic.models import Size, bert_config
+    from tests.plugins.test_pruners import xlmr_like
+
+    root, ctx, _ = run
+    texts = list(ctx.prepared.raw["train"]["text"])
+    spm = SentencePieceUnigramTokenizer()
+    spm.train_from_iterator(texts, vocab_size=300, show_progress=False, unk_token="<unk>",
+                            special_tokens=["<s>", "<pad>", "</s>", "<unk>"])
+    tokenizer = xlmr_like(spm._tokenizer)
+    torch.manual_seed(0)
+    config = bert_config(Size(layers=1, hidden=32, heads=2, ffn=64), 2, ["体育", "财经"],
+                         vocab_size=len(tokenizer), pad_token_id=tokenizer.pad_token_id)
+    folder = tmp_path / "unigram-model"
+    BertForSequenceClassification(config).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    result = export_stage(folder, tmp_path / "export", test_split=ctx.prepared.raw["test"],
+                          metadata={"description": "unigram"}, max_length=16, registry=ctx.registry)
+    assert not result.failed, table_text(result)
+    agreement = [c for e in result.exported.values() for c in e.checks if "labels" in c.name and c.ok is False]
+    assert agreement == [], table_text(result)
+    for name in ("hf/tokenizer.json", "onnx/tokenizer.json", "coreml/tokenizer.json"):
+        assert (result.path / name).is_file(), name
+    assert not (result.path / "onnx" / "vocab.txt").exists()
+    readme = (result.path / "README.md").read_text(encoding="utf-8")
+    assert "SentencePiece Unigram" in readme and "`<s> text </s>`" in readme and "(id 1)" in readme
+    assert "WordPiece" not in readme
+    assert "vocabulary=tokenizer.json" in table_text(result)

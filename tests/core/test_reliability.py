@@ -551,6 +551,7 @@ def test_trust_remote_code_is_off_by_default_and_warned_when_on(tmp_path: Path, 
         raise Stop
 
     on = TeacherConfig(model="someone/model", trust_remote_code=True)
+    monkeypatch.setattr(teacher, "teacher_source", stop)  # the warning comes before the model is looked for
     ctx = SimpleNamespace(config=SimpleNamespace(teacher=on), store=SimpleNamespace(get_or_build_stage=stop),
                           prepared=SimpleNamespace(tokenized_key="k", label_names=["a", "b"], tokenizer=[0] * 8))
     with caplog.at_level(logging.WARNING), pytest.raises(Stop):

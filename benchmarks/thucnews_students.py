@@ -71,16 +71,7 @@ def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
 
     ctx = RunContext.open(args.config)
-    rows = []
-    if args.baseline:
-        rows.append(baseline(ctx))
-    if args.scratch:
-        scratch = RunContext.from_config(ctx.config.model_copy(update={
-            "teacher": ctx.config.teacher.model_copy(update=SCRATCH_TEACHER)}))
-        start = time.perf_counter()
-        record = train_teacher(scratch, local=args.local)
-        rows.append(row("teacher from scratch (4 x 256 BERT)", record, None, time.perf_counter() - start,
-                        SCRATCH_TEACHER["epochs"]))
+    rows = [baseline(ctx)] if args.baseline else []
     start = time.perf_counter()
     teacher = train_teacher(ctx, local=args.local)
     name = f"teacher {ctx.config.teacher.model or 'from scratch'}"
@@ -91,6 +82,14 @@ def main() -> None:
         record = distill(ctx, student, local=args.local, teacher=teacher)
         label = f"{student} ({record.metrics.get('init', 'random')} init)"
         rows.append(row(label, record, teacher_accuracy, time.perf_counter() - start, ctx.config.distill.epochs))
+        print(rows[-1], flush=True)  # each row as soon as it is measured: the whole run takes long
+    if args.scratch:  # last: the pretrained rows come first if the run is stopped
+        scratch = RunContext.from_config(ctx.config.model_copy(update={
+            "teacher": ctx.config.teacher.model_copy(update=SCRATCH_TEACHER)}))
+        start = time.perf_counter()
+        record = train_teacher(scratch, local=args.local)
+        rows.insert(int(args.baseline), row("teacher from scratch (4 x 256 BERT)", record, None,
+                                            time.perf_counter() - start, SCRATCH_TEACHER["epochs"]))
 
     print(f"machine: {machine.summary()}")
     print("| model | test accuracy | test macro-F1 | of teacher | params | fp32 MB | s / epoch | stage s | reused |")

@@ -183,6 +183,27 @@ def _report(ctx: Any) -> dict[str, str]:
     return write_report(ctx)
 
 
+def teacher_architecture(ctx: Any) -> dict[str, int]:
+    """The teacher's layers, width and FFN: from its config section, or read from the pretrained
+    model's config.json (a packaged model is converted here: the teacher step needs it anyway);
+    bert-base's for a hub id."""
+    import json
+    from pathlib import Path
+
+    from alambic.model_sources import resolve_model
+
+    teacher = ctx.config.teacher
+    bert_base = {"layers": 12, "hidden": 768, "ffn": 3072}
+    if teacher.model is None:
+        return bert_base | teacher.architecture.model_dump(exclude_none=True)
+    config = Path(resolve_model(teacher.model, ctx.registry, ctx.root, "teacher.model")) / "config.json"
+    if not config.is_file():
+        return bert_base
+    found = json.loads(config.read_text(encoding="utf-8"))
+    return {"layers": found.get("num_hidden_layers", 12), "hidden": found.get("hidden_size", 768),
+            "ffn": found.get("intermediate_size", 3072)}
+
+
 def estimate_minutes(ctx: Any) -> float:
     """A rough wall-time estimate of a run from scratch on this kind of machine (2 CPU cores):
     training costs ~15 ms a step plus 6 x parameters x tokens at ~100 GFLOP/s (measured on
@@ -201,9 +222,10 @@ def estimate_minutes(ctx: Any) -> float:
         return math.ceil(rows / batch) * epochs * 0.015 + 6 * params * tokens * epochs / 1e11
 
     teacher = config.teacher
-    bert_base = {"layers": 12, "hidden": 768, "ffn": 3072}  # a hub or local teacher: assume bert-base
-    seconds = 20 + training(bert_base | teacher.architecture.model_dump(exclude_none=True) if teacher.model is None
-                            else bert_base, teacher.epochs, teacher.batch_size)
+    arch = teacher_architecture(ctx)
+    # frozen lower layers (train_top_layers) still run forward (1/3 of a step) but not backward (2/3)
+    trained = 1.0 if teacher.train_top_layers is None else min(1.0, teacher.train_top_layers / arch["layers"])
+    seconds = 20 + training(arch, teacher.epochs, teacher.batch_size) * (1 + 2 * trained) / 3
     search = config.search
     space = 1
     for value in search.space.values():

@@ -84,8 +84,10 @@ def main() -> None:
         rows.append(row(label, record, teacher_accuracy, time.perf_counter() - start, ctx.config.distill.epochs))
         print(rows[-1], flush=True)  # each row as soon as it is measured: the whole run takes long
     if args.scratch:  # last: the pretrained rows come first if the run is stopped
-        scratch = RunContext.from_config(ctx.config.model_copy(update={
-            "teacher": ctx.config.teacher.model_copy(update=SCRATCH_TEACHER)}))
+        from alambic.config import TeacherConfig
+
+        teacher_config = TeacherConfig.model_validate({**ctx.config.teacher.model_dump(), **SCRATCH_TEACHER})
+        scratch = RunContext.from_config(ctx.config.model_copy(update={"teacher": teacher_config}))
         start = time.perf_counter()
         record = train_teacher(scratch, local=args.local)
         rows.insert(int(args.baseline), row("teacher from scratch (4 x 256 BERT)", record, None,

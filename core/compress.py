@@ -60,7 +60,6 @@ MODEL_DIR = "model"
 QUANT_DIR = "quantized"
 #: a quantized ONNX graph should predict as its fp32 source on at least this share of the test rows
 MIN_AGREEMENT = 0.99
-_TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.txt")
 
 
 @dataclass(frozen=True)
@@ -188,25 +187,17 @@ def _check_model_dir(model_dir: Path) -> None:
 
 def _load_inputs(ctx: Any, model_dir: Path) -> tuple[Any, Any, Any, str, str]:
     """(model, tokenizer, tokenized splits, tokenized key, where the tokenizer came from)."""
-    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+    from transformers import AutoModelForSequenceClassification
 
-    from alambic.data import tokenize_data, tokenized_key
-    from alambic.models import check_vocab, load_pretrained
+    from alambic.models import check_vocab, load_pretrained, own_tokenizer
 
     _check_model_dir(model_dir)
     model = load_pretrained(model_dir, AutoModelForSequenceClassification, config_key="--model").eval()
     data = ctx.prepared
-    if any((model_dir / name).is_file() for name in _TOKENIZER_FILES):
-        try:
-            tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
-        except (OSError, ValueError) as exc:
-            raise AlambicError(f"{model_dir}: its saved tokenizer cannot be loaded: {exc}") from None
-        max_length = ctx.config.tokenizer.max_length
-        tokenized = tokenize_data(data.raw, tokenizer, max_length, ctx.cache_dir, data.report.fingerprint,
-                                  progress=not ctx.quiet)
-        key, source = tokenized_key(data.report.fingerprint, tokenizer, max_length), str(model_dir)
-    else:
-        tokenizer, tokenized, key, source = data.tokenizer, data.tokenized, data.tokenized_key, "run"
+    tokenizer = own_tokenizer(model_dir, "--model")  # the folder's own, else the run's
+    source = "run" if tokenizer is None else str(model_dir)
+    tokenizer = tokenizer if tokenizer is not None else data.tokenizer
+    tokenized, key = ctx.tokenize(tokenizer)
     check_vocab(model, tokenizer)
     if model.config.num_labels != len(data.label_names):
         raise AlambicError(f"{model_dir} classifies into {model.config.num_labels} labels but the data has "

@@ -218,6 +218,7 @@ class StudentInit:
     tokenizer_from: str
     key: Any  # what enters the distill stage's key (content hashes, not paths)
     config_key: str = "--init"
+    name: str = "random"  # the init as the user wrote it (for the record)
 
 
 def student_init(ctx: Any, student_class: type, init: str | None, teacher: Any, sizes: dict[str, int]) -> StudentInit:
@@ -242,7 +243,7 @@ def student_init(ctx: Any, student_class: type, init: str | None, teacher: Any, 
                                f"(width, heads and FFN are the teacher's); remove {', '.join(extra)}")
         tokenizer = teacher.tokenizer()
         return StudentInit("teacher-layers", str(teacher.path), tokenizer, "the teacher",
-                           {"teacher-layers": sizes.get("layers", student_class.size.layers)}, where)
+                           {"teacher-layers": sizes.get("layers", student_class.size.layers)}, where, init)
     if init == "random":
         if student_class.default_init == "teacher-layers":
             raise AlambicError(f"{where}: student 'teacher-layers' starts from the teacher's layers; "
@@ -260,7 +261,7 @@ def student_init(ctx: Any, student_class: type, init: str | None, teacher: Any, 
         log.info("%s %s has no tokenizer of its own: student %s reads with the tokenizer section's", where, init, sid)
         tokenizer, origin = ctx.prepared.tokenizer, "the tokenizer section"
     return StudentInit("weights", folder, tokenizer, origin,
-                       {"weights": model_digest(folder), "tokenizer": tokenizer_fingerprint(tokenizer)}, where)
+                       {"weights": model_digest(folder), "tokenizer": tokenizer_fingerprint(tokenizer)}, where, init)
 
 
 def check_tokenizers(loss_classes: Sequence[type], init: StudentInit, teacher_tokenizer: Any) -> None:
@@ -328,7 +329,7 @@ def distill(ctx: Any, student_id: str, overrides: Mapping[str, Any] | None = Non
         extra = {"student": student_id, "sizes": sizes, "settings": settings.model_dump(),
                  "teacher": teacher.key, "teacher_test_accuracy": teacher.metrics["test"]["accuracy"],
                  "online_teacher": online, "donor": donor.key if donor else None,
-                 "init": start_from.kind if start_from.kind != "weights" else init_name(ctx, student_id, init),
+                 "init": start_from.name,
                  "tokenizer_from": start_from.tokenizer_from}
         return finish_model_folder(run, folder, start_from.tokenizer, tokenized, time.perf_counter() - start, extra)
 
@@ -340,8 +341,3 @@ def distill(ctx: Any, student_id: str, overrides: Mapping[str, Any] | None = Non
     ctx.pm.hook.alambic_after_distill(context=ctx, student=record)
     return record
 
-
-def init_name(ctx: Any, student_id: str, init: str | None) -> str:
-    """The init as the user wrote it (for the record)."""
-    search = ctx.config.search
-    return init or (search.student_init.get(student_id) if search else None) or "random"

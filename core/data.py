@@ -69,6 +69,7 @@ class DataReport:
     on_bad_row: Literal["error", "skip"] = "error"
     bad_rows: list[BadRow] = field(default_factory=list)  # the first MAX_BAD_ROWS_KEPT
     skipped: int = 0
+    skipped_in: dict[str, int] = field(default_factory=dict)  # file (or hub split) -> its skipped rows
     warnings: list[str] = field(default_factory=list)
     source_fingerprint: str | None = None  # set by sources whose data is not in config files
     fingerprint: str = ""  # data_fingerprint(), set by load_data
@@ -79,8 +80,24 @@ class DataReport:
         if self.on_bad_row == "error":
             raise DataError(f"{row} (set data.bad_rows: skip to drop such rows)")
         self.skipped += 1
+        self.skipped_in[row.file] = self.skipped_in.get(row.file, 0) + 1
         if len(self.bad_rows) < MAX_BAD_ROWS_KEPT:
             self.bad_rows.append(row)
+
+    def all_bad(self, file: str | os.PathLike[str]) -> DataError:
+        """The error for a file (or hub split) whose every row was skipped: how many, and the first as
+        error mode names it, so the user learns why without switching modes."""
+        file = str(file)
+        first = next((r for r in self.bad_rows if r.file == file), None)
+        named = f"; the first: {first}" if first else ""  # None past MAX_BAD_ROWS_KEPT
+        return DataError(f"{file}: all {self.skipped_in.get(file, 0)} row(s) are bad{named}")
+
+    @property
+    def skipped_warning(self) -> str | None:
+        """The warning a load gives about skipped rows; None when none was skipped."""
+        if not self.skipped:
+            return None
+        return f"skipped {self.skipped} bad row(s), first: {self.bad_rows[0]}"
 
     def warn(self, message: str) -> None:
         self.warnings.append(message)
@@ -100,12 +117,12 @@ def load_data(config: DataConfig, registry: Registry) -> tuple[DatasetDict, Data
     source = registry["datasets"].get(config.source)()
     report = DataReport(on_bad_row=config.bad_rows)
     with progress_bars(False):
-        raw = _checked(source.load(config, report), config.source)
+        raw = _checked(source.load(config, report), config.source, report)
         report.fingerprint = data_fingerprint(config, report.source_fingerprint)
         dsd = _complete_splits(raw, config.split, report)
         dsd = _subsample(dsd, config.subsample, config.split.seed)
-    if report.skipped:
-        report.warn(f"skipped {report.skipped} bad row(s), first: {report.bad_rows[0]}")
+    if report.skipped_warning:
+        report.warn(report.skipped_warning)
     _warn_empty_classes(dsd, report)
     _warn_cross_split_duplicates(dsd, report)
     return dsd, report
@@ -134,7 +151,7 @@ def load_golden(config: DataConfig, label_names: list[str]) -> Dataset | None:
     return golden
 
 
-def _checked(raw: Any, source_id: str) -> DatasetDict:
+def _checked(raw: Any, source_id: str, report: DataReport) -> DatasetDict:
     """The source's output, reduced to text/label; a clear error when it breaks the contract."""
     from datasets import ClassLabel, DatasetDict
 
@@ -153,7 +170,10 @@ def _checked(raw: Any, source_id: str) -> DatasetDict:
             raise DataError(f"{where}: split '{split}' has other label names than train")
         names = label.names
         if len(ds) == 0:
-            raise DataError(f"{where}: split '{split}' has no usable rows")
+            # which file a split came from is the source's to know: name the first bad row of all
+            why = (f"; {report.skipped} bad row(s) were skipped, the first: {report.bad_rows[0]}"
+                   if report.skipped else "")
+            raise DataError(f"{where}: split '{split}' has no usable rows{why}")
     return DatasetDict({s: raw[s].select_columns(["text", "label"]) for s in SPLITS if s in raw})
 
 
@@ -463,7 +483,8 @@ def describe_data(dsd: DatasetDict, report: DataReport, tokenizer: Any = None,
         "splits": splits,
         "label_names": names,
         "bad_rows": {"count": report.skipped, "first": [str(r) for r in report.bad_rows[:20]]},
-        "warnings": list(report.warnings),
+        # bad rows have their entry above, worded by data.bad_rows where shown: not a warning too
+        "warnings": [w for w in report.warnings if w != report.skipped_warning],
         "fingerprint": report.fingerprint,
     }
 

@@ -180,6 +180,8 @@ class LabelSet:
                 continue
             texts.append(row.text)
             ids.append(class_id)
+        if not texts and report.skipped_in.get(where):  # skip mode dropped every row: say why
+            raise report.all_bad(where)
         features = Features({"text": Value("string"), "label": ClassLabel(names=self.names)})
         return Dataset.from_dict({"text": texts, "label": ids}, features=features)
 
@@ -210,10 +212,10 @@ def read_rows(path: Path, config: DataConfig, report: DataReport) -> list[Row]:
         else:
             rows = _table_rows(path, lines, fmt, config, report)
     if not rows:
-        skipped = report.skipped - before
+        if report.skipped > before:
+            raise report.all_bad(path)
         blank = fmt != "parquet" and not path.read_bytes().removeprefix(_BOM).strip()
-        why = f"all {skipped} row(s) are bad" if skipped else "file is empty" if blank else "no data rows"
-        raise DataError(f"{path}: {why}")
+        raise DataError(f"{path}: {'file is empty' if blank else 'no data rows'}")
     return rows
 
 

@@ -137,6 +137,54 @@ def test_files_source_end_to_end_with_skipped_rows(tmp_path: Path) -> None:
     assert report.fingerprint == data_fingerprint(config)
 
 
+def test_run_whose_train_rows_are_all_bad_names_the_first_one(tmp_path: Path, write_config: Any) -> None:
+    """The user's path: a YAML run config opened as a run; skip mode leaves no row, the error says why."""
+    from alambic.run import RunContext
+
+    train = tmp_path / "train.tsv"
+    train.write_text("".join(f"{CHARS[i]}的新闻\t{i % 2 + 5}\n" for i in range(8)), encoding="utf-8")
+    config = {"name": "all-bad", "store": str(tmp_path / "artifacts"),
+              "data": {"train": "train.tsv", "header": False, "text_column": 0, "label_column": 1,
+                       "label_names": ["财经", "房产"], "bad_rows": "skip"},
+              "tokenizer": {"name_or_path": None}}
+    ctx = RunContext.open(write_config(config), quiet=True)
+    expected = rf"^{train}: all 8 row\(s\) are bad; the first: {train}:1: label '5' not in label names \[0=财经, 1=房产\]"
+    with pytest.raises(DataError, match=expected):
+        _ = ctx.prepared  # loading the data is what fails
+
+
+def test_source_left_with_bad_rows_only_names_the_first() -> None:
+    """A third-party source that skipped every row and returned an empty split: core names why."""
+
+    class BadOnlySource:
+        id = "bad-only"
+
+        def load(self, config: DataConfig, report: DataReport) -> DatasetDict:
+            report.source_fingerprint = "bad-only"
+            report.bad_row("reviews.db", 3, "no text")
+            report.bad_row("reviews.db", 4, "no label")
+            return DatasetDict({"train": dataset([], [], ["a", "b"])})
+
+    registry = Registry()
+    registry["datasets"].add(BadOnlySource)
+    expected = (r"^data source 'bad-only': split 'train' has no usable rows; 2 bad row\(s\) were skipped, "
+                r"the first: reviews.db:3: no text$")
+    with pytest.raises(DataError, match=expected):
+        load_data(DataConfig(source="bad-only", bad_rows="skip"), registry)
+
+
+def test_golden_file_of_bad_rows_only_names_the_first(tmp_path: Path) -> None:
+    from alambic.data import load_golden
+
+    golden = tmp_path / "golden.tsv"
+    golden.write_text("一\t娱乐\n二\t游戏\n", encoding="utf-8")
+    config = DataConfig(train="t", golden=str(golden), header=False, text_column=0, label_column=1,
+                        bad_rows="skip")
+    expected = rf"^{golden}: all 2 row\(s\) are bad; the first: {golden}:1: label '娱乐' not in label names"
+    with pytest.raises(DataError, match=expected):
+        load_golden(config, ["体育", "财经"])
+
+
 # --- fingerprints ----------------------------------------------------------------------------
 
 

@@ -226,8 +226,23 @@ def test_duplicate_label_name_is_named(tmp_path: Path) -> None:
 
 def test_all_rows_bad_in_skip_mode_is_an_error(tmp_path: Path) -> None:
     path = write(tmp_path, "t.tsv", "\t1\n \t2\n")
-    with pytest.raises(DataError, match=rf"^{path}: all 2 row\(s\) are bad"):
+    with pytest.raises(DataError, match=rf"^{path}: all 2 row\(s\) are bad; the first: {path}:1: empty text$"):
         load(train=path, text_column=0, label_column=1, bad_rows="skip")
+
+
+def test_every_label_unknown_names_the_first_bad_row_and_counts_all(tmp_path: Path) -> None:
+    # line 2 fails while reading, lines 3-4 once labels are checked: all three count, line 2 is named
+    path = write(tmp_path, "t.csv", "text,label\n ,pos\n好,x\n坏,y\n")
+    with pytest.raises(DataError, match=rf"^{path}: all 3 row\(s\) are bad; the first: {path}:2: empty text$"):
+        load(train=path, label_names=["pos", "neg"], bad_rows="skip")
+
+
+def test_validation_without_a_known_label_names_its_first_bad_row(tmp_path: Path) -> None:
+    valid = write(tmp_path, "v.jsonl", '{"text": "新闻", "label": 7}\n{"text": "又一则", "label": 8}\n')
+    expected = rf"^{valid}: all 2 row\(s\) are bad; the first: {valid}:1: label 7 not in label names \[0=0, 1=1\]$"
+    with pytest.raises(DataError, match=expected):
+        load(train=write(tmp_path, "t.jsonl", '{"text": "好", "label": 0}\n{"text": "坏", "label": 1}\n'),
+             validation=valid, bad_rows="skip")
 
 
 def test_unknown_extension_asks_for_format(tmp_path: Path) -> None:
@@ -275,6 +290,16 @@ def test_hf_source_unknown_split_lists_the_splits(monkeypatch: pytest.MonkeyPatc
                         split_names={"test": "testing"})
     with pytest.raises(DataError, match="no split 'testing'; splits: train, dev"):
         HFSource().load(config, DataReport())
+
+
+def test_hf_split_of_bad_rows_only_names_the_first(monkeypatch: pytest.MonkeyPatch) -> None:
+    _fake_hub(monkeypatch)
+    config = DataConfig(source="hf", dataset="someone/reviews", text_column="sentence", label_column="y",
+                        label_names=["bad", "good"], label_type="name", bad_rows="skip")
+    # row 3 (empty text) is found first, rows 1-2 once labels are checked: row 3 is where error mode stops
+    expected = r"^someone/reviews\[train\]: all 3 row\(s\) are bad; the first: someone/reviews\[train\]:3: empty text$"
+    with pytest.raises(DataError, match=expected):
+        HFSource().load(config, DataReport(on_bad_row="skip"))
 
 
 @pytest.fixture

@@ -4,7 +4,7 @@ The functions work on files and can be called from a notebook::
 
     fp32 = export_onnx(model, "model.onnx")
     int8_dynamic(fp32, "model.int8.onnx", per_channel=True)
-    int8_static(fp32, "model.qdq.onnx", validation, method="percentile")
+    int8_static(fp32, "model.qdq.onnx", train, method="percentile")
     to_fp16(fp32, "model.fp16.onnx")
     mixed_precision(fp32, "model.mixed.onnx", {"attention": "fp16", "ffn": "int8", "embeddings": "int8"})
     compare_logits(fp32, "model.int8.onnx", test, 2000)["argmax_agreement"]
@@ -13,7 +13,7 @@ Quantizer plugins (``alambic_register_quantizers``) wrap them: a class with an `
 ``runtime`` its output runs on, a frozen ``Options`` dataclass, and ``quantize``::
 
     Q = registry["quantizers"].get("static-int8")
-    result = Q.apply(QuantSource(model=model), {"method": "entropy"}, QuantContext(work_dir, validation))
+    result = Q.apply(QuantSource(model=model), {"method": "entropy"}, QuantContext(work_dir, train))
     result.runtime, result.files, result.report     # files: what a phone ships
 
 ``apply`` validates the options, exports the model to ONNX when no ONNX file is given, and writes
@@ -69,8 +69,11 @@ class QuantContext:
     """What a quantizer may use besides its source: a folder to write in, calibration data."""
 
     work_dir: Path
-    #: a tokenized validation Dataset (input_ids, attention_mask, maybe token_type_ids)
+    #: rows to calibrate on: the tokenized train split (input_ids, attention_mask, maybe
+    #: token_type_ids), never the validation rows the accuracy guard then scores the quantized model
+    #: on; calibrated on those, the model would be graded on the rows its ranges were fitted to
     calibration: Any = None
+    calibration_split: str = "train"  # which split ``calibration`` is, for the quantizer's report
     device: str = "cpu"  # for PyTorch work; ONNX Runtime quantization and calibration run on the CPU
     #: whether an ONNX graph exported here takes token_type_ids
     use_token_type_ids: bool = True
@@ -120,6 +123,9 @@ class Quantizer:
     runtime: ClassVar[str] = "onnxruntime"
     runtimes: ClassVar[tuple[str, ...]] = ()  # () = only ``runtime``
     Options: ClassVar[type] = NoOptions
+    #: options a former version had: name -> why it went, so that an old config fails with the
+    #: reason rather than "unknown option" (or, worse, silently gets what the option used to undo)
+    removed_options: ClassVar[Mapping[str, str]] = {}
 
     @classmethod
     def options(cls, given: Any = None) -> Any:
@@ -129,6 +135,8 @@ class Quantizer:
         given = dict(given or {})
         allowed = [f.name for f in dataclasses.fields(cls.Options)]
         for key in given:
+            if key in cls.removed_options:
+                raise AlambicError(f"quantizer '{cls.id}': option '{key}' was removed: {cls.removed_options[key]}")
             if key not in allowed:
                 raise AlambicError(
                     f"quantizer '{cls.id}': unknown option '{key}'{did_you_mean(key, allowed)}; "
@@ -203,15 +211,19 @@ def int8_dynamic(source: str | os.PathLike[str], out: str | os.PathLike[str], *,
 
 
 def int8_static(source: str | os.PathLike[str], out: str | os.PathLike[str], calibration: Any, *,
-                method: str = "minmax", per_channel: bool = False, reduce_range: bool = False,
-                examples: int = 256, batch_size: int = 16, sequence_length: int | None = None,
-                percentile: float = 99.999, histogram_bins: int = 2048, embeddings: bool = True) -> Path:
+                method: str = "minmax", per_channel: bool = True, reduce_range: bool = False,
+                examples: int = 256, seed: int = 0, batch_size: int = 16, percentile: float = 99.999,
+                histogram_bins: int = 2048, embeddings: bool = True) -> Path:
     """Static INT8 (ONNX Runtime, QDQ format): activation ranges calibrated on ``calibration``.
 
-    :param calibration: a tokenized Dataset (the validation split); its first ``examples`` rows,
-        in batches of ``batch_size`` padded to one ``sequence_length`` (None = the longest row).
+    :param calibration: a tokenized Dataset, the train split: not rows the result is then scored
+        on. ``examples`` of its rows, drawn at random with ``seed`` (:func:`calibration_sample`),
+        run without padding (:func:`calibration_batches`).
+    :param per_channel: one weight scale per output channel (default), rather than one per matrix,
+        which a single large weight would stretch for every channel.
     :param method: ``minmax`` (observed range), ``entropy`` (KL-optimal clipping), ``percentile``
         (clip at the ``percentile`` of absolute values).
+    :param batch_size: at most this many rows (all of one length) per calibration batch.
     :param histogram_bins: histogram resolution of entropy and percentile calibration; entropy's
         threshold search grows with its square (2048: ~20 s for a 2-layer toy, minutes for BERT).
 
@@ -223,12 +235,13 @@ def int8_static(source: str | os.PathLike[str], out: str | os.PathLike[str], cal
 
     choice("static int8", "method", method, CALIBRATION_METHODS)
     out = Path(out)
-    reader = calibration_reader(source, calibration, examples, batch_size, sequence_length)
+    sample = calibration_sample(calibration, examples, seed)
+    groups = calibration_batches(source, calibration.select(sample), batch_size)
     ops = ["MatMul", "Gemm"] + (["Gather"] if embeddings else [])
     cache = out.with_suffix(".calibration.json")  # the activation ranges: how this file was made
     cache.unlink(missing_ok=True)
     with _shapes_inferred(source) as source, _quiet_quantizer():
-        calibrate(source, reader, method, cache, percentile=percentile, bins=histogram_bins, op_types=ops)
+        calibrate(source, groups, method, cache, percentile=percentile, bins=histogram_bins, op_types=ops)
         quantize_static(str(source), str(out), None, quant_format=QuantFormat.QDQ,
                         op_types_to_quantize=ops, per_channel=per_channel, reduce_range=reduce_range,
                         activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
@@ -272,9 +285,17 @@ def _method(name: str) -> Any:
             "percentile": CalibrationMethod.Percentile}[name]
 
 
-def calibrate(source: str | os.PathLike[str], reader: Any, method: str, cache: str | os.PathLike[str], *,
-              percentile: float = 99.999, bins: int = 2048, op_types: list[str] | None = None) -> Path:
+def calibrate(source: str | os.PathLike[str], groups: list[list[dict[str, Any]]], method: str,
+              cache: str | os.PathLike[str], *, percentile: float = 99.999, bins: int = 2048,
+              op_types: list[str] | None = None) -> Path:
     """Run ``source`` over the calibration batches and save each tensor's range to ``cache`` (JSON).
+
+    ``groups`` as :func:`calibration_batches` makes them: one ``collect_data`` per group, as the
+    histogram calibrators stack a call's tensors with ``np.asarray``, which needs one shape. Both
+    calibrators carry what they saw from call to call: MinMax merges the ranges (exactly), the
+    histograms are added up, widened at their first bin width when a later group goes further;
+    so a histogram may end with more than ``bins`` bins (finer, and entropy's search slower: up
+    to 1.6x the bins on the toy of the tests).
 
     Done here rather than inside ``quantize_static``, which builds its entropy calibrator with 128
     histogram bins for 128 quantized bins: then the only threshold it can try is the full range
@@ -283,7 +304,18 @@ def calibrate(source: str | os.PathLike[str], reader: Any, method: str, cache: s
     """
     import tempfile
 
-    from onnxruntime.quantization import create_calibrator, save_tensors_data
+    from onnxruntime.quantization import (
+        CalibrationDataReader,
+        create_calibrator,
+        save_tensors_data,
+    )
+
+    class Reader(CalibrationDataReader):
+        def __init__(self, batches: list[dict[str, Any]]) -> None:
+            self.batches = iter(batches)
+
+        def get_next(self) -> dict[str, Any] | None:
+            return next(self.batches, None)
 
     if method != "minmax" and bins < 512:
         raise AlambicError(f"{method} calibration needs at least 512 histogram bins, got {bins}")
@@ -292,49 +324,63 @@ def calibrate(source: str | os.PathLike[str], reader: Any, method: str, cache: s
     with tempfile.TemporaryDirectory(prefix="alambic-calib-") as tmp, _quiet_quantizer():
         calibrator = create_calibrator(Path(source), op_types, augmented_model_path=str(Path(tmp) / "aug.onnx"),
                                        calibrate_method=_method(method), extra_options=extra)
-        calibrator.collect_data(reader)
+        for batches in groups:
+            calibrator.collect_data(Reader(batches))
         ranges = calibrator.compute_data()
         del calibrator  # holds a session on the augmented model, in tmp
     save_tensors_data(ranges, str(cache))
     return Path(cache)
 
 
-def calibration_reader(model: str | os.PathLike[str], dataset: Any, examples: int, batch_size: int,
-                       sequence_length: int | None) -> Any:
-    """An ONNX Runtime ``CalibrationDataReader`` over ``dataset``: equal-shape int64 batches.
+def calibration_sample(dataset: Any, examples: int, seed: int = 0) -> list[int]:
+    """Which rows of ``dataset`` calibrate: ``examples`` of them drawn at random with ``seed``, in order.
 
-    Every batch has the same shape, (``batch_size``, ``sequence_length``): the histogram
-    calibrators (entropy, percentile) stack each tensor's values across batches with
-    ``np.asarray``, which fails on ragged shapes. The last partial batch is dropped; rows longer
-    than ``sequence_length`` are cut.
+    Not the first rows: a train file is often sorted (by class, by source), and its first rows
+    would then be one kind of text. All rows when there are fewer than ``examples``.
+    """
+    import numpy as np
+
+    if dataset is None or len(dataset) == 0:
+        raise AlambicError("static INT8 needs calibration data: give QuantContext(calibration=the train split)")
+    drawn = np.random.default_rng(seed).choice(len(dataset), size=min(examples, len(dataset)), replace=False)
+    return sorted(drawn.tolist())
+
+
+def calibration_batches(model: str | os.PathLike[str], dataset: Any, batch_size: int) -> list[list[dict[str, Any]]]:
+    """The rows of ``dataset`` as int64 batches for ``model``, without padding: groups of batches,
+    one group per row length, most tokens first; at most ``batch_size`` rows in a batch.
+
+    A padded position is still computed by every layer (the attention mask only hides it from the
+    other tokens), so padding would put activations of [PAD] into every calibrated range, more of
+    them the longer a batch's longest row. Batching rows of one length needs no padding at all and
+    keeps the batches whole, where batch size 1 would run every row alone; a dataset tokenized with
+    padding is cut back to each row's attention mask first. Most tokens first: the first group
+    sets the histograms' bin width (see :func:`calibrate`), and the most activations give the
+    range nearest the final one (in a split truncated at max_length, the group of that length).
     """
     import numpy as np
     import onnx
-    from onnxruntime.quantization import CalibrationDataReader
 
-    if dataset is None or len(dataset) == 0:
-        raise AlambicError("static INT8 needs calibration data: give QuantContext(calibration=validation split)")
-    rows = dataset.select(range(min(len(dataset), examples)))
-    batch_size = min(batch_size, len(rows))
     inputs = [i.name for i in onnx.load(str(model), load_external_data=False).graph.input]
-    columns = {name: rows[name] for name in inputs if name in rows.column_names}
-    width = sequence_length or max(len(r) for r in columns["input_ids"])
+    by_length: dict[int, list[dict[str, list[int]]]] = {}
+    for row in dataset.select_columns([name for name in inputs if name in dataset.column_names]):
+        row = _unpadded(row, inputs)
+        by_length.setdefault(len(row["input_ids"]), []).append(row)
+    by_length.pop(0, None)  # a row of padding only: nothing to calibrate on
+    order = sorted(by_length, key=lambda length: (length * len(by_length[length]), length), reverse=True)
+    return [[{name: np.array([r[name] for r in rows[lo:lo + batch_size]], dtype=np.int64) for name in inputs}
+             for lo in range(0, len(rows), batch_size)]
+            for rows in (by_length[length] for length in order)]
 
-    def padded(key: str, start: int) -> np.ndarray:
-        if key not in columns:  # no token_type_ids column: single sentences, all segment 0
-            return np.zeros((batch_size, width), dtype=np.int64)
-        values = [list(r[:width]) for r in columns[key][start:start + batch_size]]
-        return np.array([r + [0] * (width - len(r)) for r in values], dtype=np.int64)
 
-    class Reader(CalibrationDataReader):
-        def __init__(self) -> None:
-            self.starts = iter(range(0, len(rows) - batch_size + 1, batch_size))
-
-        def get_next(self) -> dict[str, np.ndarray] | None:
-            start = next(self.starts, None)
-            return None if start is None else {name: padded(name, start) for name in inputs}
-
-    return Reader()
+def _unpadded(row: dict[str, list[int]], inputs: list[str]) -> dict[str, list[int]]:
+    """``row`` cut to the positions its attention mask keeps (left or right padding), with every input."""
+    kept = [i for i, m in enumerate(row.get("attention_mask") or [1] * len(row["input_ids"])) if m]
+    out = {name: [row[name][i] for i in kept] for name in inputs if name in row}
+    out["attention_mask"] = [1] * len(kept)
+    for name in inputs:  # no token_type_ids column: single sentences, all segment 0
+        out.setdefault(name, [0] * len(kept))
+    return {name: out[name] for name in inputs}
 
 
 def to_fp16(source: str | os.PathLike[str], out: str | os.PathLike[str], *, keep_io_types: bool = True,

@@ -6,8 +6,9 @@ id            what                                                        runtim
 dynamic-int8  int8 weights of linear layers (and embeddings), activations  onnxruntime (default), or
               quantized per batch at run time; on ONNX Runtime, of the    pytorch (needs torchao)
               graph fused by its transformer optimizer (``graph: fused``)
-static-int8   int8 weights and activations, QDQ format, activation ranges  onnxruntime
-              calibrated on validation batches (minmax/entropy/percentile)
+static-int8   int8 weights (per channel) and activations, QDQ format,      onnxruntime
+              ranges calibrated on a sample of train rows, unpadded
+              (minmax/entropy/percentile)
 fp16          half-precision weights and arithmetic; for GPU/NPU targets   onnxruntime
 mixed         a precision per module kind: attention, ffn, embeddings      onnxruntime
 ============  ==========================================================  ==========================
@@ -18,7 +19,7 @@ Each class only adapts a function of :mod:`alambic.quantization`, which does the
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, ClassVar
 
 import alambic
 from alambic.errors import AlambicError
@@ -29,6 +30,7 @@ from alambic.quantization import (
     Quantized,
     Quantizer,
     QuantSource,
+    calibration_sample,
     choice,
     int8_dynamic,
     int8_dynamic_torch,
@@ -39,6 +41,7 @@ from alambic.quantization import (
 )
 
 if TYPE_CHECKING:
+    from collections.abc import Mapping
     from pathlib import Path
 
     from alambic.registry import KindRegistry
@@ -136,12 +139,16 @@ class StaticInt8Options:
     method: str = "minmax"  # minmax | entropy | percentile: how activation ranges are chosen
     percentile: float = 99.999  # with method percentile: the clipping percentile of |activation|
     histogram_bins: int = 2048  # entropy/percentile histogram resolution (>= 512); entropy's cost ~ its square
-    per_channel: bool = False
+    # one weight scale per output channel: one per matrix is set by its largest weight, and the
+    # channels of small weights then keep only a few of the 256 levels
+    per_channel: bool = True
     reduce_range: bool = False  # 7-bit weights, for CPUs without VNNI
     embeddings: bool = True  # int8 embedding tables too
-    examples: int = 256  # validation rows used for calibration
-    batch_size: int = 16
-    sequence_length: int | None = None  # every calibration batch is padded to it; None = longest row
+    # train rows drawn at random to calibrate on (QuantContext.calibration); not the first rows,
+    # which in a file sorted by class are all one class
+    examples: int = 256
+    seed: int = 0  # of that draw
+    batch_size: int = 16  # at most this many rows, all of one length, per batch: no padding
 
     def __post_init__(self) -> None:
         who = "quantizer 'static-int8'"
@@ -153,25 +160,33 @@ class StaticInt8Options:
         for name in ("examples", "batch_size"):
             if getattr(self, name) < 1:
                 raise AlambicError(f"{who}: {name} must be >= 1, got {getattr(self, name)!r}")
+        if self.seed < 0:  # numpy's generator refuses it, less clearly
+            raise AlambicError(f"{who}: seed must be >= 0, got {self.seed!r}")
 
 
 class StaticInt8(Quantizer):
-    """Static INT8 in QDQ format, ranges calibrated on validation batches, for ONNX Runtime."""
+    """Static INT8 in QDQ format, ranges calibrated on a sample of train rows, for ONNX Runtime."""
 
     id = "static-int8"
     runtime = "onnxruntime"
     Options = StaticInt8Options
+    removed_options: ClassVar[Mapping[str, str]] = {
+        "sequence_length": "calibration batches are no longer padded (each holds rows of one length), "
+                           "so that [PAD] activations stay out of the activation ranges",
+    }
 
     @classmethod
     def quantize(cls, source: QuantSource, options: StaticInt8Options, context: QuantContext) -> Quantized:
+        rows = calibration_sample(context.calibration, options.examples, options.seed)  # the rows int8_static draws
         fp32 = source.onnx_path(context)
         out = int8_static(fp32, context.work_dir / "model.int8-static.onnx", context.calibration,
                           method=options.method, per_channel=options.per_channel,
-                          reduce_range=options.reduce_range, examples=options.examples,
-                          batch_size=options.batch_size, sequence_length=options.sequence_length,
-                          percentile=options.percentile, histogram_bins=options.histogram_bins,
-                          embeddings=options.embeddings)
-        return _onnx_result(fp32, out)
+                          reduce_range=options.reduce_range, examples=options.examples, seed=options.seed,
+                          batch_size=options.batch_size, percentile=options.percentile,
+                          histogram_bins=options.histogram_bins, embeddings=options.embeddings)
+        calibration = {"split": context.calibration_split, "rows": len(rows), "of": len(context.calibration),
+                       "seed": options.seed, "indices": rows}
+        return _onnx_result(fp32, out, {"calibration": calibration})
 
 
 # --- FP16 -----------------------------------------------------------------------------------

@@ -20,7 +20,6 @@ from onnx import TensorProto
 from alambic.errors import AlambicError
 from alambic.onnx_export import compare_logits, export_onnx, file_bytes, optimize_onnx
 from alambic.quantization import (
-    calibration_reader,
     int8_dynamic,
     int8_dynamic_torch,
     int8_static,
@@ -133,25 +132,80 @@ def test_static_int8_needs_calibration_data(fp32, tmp_path):
         int8_static(fp32, tmp_path / "q.onnx", None)
 
 
-def test_calibration_batches_all_have_one_shape(fp32):
-    data = tiny_data().select(range(40))
-    reader = calibration_reader(fp32, data, examples=40, batch_size=16, sequence_length=None)
-    batches = list(iter(reader.get_next, None))
-    longest = max(data["length"])
-    assert len(batches) == 2  # the last 8 rows would make a smaller batch: dropped
-    for batch in batches:
-        assert set(batch) == {"input_ids", "attention_mask", "token_type_ids"}
-        assert {v.shape for v in batch.values()} == {(16, longest)}
-        assert all(v.dtype == np.int64 for v in batch.values())
-    first = batches[0]["input_ids"][0]
-    assert list(first[:data[0]["length"]]) == data[0]["input_ids"] and not first[data[0]["length"]:].any()
+def padded(data, width: int, left: bool = False):
+    """``data`` as a tokenizer with ``padding="max_length"`` gives it: [PAD] ids, mask 0, segment 0."""
+
+    def pad(row):
+        extra = width - len(row["input_ids"])
+        return {k: [0] * extra + row[k] if left else row[k] + [0] * extra
+                for k in ("input_ids", "attention_mask", "token_type_ids")}
+
+    return data.map(pad)
 
 
-def test_calibration_rows_are_cut_and_missing_segments_are_zero(fp32):
+def ranges(cache) -> dict[str, tuple[float, ...]]:
+    """The activation ranges of a calibration cache (``*.calibration.json``)."""
+    from onnxruntime.quantization import load_tensors_data
+
+    return {name: tuple(np.ravel(d.range_value).tolist()) for name, d in load_tensors_data(cache).data.items()}
+
+
+def by_label(data):
+    """``data`` sorted by label, as train files often are (Dataset.sort warns in pyarrow 25)."""
+    return data.select(np.argsort(data["label"], kind="stable").tolist())
+
+
+@pytest.mark.parametrize("method", ["minmax", "percentile"])
+def test_padding_does_not_change_the_calibrated_ranges(fp32, tmp_path, method):
+    """A padded position runs through every layer (the mask only hides it from the other tokens), so
+    padding would put [PAD] activations into every range: the same rows padded more must calibrate the same."""
+    rows = tiny_data().select(range(32))
+    found = {}
+    for name, data in {"unpadded": rows, "right": padded(rows, 40), "left": padded(rows, 40, left=True)}.items():
+        int8_static(fp32, tmp_path / f"{name}.onnx", data, method=method, histogram_bins=512)
+        found[name] = ranges(tmp_path / f"{name}.calibration.json")
+    assert found["right"] == found["unpadded"] and found["left"] == found["unpadded"]
+
+
+def test_calibration_batches_hold_rows_of_one_length_without_padding(fp32):
+    from alambic.quantization import calibration_batches
+
+    data = tiny_data()
+    groups = calibration_batches(fp32, padded(data, 24), batch_size=2)
+    seen = []
+    for group in groups:
+        assert len({batch["input_ids"].shape[1] for batch in group}) == 1  # one length per group
+        for batch in group:
+            assert set(batch) == {"input_ids", "attention_mask", "token_type_ids"}
+            assert all(v.dtype == np.int64 and v.shape == batch["input_ids"].shape for v in batch.values())
+            assert len(batch["input_ids"]) <= 2 and batch["attention_mask"].all()  # no padding anywhere
+            seen += [row.tolist() for row in batch["input_ids"]]
+    assert sorted(seen) == sorted(data["input_ids"])  # every row once, cut back to its own length
+    lengths = [group[0]["input_ids"].shape[1] for group in groups]
+    assert sorted(lengths) == sorted(set(data["length"]))
+    tokens = [sum(batch["input_ids"].size for batch in group) for group in groups]
+    assert tokens == sorted(tokens, reverse=True)  # the group with the most activations first
+
+
+def test_missing_segments_are_zero(fp32):
+    from alambic.quantization import calibration_batches
+
     data = tiny_data().remove_columns(["token_type_ids"])
-    batch = calibration_reader(fp32, data, examples=8, batch_size=8, sequence_length=5).get_next()
-    assert batch["input_ids"].shape == (8, 5)
-    assert not batch["token_type_ids"].any()
+    for group in calibration_batches(fp32, data, batch_size=8):
+        for batch in group:
+            assert batch["token_type_ids"].shape == batch["input_ids"].shape and not batch["token_type_ids"].any()
+
+
+def test_the_calibration_sample_is_seeded_and_spread_over_the_split():
+    """Train files are often sorted (by class here): the first rows would all be one label."""
+    from alambic.quantization import calibration_sample
+
+    data = by_label(tiny_data())
+    sample = calibration_sample(data, 12, seed=0)
+    assert sample == calibration_sample(data, 12, seed=0) != calibration_sample(data, 12, seed=1)
+    assert len(set(sample)) == 12 and sample == sorted(sample) and sample != list(range(12))
+    assert len({data[i]["label"] for i in sample}) == 3
+    assert calibration_sample(data, 1000, seed=0) == list(range(len(data)))  # fewer rows than asked: all
 
 
 # --- FP16 and mixed -------------------------------------------------------------------------

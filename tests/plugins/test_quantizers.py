@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import sys
 
+import onnx
 import pytest
 
 from alambic.errors import AlambicError
@@ -18,7 +19,8 @@ from alambic.manager import build_registry, get_plugin_manager
 from alambic.onnx_export import compare_logits, export_onnx
 from alambic.plugins.quantizers import DynamicInt8, Fp16, Mixed, StaticInt8
 from alambic.quantization import QuantContext, QuantSource
-from tests.core.test_onnx_export import tiny_classifier, tiny_data
+from tests.core.test_onnx_export import SIZE, tiny_classifier, tiny_data
+from tests.core.test_quantization import by_label
 
 QUANTIZERS = build_registry(get_plugin_manager(env={}))["quantizers"]
 
@@ -94,6 +96,31 @@ def test_static_int8_without_calibration_data(fp32, tmp_path):
         StaticInt8.apply(fp32, {}, QuantContext(work_dir=tmp_path))
 
 
+def test_static_int8_defaults_to_per_channel_weights_and_a_sample_of_train_rows(fp32, tmp_path):
+    """Calibrated on a seeded random sample of the train split (the validation rows are the guard's),
+    with one weight scale per output channel; the report says which rows."""
+    from alambic.quantization import calibration_sample
+
+    train = by_label(tiny_data(96, seed=2))  # recognizable: not the rows of tiny_data(), sorted by class
+    options = StaticInt8.options()
+    assert options.per_channel and options.seed == 0
+    result = StaticInt8.apply(fp32, {"examples": 12}, QuantContext(work_dir=tmp_path, calibration=train))
+    indices = calibration_sample(train, 12, seed=0)
+    assert result.report["calibration"] == {"split": "train", "rows": 12, "of": 96, "seed": 0, "indices": indices}
+    assert len({train[i]["label"] for i in indices}) == 3  # not the first 12 rows: one class
+    scales = [t for t in onnx.load(str(result.files[0])).graph.initializer if t.name.endswith("_scale")]
+    assert any(list(t.dims) == [SIZE["ffn"]] for t in scales), "one scale per output channel"
+    record = json.loads((tmp_path / "quantization.json").read_text(encoding="utf-8"))
+    assert record["calibration"]["split"] == "train" and record["options"]["per_channel"] is True
+
+
+def test_static_int8_reports_the_split_it_was_given(fp32, tmp_path):
+    context = QuantContext(work_dir=tmp_path, calibration=tiny_data(), calibration_split="unlabeled")
+    result = StaticInt8.apply(fp32, {"examples": 8, "seed": 3}, context)
+    assert result.report["calibration"]["split"] == "unlabeled"
+    assert result.report["calibration"]["seed"] == 3 and result.report["calibration"]["rows"] == 8
+
+
 def test_a_context_is_required(fp32):
     with pytest.raises(AlambicError, match="QuantContext"):
         Fp16.apply(fp32, {})
@@ -104,6 +131,9 @@ def test_a_context_is_required(fp32):
     (StaticInt8, {"method": "kl"}, "method must be one of minmax, entropy, percentile"),
     (StaticInt8, {"histogram_bins": 128}, "histogram_bins must be >= 512"),
     (StaticInt8, {"percentile": 0}, "percentile must be in"),
+    (StaticInt8, {"examples": 0}, "examples must be >= 1"),
+    (StaticInt8, {"seed": -1}, "seed must be >= 0"),
+    (StaticInt8, {"sequence_length": 128}, "'sequence_length' was removed: calibration batches are no longer padded"),
     (DynamicInt8, {"runtime": "tflite"}, "runtime must be one of"),
     (DynamicInt8, {"runtime": "pytorch", "embeddings": True}, "runtime onnxruntime only"),
     (Mixed, {"ffn": "int4"}, "ffn must be one of int8, fp16, fp32"),

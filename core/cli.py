@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import sys
+import time
 from pathlib import Path
 from typing import Annotated, Literal
 
@@ -27,8 +28,15 @@ data_app = typer.Typer(help="Look at the data a config points to.", no_args_is_h
 app.add_typer(config_app, name="config")
 app.add_typer(data_app, name="data")
 
-console = Console()
-errors = Console(stderr=True)
+def _console(stderr: bool = False) -> Console:
+    """Rich's console on a terminal; written to a file (CI, nohup, a cluster job's log), tables at
+    their natural width rather than cut to 80 columns ("0.78…", "robe…")."""
+    found = Console(stderr=stderr)
+    return found if found.is_terminal else Console(stderr=stderr, width=1000)
+
+
+console = _console()
+errors = _console(stderr=True)
 
 
 class State:
@@ -158,12 +166,19 @@ def _print_data_summary(summary: dict) -> None:
         labels.add_row(f"{i} {name}", *(f"{s['labels'].get(name, 0):,}" for s in splits.values()))
     console.print(labels)
     bad = summary["bad_rows"]
-    stops = bad["count"] and bad["policy"] == "error"
-    console.print(f"bad rows: {bad['count']}" + (
-        " (the run stops at the first one: data.bad_rows is 'error')" if stops
-        else " (skipped: data.bad_rows is 'skip')" if bad["count"] else ""))
-    for row in bad["first"]:
+    # inspection reads past every bad row; say what a run does with them, as data.bad_rows says
+    if not bad["count"]:
+        console.print("bad rows: 0")
+    elif bad["policy"] == "error":
+        console.print(f"bad rows: {bad['count']}, the run stops at the first one (data.bad_rows is 'error'): "
+                      f"{bad['first'][0]}", highlight=False, markup=False)
+    else:
+        console.print(f"bad rows: {bad['count']} skipped (data.bad_rows is 'skip'), the first: {bad['first'][0]}",
+                      highlight=False, markup=False)
+    for row in bad["first"] if bad["count"] > 1 else []:  # one bad row is named above already
         console.print(f"  {row}", highlight=False, markup=False)
+    if bad["count"] > len(bad["first"]) > 1:
+        console.print(f"  ... and {bad['count'] - len(bad['first']):,} more")
     for warning in summary["warnings"]:
         console.print(f"[yellow]warning:[/yellow] {_escape(warning)}")
 
@@ -291,7 +306,7 @@ def search_command(
         ctx.config = ctx.config.model_copy(update={"ray": ctx.config.ray.model_copy(update={"address": address})})
     live = _SearchTable(quiet=State.quiet or as_json)
     with live:
-        result = search(ctx, resume=resume, on_row=live.add, on_start=live.start)
+        result = search(ctx, resume=resume, on_row=live.add, on_start=live.start, on_timed=live.timed)
     if as_json:
         print(json.dumps({"results": result.path, "counts": result.counts, "rows": result.rows},
                          ensure_ascii=False, indent=2, default=str))
@@ -305,28 +320,36 @@ def search_command(
 
 
 def _candidates_table(rows: list[dict], title: str) -> Table:
-    table = Table(title=title)
-    for column in ("candidate", "student", "settings", "pruning", "quant", "accuracy", "size MB", "p50 ms",
-                   "front", "status"):
+    table = Table(title=title, caption="val acc: validation, what every choice uses; test acc: reported only; "
+                  "latency: timed after the search, one candidate at a time")
+    for column in ("candidate", "student", "settings", "pruning", "quant", "val acc", "test acc", "size MB",
+                   "p50 ms", "front", "status"):
         table.add_column(column)
     for r in rows:
         ok = r["status"] == "ok"
         table.add_row(r["candidate_id"], r["student"], r["settings"], r["pruning"], r["quantization"],
-                      f"{r['accuracy']:.4f}" if ok else "-", f"{r['size_mb']:.2f}" if ok else "-",
-                      f"{r['latency_p50_ms']:.2f}" if ok and r.get("latency_p50_ms") is not None else "-",
+                      _figure(r.get("val_accuracy"), ".4f"), _figure(r.get("test_accuracy"), ".4f"),
+                      _figure(r.get("size_mb"), ".2f"), _figure(r.get("latency_p50_ms"), ".2f"),
                       "*" if r.get("on_front") else "",
                       "ok" if ok else f"[red]failed[/red]: {_escape(str(r.get('error'))[:80])}")
     return table
 
 
+def _figure(value: object, spec: str) -> str:
+    return "-" if value is None else format(value, spec)
+
+
 class _SearchTable:
-    """A live table of finished candidates while the search runs (nothing when quiet)."""
+    """Finished candidates while the search runs: a live table on a terminal; written to a file, one
+    line per candidate (a log shows progress, not an hour of silence). Nothing when quiet."""
 
     def __init__(self, quiet: bool) -> None:
         self.quiet, self.rows, self.live, self.plan = quiet, [], None, {}
+        self.lines = not console.is_terminal
+        self.started = time.monotonic()
 
     def __enter__(self) -> _SearchTable:
-        if not self.quiet:
+        if not self.quiet and not self.lines:
             from rich.live import Live
 
             self.live = Live(self._render(), console=console, refresh_per_second=2, transient=True)
@@ -339,16 +362,33 @@ class _SearchTable:
 
     def start(self, plan: dict) -> None:
         self.plan = plan
+        self.started = time.monotonic()
         if not self.quiet:
             console.print(f"search {plan['name']}: {plan['algorithm']}, {plan['candidates']} candidate(s), "
                           f"{plan['max_concurrent'] or 'as many as the cluster grows to'} at a time, each trial {plan['trial_resources']}"
                           f"{' (resuming)' if plan['resume'] else ''}; Tune state in {plan['storage']}",
                           highlight=False)
+            for note in plan.get("notes", []):
+                console.print(f"  {note}", highlight=False, markup=False)
         self._refresh()
 
     def add(self, row: dict) -> None:
         self.rows.append(row)
+        if self.lines and not self.quiet:
+            console.print(progress_line(len(self.rows), self.plan.get("candidates", "?"), row,
+                                        time.monotonic() - self.started), highlight=False, markup=False)
         self._refresh()
+
+    def timed(self, n: int, total: int, row: dict) -> None:
+        """A candidate timed in the serial pass after the trials."""
+        if self.quiet:
+            return
+        if self.live is not None:
+            self.live.__exit__(None, None, None)  # the trials are done: the live table gives way to lines
+            self.live = None
+        console.print(f"timed {n}/{total} {row['candidate_id']}: p50 {_figure(row.get('latency_p50_ms'), '.2f')} ms, "
+                      f"p90 {_figure(row.get('latency_p90_ms'), '.2f')} ms @ {row.get('latency_threads')} thread(s), "
+                      f"model memory {_figure(row.get('model_mem_mb'), ',.1f')} MB", highlight=False, markup=False)
 
     def _render(self) -> Table:
         total = self.plan.get("candidates", "?")
@@ -357,6 +397,13 @@ class _SearchTable:
     def _refresh(self) -> None:
         if self.live is not None:
             self.live.update(self._render())
+def progress_line(n: int, total: object, row: dict, elapsed: float) -> str:
+    """One finished candidate as a log line: n/N, id, student, pruning, quantizer, validation
+    accuracy, size, status, time since the search started."""
+    status = "ok" if row["status"] == "ok" else f"failed: {str(row.get('error'))[:200]}"
+    return (f"candidate {n}/{total} {row['candidate_id']} {row['student']} pruning={row['pruning']} "
+            f"quant={row['quantization']} val_acc={_figure(row.get('val_accuracy'), '.4f')} "
+            f"size={_figure(row.get('size_mb'), '.2f')}MB {status} elapsed={elapsed:.0f}s")
 
 
 def _print_model_record(what: str, path: Path, metrics: dict, reused: bool) -> None:
@@ -400,6 +447,10 @@ def compare(
 
 RunArgument = Annotated[str, typer.Argument(metavar="RUN", help=(
     "The run config (YAML), or a run directory <store>/<run name>/ holding the search's results.parquet."))]
+ToleranceOption = Annotated[float | None, typer.Option(min=0, max=100, help=(
+    "Validation accuracies within this many points (1.0 = one percentage point) count as equal, and the "
+    "smaller, then faster, wins. Default: the config's select.accuracy_tolerance, else one standard error "
+    "(about 1.1 points at 41% on 2,000 rows); 0 = rank by the last digit."))]
 
 
 @app.command()
@@ -407,26 +458,33 @@ def front(
     run: RunArgument,
     all_rows: Annotated[bool, typer.Option("--all", help="Every candidate, failed ones too, not only the front.")] = False,
     plot: Annotated[Path | None, typer.Option(help=(
-        "Also draw test accuracy against size, coloured by latency p50, the front joined and its knee "
-        "named, into this PNG, e.g. --plot front.png."))] = None,
+        "Also draw validation accuracy (± one standard error) against size, coloured by latency p50, test "
+        "accuracy beside it (reported only), the front joined and its knee named, into this PNG, e.g. "
+        "--plot front.png."))] = None,
+    accuracy_tolerance: ToleranceOption = None,
     as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
 ) -> None:
     """The Pareto front of a search: the candidates that no other beats on every objective.
 
-    Objectives: the config's search.objectives when RUN is a config, else accuracy (max), size_mb
-    (min) and latency_p50_ms (min). Only candidates with status ok are ranked; * marks the knee
-    (the best compromise) and crowding says how isolated a point is on its front.
+    Objectives: the config's search.objectives when RUN is a config, else val_accuracy (max),
+    size_mb (min) and latency_p50_ms (min): every choice is made on the validation split, test
+    accuracy is shown beside it and only reported. Only candidates with status ok are ranked; *
+    marks the knee (the best compromise, where accuracies within the tolerance count as equal, as
+    in select) and crowding says how isolated a point is on its front.
     """
-    from alambic.front import format_front, front_rows, load_results, mark_front, plot_front, resolve_run
+    from alambic.front import format_front, front_rows, front_tolerance, load_results, mark_front, plot_front
+    from alambic.front import resolve_run
 
     target = resolve_run(run)
-    df = mark_front(load_results(target), target.objectives)
+    tolerance = target.select.accuracy_tolerance if accuracy_tolerance is None else accuracy_tolerance
+    df = mark_front(load_results(target), target.objectives, tolerance)
     if plot is not None:
         plot_front(df, plot)
     if as_json:
         print(json.dumps({"run": target.store.uri, "objectives": [{"metric": m, "mode": mode} for m, mode in
-                          target.objectives], "rows": front_rows(df, all_rows=all_rows),
-                          "plot": str(plot) if plot else None}, ensure_ascii=False, indent=2))
+                          target.objectives], "chosen_on": "validation", "accuracy_tolerance": front_tolerance(df),
+                          "rows": front_rows(df, all_rows=all_rows), "plot": str(plot) if plot else None},
+                         ensure_ascii=False, indent=2))
         return
     console.print(format_front(df, all_rows=all_rows))
     if plot is not None:
@@ -442,16 +500,20 @@ def select(
     max_size_mb: Annotated[float | None, typer.Option(help="Largest shipped size, MB.")] = None,
     max_latency_ms: Annotated[float | None, typer.Option(help=(
         "Slowest phone latency, ms (latency_p90_ms x --phone-latency-factor)."))] = None,
-    min_accuracy: Annotated[float | None, typer.Option(help="Lowest test accuracy, a fraction (0.9 = 90%).")] = None,
+    min_accuracy: Annotated[float | None, typer.Option(help=(
+        "Lowest validation accuracy (val_accuracy), a fraction (0.9 = 90%)."))] = None,
     phone_latency_factor: Annotated[float | None, typer.Option(help=(
         "Phone latency = the CPU-measured latency_p90_ms x this. Default 1.0: the CPU figure stands in "
         "for the phone's; measure one model on the device and set phone p90 / CPU p90."))] = None,
+    accuracy_tolerance: ToleranceOption = None,
     as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
 ) -> None:
     """Choose the candidate to ship for a device tier or explicit limits; write selected.json.
 
-    Among the candidates meeting every limit, the most accurate wins (tie: the smaller, then the
-    faster). With no flag: the config's select section when RUN is a config, else --tier high;
+    Among the candidates meeting every limit, the most accurate on validation wins, but not by its
+    last digit: those within --accuracy-tolerance of it count as equally accurate, and among them
+    the smaller, then the faster, wins; the reasons say which rule decided. Test accuracy is only
+    reported. With no flag: the config's select section when RUN is a config, else --tier high;
     flags replace that section (--tier with --max-* flags needs both). The choice goes to
     <run dir>/selected.json. Exit code 2 when nothing qualifies, with the three nearest candidates
     and what each misses.
@@ -466,6 +528,8 @@ def select(
             else target.select.model_dump())
     if phone_latency_factor is not None:
         spec["phone_latency_factor"] = phone_latency_factor
+    # how to rank, not a limit: the config's value holds unless the flag replaces it
+    spec["accuracy_tolerance"] = target.select.accuracy_tolerance if accuracy_tolerance is None else accuracy_tolerance
     selection = choose(load_results(target), spec, objectives=target.objectives, registry=target.registry)
     if as_json:
         print(json.dumps(selection.to_dict(), ensure_ascii=False, indent=2))
@@ -589,7 +653,8 @@ def run(path: Annotated[Path, typer.Argument(help="The run config (YAML).")], lo
                 status.update(f"step {index + 1}/{total}: {name}")
             console.print(f"[bold]step {index + 1}/{total}[/bold]: {name}")
 
-        result = run_pipeline(ctx, local=local, on_step=on_step, on_row=live.add, on_search_start=live.start)
+        result = run_pipeline(ctx, local=local, on_step=on_step, on_row=live.add, on_search_start=live.start,
+                              on_timed=live.timed)
     if live.live is not None:
         live.__exit__(None, None, None)
     _print_run(ctx, result)

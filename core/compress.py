@@ -16,7 +16,7 @@ The loop, in two stages of the store::
         model, tokenizer = load(model_dir)          # the folder's tokenizer, else the run's
         for step in steps:                          # guarded: kept, retried at half, or reverted
             model = Pruner.apply(model, options, PruneContext(validation, train, tokenizer))
-            (after vocabulary pruning: the splits are remapped, the tokenizer is the pruned one)
+            (after vocabulary pruning: the raw splits are tokenized again by the pruned tokenizer)
             (recover_epochs: then distilled from the run's teacher's cached logits, before the guard)
         save model/                                 # safetensors + the pruned model's tokenizer
     compress stage (stages/<key>/), keyed by the prune stage, quantizer, options, guard, measuring:
@@ -47,7 +47,7 @@ from alambic.config import PruningStep
 from alambic.errors import AlambicError
 from alambic.guard import GuardDecision, describe_options, format_decisions, guarded_step
 from alambic.measure import DEFAULT_LENGTHS, Measurement, format_measurements, vocab_files
-from alambic.store import stable_hash
+from alambic.store import inside, stable_hash
 
 if TYPE_CHECKING:
     from rich.table import Table
@@ -71,6 +71,16 @@ class MeasureSettings:
     runs: int = 50
     warmup: int = 10
     memory: bool = True  # peak RSS in a child process
+
+
+#: how a search's trials measure: accuracy and size only; latency and memory come from the serial
+#: pass after the search (alambic.search), not from a trial timed beside other trials
+SCORES_ONLY = MeasureSettings(lengths=(), memory=False)
+
+
+def _timing(measure: MeasureSettings) -> Any:
+    """What a stage's key holds of the settings: without timing, none of them changes its result."""
+    return measure if measure.lengths else "scores only"
 
 
 @dataclass
@@ -273,35 +283,47 @@ def _prune(ctx: Any, folder: Path, model: Any, tokenizer: Any, tokenized: Any, s
     summary, reports = [], []
     logits = functools.cache(lambda: recovery_logits(ctx))  # read once, only if a step recovers
 
-    def apply(Pruner: Any, options: Any, context: Any, step: PruningStep) -> Any:
+    def apply(Pruner: Any, options: Any, context: Any, step: PruningStep) -> tuple[Any, dict[str, Any]]:
         result = Pruner.apply(model, options, context)
+        its = in_vocabulary(ctx, result, splits)
         if step.recover_epochs:
             log.info("%s: %d epoch(s) of recovery distillation", step_label(step), step.recover_epochs)
             with progress_bar(f"recovery {step_label(step)}", enabled=not ctx.quiet) as progress:
-                metrics = recover(result.model, result.remap(splits["train"]), result.remap(splits["validation"]),
-                                  logits(), ctx.config.distill, step.recover_epochs, progress)
+                metrics = recover(result.model, its["train"], its["validation"], logits(), ctx.config.distill,
+                                  step.recover_epochs, progress)
             result.report["recovery"] = {"epochs": step.recover_epochs, "validation": metrics}
-        return result
+        return result, its
 
     for step, Pruner, opts in zip(steps, pruners, options, strict=True):
         context = PruneContext(validation=splits["validation"], train=splits["train"], tokenizer=tokenizer)
-        result, made = guarded_step(
+        found, made = guarded_step(
             apply=lambda o, P=Pruner, c=context, s=step: apply(P, o, c, s),
-            evaluate=lambda r: evaluate(r.model, r.remap(splits["validation"]))["accuracy"],
+            evaluate=lambda found: evaluate(found[0].model, found[1]["validation"])["accuracy"],
             options=opts, half=Pruner.half, accuracy_before=accuracy, max_drop=guard.max_drop,
-            retries=guard.retries, name=step_label(step), plugin=Pruner.id, on_decision=on_decision)
+            retries=guard.retries, name=step_label(step), plugin=Pruner.id, on_decision=on_decision,
+            start_accuracy=start_accuracy, max_total_drop=guard.total_budget)
         decisions += made
         summary.append({"step": step_label(step), "outcome": final_outcome(made)})
-        if result is not None:
+        if found is not None:
+            result, splits = found
             model, accuracy = result.model, made[-1].accuracy_after
-            if result.token_map is not None:  # the data in the new vocabulary, the new tokenizer
-                splits = {name: result.remap(split) for name, split in splits.items()}
+            if result.token_map is not None:
                 tokenizer = result.tokenizer
             reports.append(result.report)
     model.save_pretrained(folder / MODEL_DIR)  # safetensors
     tokenizer.save_pretrained(folder / MODEL_DIR)  # the pruned model's own vocabulary
     return {"steps": summary, "decisions": [d.to_dict() for d in decisions], "pruning": reports,
             "validation_accuracy": {"before": start_accuracy, "after": accuracy}}
+
+
+def in_vocabulary(ctx: Any, result: Any, splits: Mapping[str, Any]) -> dict[str, Any]:
+    """``splits`` as the pruned model reads them. After vocabulary pruning, the raw texts tokenized
+    again by the pruned tokenizer, as the shipped tokenizer will: a word it cannot spell becomes one
+    [UNK], where remapping the old ids would give one [UNK] per lost piece and judge another input."""
+    if result.token_map is None:
+        return dict(splits)
+    tokenized, _ = ctx.tokenize(result.tokenizer)
+    return {name: tokenized[name] for name in splits}
 
 
 def recovery_inputs(ctx: Any) -> dict[str, Any]:
@@ -350,7 +372,7 @@ def compress(ctx: Any, model_dir: str | Path, steps: Sequence[PruningStep], quan
     guard = ctx.config.guard
     inputs = {"stage": "compress", "model": model_digest(model_dir), "data": ctx.prepared.tokenized_key,
               "pruned": pruned.key, "quant": quant, "quant_options": describe_options(quant_opts),
-              "guard": guard.model_dump(), "measure": measure}
+              "guard": guard.model_dump(), "measure": _timing(measure)}
     key = stable_hash(inputs)[:32]
 
     def build(folder: Path) -> dict[str, Any]:
@@ -370,7 +392,8 @@ def compress(ctx: Any, model_dir: str | Path, steps: Sequence[PruningStep], quan
     result = CompressRecord(
         key=key, path=path, decisions=[GuardDecision.from_dict(d) for d in record["decisions"]],
         before=Measurement.from_dict(record["before"]), after=Measurement.from_dict(record["after"]),
-        artifact=path / record["artifact"], runtime=record["runtime"], agreement=record.get("agreement"),
+        artifact=inside(path, record["artifact"], source=f"{path}/{RECORD_FILE}", key="artifact"),
+        runtime=record["runtime"], agreement=record.get("agreement"),
         reused=reused, record=record, prune_key=pruned.key, prune_reused=pruned.reused)
     log.info("compress %s %s: %s; test accuracy %.4f -> %.4f", key[:12], "reused" if reused else "built",
              ", ".join(f"{s['step']} {s['outcome']}" for s in record["steps"]) or "nothing",
@@ -389,18 +412,20 @@ def _quantize_and_measure(ctx: Any, folder: Path, model_dir: Path, pruned: Prune
     guard = ctx.config.guard
     shutil.copytree(pruned.model_dir, folder / MODEL_DIR)  # the stage ships whole: export reads it alone
     model, _, tokenized, _, _ = _load_inputs(ctx, folder / MODEL_DIR)
-    accuracy = evaluate(model, tokenized["validation"])["accuracy"]  # in the pruned model's own vocabulary
+    scores = evaluate(model, tokenized["validation"])  # in the pruned model's own vocabulary
+    student = pruned.record.get("validation_accuracy", {}).get("before", scores["accuracy"])
     decisions = [GuardDecision.from_dict(d) for d in pruned.record["decisions"]]
     summary = list(pruned.record["steps"])
     runtime, artifact, quant_report, agreement, quantized = "pytorch", MODEL_DIR, None, None, None
     if Quantizer is not None:
         source = QuantSource(model=model)
-        quantized, made = _quantize(source, Quantizer, quant_opts, folder / QUANT_DIR, tokenized["validation"],
-                                    accuracy, guard, measure.threads, on_decision)
+        quantized, made, kept_scores = _quantize(
+            source, Quantizer, quant_opts, folder / QUANT_DIR, tokenized, scores["accuracy"], student, guard,
+            measure.threads, on_decision)
         decisions += made
         summary.append({"step": f"quant:{Quantizer.id}", "outcome": final_outcome(made)})
         if quantized is not None:
-            accuracy = made[-1].accuracy_after
+            scores = kept_scores
             runtime = quantized.runtime
             shipped = _onnx_file(quantized) if runtime == "onnxruntime" else quantized.files[0]
             artifact = relative_path(shipped, folder)
@@ -411,11 +436,12 @@ def _quantize_and_measure(ctx: Any, folder: Path, model_dir: Path, pruned: Prune
 
     before, after = _measure(folder, model_dir, lambda: measure_input(ctx, model_dir, measure), tokenized["test"],
                              runtime=runtime, artifact=folder / artifact, quantized=quantized, measure=measure)
-    validation = pruned.record.get("validation_accuracy", {})
     return {
         "steps": summary, "decisions": [d.to_dict() for d in decisions], "pruning": pruned.record["pruning"],
         "quantization": quant_report, "guard": guard.model_dump(),
-        "validation_accuracy": {"before": validation.get("before", accuracy), "after": accuracy},
+        # the shipped artifact on validation, in its runtime: what the search's choices are made on
+        "validation": {k: scores[k] for k in ("accuracy", "macro_f1", "examples")},
+        "validation_accuracy": {"before": student, "after": scores["accuracy"]},
         "runtime": runtime, "artifact": artifact,
         "before": before.to_dict(), "after": after.to_dict(),
         "before_headline": before.headline(), "after_headline": after.headline(),
@@ -423,32 +449,43 @@ def _quantize_and_measure(ctx: Any, folder: Path, model_dir: Path, pruned: Prune
     }
 
 
-def _quantize(source: Any, Quantizer: Any, opts: Any, work_dir: Path, validation: Any, accuracy: float,
-              guard: Any, threads: int, on_decision: Any) -> tuple[Any, list[GuardDecision]]:
-    """The quantization step under the guard: no half strength, so kept or reverted."""
+def _quantize(source: Any, Quantizer: Any, opts: Any, work_dir: Path, tokenized: Any, accuracy: float,
+              student: float, guard: Any, threads: int, on_decision: Any,
+              ) -> tuple[Any, list[GuardDecision], dict[str, Any]]:
+    """The quantization step under the guard: no half strength, so kept or reverted. Calibrated on
+    train rows, judged on validation; returns the result, the decisions and its validation scores."""
     from alambic.quantization import QuantContext
 
-    context = QuantContext(work_dir=work_dir, calibration=validation)
+    validation = tokenized["validation"]
+    context = QuantContext(work_dir=work_dir, calibration=tokenized["train"])  # never the rows it is judged on
+    scored: dict[str, Any] = {}
 
     def apply(o: Any) -> Any:
         return Quantizer.apply(source, o, context)  # exports source.onnx into work_dir once
 
     def score(result: Any) -> float:
-        if result.runtime == "onnxruntime":
-            from alambic.measure import onnx_evaluate
-            from alambic.onnx_export import ort_session
-
-            return onnx_evaluate(ort_session(_onnx_file(result), threads), validation)["accuracy"]
-        from alambic.training import evaluate
-
-        return evaluate(result.model, validation)["accuracy"]
+        scored.update(artifact_scores(result, validation, threads))
+        return scored["accuracy"]
 
     result, made = guarded_step(apply, score, opts, half=lambda o: None, accuracy_before=accuracy,
                                 max_drop=guard.max_drop, retries=guard.retries, name=f"quant:{Quantizer.id}",
-                                plugin=Quantizer.id, on_decision=on_decision)
+                                plugin=Quantizer.id, on_decision=on_decision, start_accuracy=student,
+                                max_total_drop=guard.total_budget)
     if result is None:
         shutil.rmtree(work_dir, ignore_errors=True)  # a reverted quantization ships nothing
-    return result, made
+    return result, made, scored
+
+
+def artifact_scores(quantized: Any, split: Any, threads: int) -> dict[str, Any]:
+    """Accuracy, macro-F1 and row count of a quantizer's result on ``split``, in its runtime."""
+    if quantized.runtime == "onnxruntime":
+        from alambic.measure import onnx_evaluate
+        from alambic.onnx_export import ort_session
+
+        return onnx_evaluate(ort_session(_onnx_file(quantized), threads), split)
+    from alambic.training import evaluate
+
+    return evaluate(quantized.model, split)
 
 
 def _onnx_file(quantized: Any) -> Path:
@@ -485,7 +522,7 @@ def measure_input(ctx: Any, model_dir: Path, measure: MeasureSettings) -> Measur
     from alambic.measure import measure_pytorch
 
     key = stable_hash({"stage": "measure", "model": model_digest(model_dir), "data": ctx.prepared.tokenized_key,
-                       "measure": measure})[:32]
+                       "measure": _timing(measure)})[:32]
 
     def build(folder: Path) -> dict[str, Any]:
         _, _, tokenized, _, _ = _load_inputs(ctx, model_dir)

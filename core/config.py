@@ -201,10 +201,22 @@ class PruningStep(Section):
 
 class Objective(Section):
     metric: Literal[
-        "accuracy", "macro_f1", "size_mb", "latency_p50_ms", "latency_p90_ms", "peak_mem_mb", "model_mem_mb",
+        "val_accuracy", "val_macro_f1", "size_mb", "latency_p50_ms", "latency_p90_ms", "peak_mem_mb", "model_mem_mb",
         "params"
     ]
     mode: Literal["max", "min"]
+
+    @field_validator("metric", mode="before")
+    @classmethod
+    def _on_validation(cls, value: Any) -> Any:
+        # the test split must stay an unbiased estimate of the shipped model: it never chooses
+        if value in ("accuracy", "macro_f1"):
+            raise ValueError(f"choices are made on the validation split: write val_{value} (was {value!r}, the "
+                             "test split's figure; test_accuracy is reported only, never an objective)")
+        if isinstance(value, str) and value.startswith("test_"):
+            raise ValueError(f"{value} is reported only, never an objective: choices are made on the "
+                             f"validation split; write val_{value.removeprefix('test_')}")
+        return value
 
 
 class Resources(Section):
@@ -284,7 +296,7 @@ class SearchConfig(Section):
     trials: int = Field(16, ge=1, le=100_000)
     objectives: list[Objective] = Field(
         default_factory=lambda: [
-            Objective(metric="accuracy", mode="max"),
+            Objective(metric="val_accuracy", mode="max"),
             Objective(metric="size_mb", mode="min"),
             Objective(metric="latency_p50_ms", mode="min"),
         ],
@@ -315,7 +327,15 @@ class SearchConfig(Section):
 
 class GuardConfig(Section):
     max_drop: float = Field(1.0, ge=0, le=100, description="accuracy points a step may cost")
+    max_total_drop: float | None = Field(
+        None, ge=0, le=100, description="accuracy points the whole chain (every pruning step and the quantizer) "
+        "may cost against the distilled student; null = max_drop")
     retries: int = Field(2, ge=0, le=10, description="retries at half strength before reverting")
+
+    @property
+    def total_budget(self) -> float:
+        """Points the chain may cost in all (``max_total_drop``, else ``max_drop``)."""
+        return self.max_drop if self.max_total_drop is None else self.max_total_drop
 
 
 class SelectConfig(Section):
@@ -323,9 +343,16 @@ class SelectConfig(Section):
     tier: Literal["high", "mid", "low"] | None = None
     max_size_mb: float | None = Field(None, gt=0)
     max_latency_ms: float | None = Field(None, gt=0)
-    min_accuracy: float | None = Field(None, ge=0, le=1)
+    min_accuracy: float | None = Field(
+        None, ge=0, le=1, description="lowest val_accuracy, a fraction (0.9 = 90%): every choice is made on the "
+        "validation split; test accuracy is only reported")
     phone_latency_factor: float = Field(
         1.0, gt=0, description="phone latency = CPU-measured p90 x this factor (measure it on a device)")
+    accuracy_tolerance: float | None = Field(
+        None, ge=0, le=100, description="accuracy points within which two qualifying candidates' val_accuracy "
+        "count as equal, the smaller (then faster) winning: 0.2 point on 2,000 rows is noise. null = one "
+        "standard error of the most accurate qualifier, sqrt(p(1-p)/val_examples); 0 = exact ranking. In "
+        "points, not a fraction: 1.0 = one percentage point")
 
 
 class ExportConfig(Section):

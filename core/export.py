@@ -210,8 +210,36 @@ class ExportSource:
     def artifact(self) -> Path | None:
         """The quantized file the candidate ships (an ONNX graph, a state dict), if any."""
         name = self.record.get("artifact")
-        path = self.stage_dir / name if name else None
+        path = self.stage_path(name, "artifact") if name else None
         return path if path is not None and path.is_file() else None
+
+    @property
+    def quantization_source(self) -> Path | None:
+        """The fp32 graph the candidate was quantized from, if the stage still holds it."""
+        name = self.quantization.get("source")
+        path = self.stage_path(name, "quantization.source") if name else None
+        return path if path is not None and path.is_file() else None
+
+    def stage_path(self, value: Any, key: str) -> Path:
+        """A path record.json gives at ``key``, checked to lie inside the stage folder."""
+        from alambic.compress import RECORD_FILE
+        from alambic.store import inside
+
+        return inside(self.stage_dir, value, source=f"{self.stage_dir}/{RECORD_FILE}", key=key)
+
+
+def check_record_paths(stage_dir: Path, record: Mapping[str, Any]) -> None:
+    """Every path a compress record holds (``artifact``, ``quantization.source``, ``.files``) is
+    relative and inside ``stage_dir``; else UnsafePathError naming record.json, the key and the value."""
+    from alambic.compress import RECORD_FILE
+    from alambic.store import inside
+
+    quant = record.get("quantization") or {}
+    named = [("artifact", record.get("artifact")), ("quantization.source", quant.get("source")),
+             *((f"quantization.files[{i}]", f) for i, f in enumerate(quant.get("files") or []))]
+    for key, value in named:
+        if value is not None:
+            inside(stage_dir, value, source=f"{stage_dir}/{RECORD_FILE}", key=key)
 
 
 def load_source(stage_dir: str | Path, *, test_split: Any = None, recipe: Mapping[str, Any] | None = None,
@@ -226,6 +254,7 @@ def load_source(stage_dir: str | Path, *, test_split: Any = None, recipe: Mappin
         raise AlambicError(f"{stage} is not a compress stage folder: expected {MODEL_DIR}/config.json and "
                            f"{RECORD_FILE} (as `alambic compress` writes them), or a save_pretrained folder")
     record = json.loads((stage / RECORD_FILE).read_text(encoding="utf-8")) if (stage / RECORD_FILE).is_file() else {}
+    check_record_paths(stage, record)  # a tampered record fails here, before any work
     config = json.loads((model_dir / "config.json").read_text(encoding="utf-8"))
     labels = [str(name) for _, name in sorted((int(i), n) for i, n in (config.get("id2label") or {}).items())]
     tokenizer = _tokenizer(model_dir)
@@ -400,13 +429,11 @@ def tokenization_note(tokenizer: Any, max_length: int) -> str:
 
 def bundle_readme(source: ExportSource, exported: Mapping[str, Exported], failed: Mapping[str, Failure]) -> str:
     """The app developer's page: what each folder holds, the interface, tokenization, the checks."""
-    after = source.record.get("after_headline") or {}
     lines = [f"# {source.metadata.get('description') or 'Text classifier'}", "",
              f"Labels ({len(source.labels)}): {', '.join(source.labels)}. Inputs up to {source.max_length} tokens.",
              ""]
-    if after:
-        lines += [f"Measured in {source.runtime} on the test split: accuracy {after.get('accuracy', 0):.4f}, "
-                  f"{after.get('size_mb', 0):.2f} MB, p50 latency {after.get('latency_p50_ms') or 0:.2f} ms.", ""]
+    measured = measured_line(source)
+    lines += [measured, ""] if measured else []
     lines += ["## Tokenization", "", tokenization_note(source.tokenizer, source.max_length), ""]
     for name, result in exported.items():
         lines += [f"## {name}/", ""]
@@ -426,6 +453,22 @@ def bundle_readme(source: ExportSource, exported: Mapping[str, Exported], failed
         lines += ["See `examples/ios/README.md` in alambic for Swift: tokenization, prediction and an "
                   "`MLUpdateTask` on `UpdatableClassifier.mlmodel`.", ""]
     return "\n".join(lines)
+
+
+def measured_line(source: ExportSource) -> str:
+    """What the shipped artifact scored, each figure named by its split, and its latency where it
+    was timed (the search's timing pass, in the results row; else the compress stage's own)."""
+    after, row = source.record.get("after_headline") or {}, source.recipe
+    validation = source.record.get("validation") or {}
+    parts = [f"validation accuracy {validation['accuracy']:.4f}"] if validation.get("accuracy") is not None else []
+    parts += [f"test accuracy {after['accuracy']:.4f}"] if after.get("accuracy") is not None else []
+    parts += [f"{after['size_mb']:.2f} MB"] if after.get("size_mb") is not None else []
+    timed = row if row.get("latency_p50_ms") is not None else after
+    if timed.get("latency_p50_ms") is not None:
+        threads = timed.get("latency_threads") or timed.get("threads")
+        text = f"p50 latency {timed['latency_p50_ms']:.2f} ms" + (f" at {int(threads)} thread(s)" if threads else "")
+        parts.append(text + (f" on {row['latency_machine']}" if timed is row and row.get("latency_machine") else ""))
+    return f"Measured in {source.runtime}: {', '.join(parts)}." if parts else ""
 
 
 def _specs(spec: Mapping[str, Any]) -> list[tuple[str, Mapping[str, Any]]]:
@@ -501,7 +544,8 @@ def resolve_stage(store: Store, *, candidate: str | None = None, stage: str | Pa
         raise AlambicError(f"candidate {candidate} has status {row.get('status')!r} and no compress stage to export")
     if selected is not None:  # why it was chosen belongs to how it was made
         row["selected"] = {k: selected.get(k) for k in ("policy", "summary", "selected_at")}
-    return store.local_path(str(row["stage"])), row
+    return store.record_path(row["stage"], source=f"{store.uri}/results.parquet (candidate {candidate})",
+                             key="stage"), row
 
 
 def _results_row(store: Store, candidate: str) -> dict[str, Any]:
@@ -522,4 +566,5 @@ def _results_row(store: Store, candidate: str) -> dict[str, Any]:
 
 
 __all__ = ["Check", "DEFAULT_FORMATS", "ExportResult", "ExportSource", "Exported", "Exporter", "Failure",
-           "export_stage", "format_verification", "load_source", "resolve_stage", "size_check"]
+           "check_record_paths", "export_stage", "format_verification", "load_source", "resolve_stage",
+           "size_check"]

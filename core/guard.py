@@ -1,15 +1,18 @@
 """The accuracy guard: a compression step is kept only if it costs at most ``max_drop`` points.
 
-``guard: {max_drop: 1.0, retries: 2}`` in the run config. After a pruning or quantization step the
-model is evaluated on the validation split; when its accuracy falls more than ``max_drop`` points
-below the step's input, the step is tried again at half strength, up to ``retries`` times, and
-then given up (*reverted*: the step's input goes on unchanged)::
+``guard: {max_drop: 1.0, max_total_drop: 1.0, retries: 2}`` in the run config. After a pruning or
+quantization step the model is evaluated on the validation split; when its accuracy falls more than
+``max_drop`` points below the step's input, or more than ``max_total_drop`` points below the chain's
+start (the distilled student: k steps that each cost ``max_drop`` must not add up to k times it), the
+step is tried again at half strength, up to ``retries`` times, and then given up (*reverted*: the
+step's input goes on unchanged)::
 
     result, decisions = guarded_step(
         apply=lambda options: Pruner.apply(model, options, context),
         evaluate=lambda result: accuracy(result.model),
         options=Pruner.options(0.5), half=Pruner.half,
-        accuracy_before=0.91, max_drop=1.0, retries=2, name="heads:0.5", plugin="heads")
+        accuracy_before=0.91, max_drop=1.0, retries=2, name="heads:0.5", plugin="heads",
+        start_accuracy=0.915, max_total_drop=1.0)   # the chain's budget: at least 0.905 after
     # decisions: one per attempt; outcome "retried" (too costly, tried again at half strength),
     # "kept" (this attempt is the step's result) or "reverted" (too costly, no retry left)
 
@@ -49,9 +52,11 @@ class GuardDecision:
     accuracy_before: float  # validation accuracy of the step's input (fraction)
     accuracy_after: float  # validation accuracy of this attempt's result (fraction)
     drop_points: float  # 100 * (before - after); negative when accuracy rose
-    max_drop: float  # the budget, in points
+    max_drop: float  # the step's budget, in points
     outcome: Outcome
     note: str = ""
+    total_drop_points: float | None = None  # 100 * (chain start - after): what the chain has cost so far
+    max_total_drop: float | None = None  # the chain's budget, in points
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -91,8 +96,8 @@ def strength_of(options: Any) -> float | None:
 
 def guarded_step(apply: Callable[[Options], Result], evaluate: Callable[[Result], float], options: Options,
                  half: Callable[[Options], Options | None], accuracy_before: float, max_drop: float,
-                 retries: int, name: str, *, plugin: str = "",
-                 on_decision: Callable[[GuardDecision], None] | None = None,
+                 retries: int, name: str, *, plugin: str = "", start_accuracy: float | None = None,
+                 max_total_drop: float | None = None, on_decision: Callable[[GuardDecision], None] | None = None,
                  ) -> tuple[Result | None, list[GuardDecision]]:
     """Apply a step under the guard; return its result (None when reverted) and every decision.
 
@@ -104,6 +109,8 @@ def guarded_step(apply: Callable[[Options], Result], evaluate: Callable[[Result]
     :param accuracy_before: validation accuracy of the step's input (a fraction).
     :param max_drop: accuracy points (0-100 scale) the step may cost.
     :param retries: attempts at half strength after the first, at most.
+    :param start_accuracy: validation accuracy where the chain of steps began (the distilled
+        student); with ``max_total_drop``, the result must also stay within that many points of it.
     :param on_decision: called with each decision as it is made (printing, logging).
 
     Errors raised by ``apply`` or ``evaluate`` propagate: a step that cannot run is a mistake in
@@ -111,29 +118,34 @@ def guarded_step(apply: Callable[[Options], Result], evaluate: Callable[[Result]
     """
     if retries < 0:
         raise ValueError(f"retries must be >= 0, got {retries}")
-    if max_drop < 0:
-        raise ValueError(f"max_drop must be >= 0, got {max_drop}")
+    if max_drop < 0 or (max_total_drop is not None and max_total_drop < 0):
+        raise ValueError(f"max_drop and max_total_drop must be >= 0, got {max_drop}, {max_total_drop}")
+    total = max_total_drop is not None and start_accuracy is not None
     decisions: list[GuardDecision] = []
     attempt = 0
     while True:
         result = apply(options)
         after = float(evaluate(result))
         drop = 100.0 * (accuracy_before - after)
-        weaker = half(options) if attempt < retries and drop > max_drop + _EPS else None
-        if drop <= max_drop + _EPS:
+        total_drop = 100.0 * (start_accuracy - after) if total else None
+        costs = f"costs {drop:.2f} pt" + (f" ({total_drop:.2f} pt for the chain)" if total else "")
+        over = _over_budget(drop, max_drop, total_drop, max_total_drop)
+        weaker = half(options) if attempt < retries and over else None
+        if not over:
             outcome: Outcome = "kept"
-            note = f"costs {drop:.2f} pt <= {max_drop:g}"
+            note = f"{costs}, within {max_drop:g}" + (f" and {max_total_drop:g} for the chain" if total else "")
         elif weaker is not None:
             outcome = "retried"
-            note = f"costs {drop:.2f} pt > {max_drop:g}: retrying at half strength"
+            note = f"{costs}: {over}; retrying at half strength"
         else:
             outcome = "reverted"
             why = "no retry left" if attempt >= retries else "no weaker setting"
-            note = f"costs {drop:.2f} pt > {max_drop:g}, {why}: step reverted"
+            note = f"{costs}: {over}, {why}: step reverted"
         decision = GuardDecision(step=name, plugin=plugin, attempt=attempt, strength=strength_of(options),
                                  options=describe_options(options), accuracy_before=float(accuracy_before),
                                  accuracy_after=after, drop_points=drop, max_drop=float(max_drop),
-                                 outcome=outcome, note=note)
+                                 outcome=outcome, note=note, total_drop_points=total_drop,
+                                 max_total_drop=float(max_total_drop) if total else None)
         decisions.append(decision)
         log.info("guard %s (%s, attempt %d): accuracy %.4f -> %.4f, %s", name, plugin or "?", attempt,
                  accuracy_before, after, note)
@@ -144,6 +156,15 @@ def guarded_step(apply: Callable[[Options], Result], evaluate: Callable[[Result]
         if outcome == "reverted":
             return None, decisions
         options, attempt = weaker, attempt + 1
+
+
+def _over_budget(drop: float, max_drop: float, total_drop: float | None, max_total_drop: float | None) -> str:
+    """Which budget a step overran ("" when within both)."""
+    if drop > max_drop + _EPS:
+        return f"over the step's budget of {max_drop:g} pt"
+    if total_drop is not None and max_total_drop is not None and total_drop > max_total_drop + _EPS:
+        return f"over the chain's budget of {max_total_drop:g} pt (guard.max_total_drop)"
+    return ""
 
 
 def final_outcome(decisions: Iterable[GuardDecision]) -> str:
@@ -162,11 +183,11 @@ def format_decisions(decisions: Iterable[GuardDecision | Mapping[str, Any]], tit
     from rich.markup import escape
     from rich.table import Table
 
-    table = Table(title=title, caption="accuracy on the validation split; drop in points, "
-                  "budget = guard.max_drop")
+    table = Table(title=title, caption="accuracy on the validation split; drop in points against the step's "
+                  "input / guard.max_drop; chain: against the distilled student / guard.max_total_drop")
     for header, justify in (("step", "left"), ("plugin", "left"), ("try", "right"), ("strength", "right"),
                             ("acc before", "right"), ("acc after", "right"), ("drop pt", "right"),
-                            ("outcome", "left")):
+                            ("chain pt", "right"), ("outcome", "left")):
         table.add_column(header, justify=justify)
     colour = {"kept": "green", "retried": "yellow", "reverted": "red"}
     for d in decisions:
@@ -174,6 +195,7 @@ def format_decisions(decisions: Iterable[GuardDecision | Mapping[str, Any]], tit
         strength = "-" if d.strength is None else f"{d.strength:.4g}"
         table.add_row(escape(d.step), escape(d.plugin), str(d.attempt), strength, f"{d.accuracy_before:.4f}",
                       f"{d.accuracy_after:.4f}", f"{d.drop_points:+.2f} / {d.max_drop:g}",
+                      "-" if d.total_drop_points is None else f"{d.total_drop_points:+.2f} / {d.max_total_drop:g}",
                       f"[{colour[d.outcome]}]{d.outcome}[/{colour[d.outcome]}]")
     return table
 

@@ -32,6 +32,12 @@ def describe() -> dict[str, object]:
             "os": f"{platform.system()} {platform.release()}", "python": platform.python_version()}
 
 
+def identity() -> dict[str, object]:
+    """What makes a timing this machine's: :func:`describe` and the host's name. A measurement
+    keyed by it is never reused on another machine as if it had been made there."""
+    return describe() | {"host": platform.node()}
+
+
 def summary() -> str:
     d = describe()
     return f"{d['cpu']}, {d['cores']} cores, {d['memory_gib']} GiB, {d['os']}, Python {d['python']}"

@@ -333,7 +333,7 @@ def _check(dataset: Any, lengths: Sequence[int]) -> list[int]:
     if dataset is None or len(dataset) == 0:
         raise AlambicError("measuring accuracy needs a tokenized split with rows (the test split)")
     lengths = sorted({int(n) for n in lengths})
-    if not lengths or lengths[0] < 2:
+    if lengths and lengths[0] < 2:  # none: accuracy and size only (a search times its candidates later)
         raise AlambicError(f"latency lengths must be integers >= 2, got {list(lengths)}")
     return lengths
 
@@ -376,7 +376,7 @@ def measure_pytorch(model_dir: str | os.PathLike[str], dataset: Any, lengths: Se
     with torch_threads(threads):
         latency = {str(n): latency_ms(model, n, runs, warmup) for n in lengths}
         scores = evaluate(model, dataset, batch_size)
-    rss = peak_rss(folder, lengths[-1], threads, weights=weights) if memory else {}
+    rss = peak_rss(folder, lengths[-1], threads, weights=weights) if memory and lengths else {}
     sizes = file_sizes(files)
     return Measurement(runtime="pytorch", artifact=str(weights or folder), files=sizes,
                        size_bytes=sum(sizes.values()), params=params(model), latency_ms=latency,
@@ -409,12 +409,63 @@ def measure_onnx(onnx_path: str | os.PathLike[str], dataset: Any, lengths: Seque
     latency = {str(n): onnx_latency_ms(session, vocab_size, n, runs, warmup) for n in lengths}
     scores = onnx_evaluate(session, dataset, batch_size)
     del session
-    rss = peak_rss(path, lengths[-1], threads, runtime="onnxruntime", vocab_size=vocab_size) if memory else {}
+    rss = (peak_rss(path, lengths[-1], threads, runtime="onnxruntime", vocab_size=vocab_size)
+           if memory and lengths else {})
     return Measurement(runtime="onnxruntime", artifact=str(path), files=sizes, size_bytes=sum(sizes.values()),
                        params=onnx_params(path), latency_ms=latency, accuracy=scores["accuracy"],
                        macro_f1=scores["macro_f1"], examples=scores["examples"], threads=threads, runs=runs,
                        warmup=warmup, memory=rss,
                        machine=describe() | {"threads": threads, "runtime": f"onnxruntime {onnxruntime.__version__}"})
+
+
+def measure_speed(runtime: str, artifact: str | os.PathLike[str], lengths: Sequence[int], threads: int, *,
+                  model_dir: str | os.PathLike[str] | None = None, vocab_size: int | None = None,
+                  runs: int = 50, warmup: int = 10, memory: bool = True) -> dict[str, Any]:
+    """Latency at each length and peak memory of a shipped artifact, without scoring it: what the
+    search's serial pass measures, after the trials, with nothing else running.
+
+    :param artifact: an ONNX file (``onnxruntime``), a save_pretrained folder, or a quantized state
+        dict loaded over ``model_dir`` (``pytorch``).
+    :param vocab_size: ONNX inputs draw token ids below it (PyTorch reads the model's).
+    """
+    from alambic.machine import describe
+
+    lengths = sorted({int(n) for n in lengths})
+    if not lengths or lengths[0] < 2:
+        raise AlambicError(f"measuring latency needs sequence lengths >= 2, got {list(lengths)}")
+    path = Path(artifact)
+    if runtime == "onnxruntime":
+        import onnxruntime
+
+        from alambic.onnx_export import ort_session
+
+        vocab_size = vocab_size or 2
+        session = ort_session(path, threads)
+        latency = {str(n): onnx_latency_ms(session, vocab_size, n, runs, warmup) for n in lengths}
+        del session
+        rss = peak_rss(path, lengths[-1], threads, runtime=runtime, vocab_size=vocab_size) if memory else {}
+        version = f"onnxruntime {onnxruntime.__version__}"
+    elif runtime == "pytorch":
+        import torch
+        from transformers import AutoModelForSequenceClassification
+
+        from alambic.models import load_pretrained
+
+        folder, weights = (path, None) if path.is_dir() else (Path(model_dir or path.parent), path)
+        model = load_pretrained(folder, AutoModelForSequenceClassification)
+        if weights is not None:
+            import torchao.quantization  # noqa: F401 - registers the int8 tensor classes
+
+            model.load_state_dict(torch.load(weights, weights_only=True, mmap=True), assign=True)
+        with torch_threads(threads):
+            latency = {str(n): latency_ms(model.eval(), n, runs, warmup) for n in lengths}
+        del model
+        rss = peak_rss(folder, lengths[-1], threads, weights=weights) if memory else {}
+        version = f"torch {torch.__version__}"
+    else:
+        raise AlambicError(f"unknown runtime {runtime!r}; measurable: {', '.join(RUNTIMES)}")
+    return {"latency_ms": latency, "memory": rss, "threads": threads, "runs": runs, "warmup": warmup,
+            "machine": describe() | {"threads": threads, "runtime": version}}
 
 
 # --- report ---------------------------------------------------------------------------------

@@ -8,9 +8,16 @@
     pareto_mask(points, modes)                 # [True, True, False, False]
     crowding_distance(points, [0, 1])          # [inf, inf]: both are boundary points
     knee_point(points, modes, [0, 1])          # the front's best compromise (an index of points)
+    beaten_within(points, modes, [0, 1], [0.02, 0, 0])  # [True, False]: 0.91 is within 0.02 of 0.93,
+                                                        # and smaller and faster
 
 A point *dominates* another when it is at least as good on every objective and better on one.
 Equal points (duplicates, ties) do not dominate each other: they share a front.
+
+A measured accuracy is noisy (one standard error on 2,000 rows is about a point), so
+``beaten_within`` says which front points another beats *within noise*: within the tolerance on
+the noisy objectives, at least as good on every other and better on one. The knee can be chosen
+among the points not so beaten (``knee_point(..., among=...)``).
 
 Rows with a missing value (NaN, None, ±inf: a failed candidate) are in no front: they never
 dominate and are never ranked. ``pareto_mask`` is False for them. Pure numpy, O(M·N²) time:
@@ -128,7 +135,29 @@ def crowding_distance(points: Any, front: Sequence[int]) -> np.ndarray:
     return distance
 
 
-def knee_point(points: Any, modes: Sequence[str], front: Sequence[int]) -> int:
+def beaten_within(points: Any, modes: Sequence[str], front: Sequence[int], tolerances: Sequence[float]) -> np.ndarray:
+    """Per point of ``front`` (same order): another front point beats it within noise.
+
+    ``tolerances``, one per objective in its own unit (0 = exact): q beats p when q is within
+    the tolerance of p on every objective with one (may be a little worse there), at least as good
+    on every other objective, and better on one of those. The selection's rule, as a relation: two
+    accuracies within the tolerance are equally good, so the smaller or faster wins. With no
+    tolerance at all it is plain dominance, and no front point is beaten. Always some point of a
+    non-empty front is not beaten: "better on an exact objective" orders points strictly.
+    """
+    import numpy as np
+
+    p = oriented(points, modes)[list(front)]
+    tol = np.asarray(tolerances, dtype=float)
+    if tol.shape != (p.shape[1],) or (tol < 0).any():
+        raise ValueError(f"one tolerance >= 0 per objective ({p.shape[1]}), got {list(tolerances)}")
+    exact = tol == 0
+    close = (p[:, None, :] >= p[None, :, :] - tol - 1e-12).all(-1)  # close[q, p]: q within reach of p
+    better = (p[:, None, exact] > p[None, :, exact]).any(-1)
+    return (close & better).any(axis=0)
+
+
+def knee_point(points: Any, modes: Sequence[str], front: Sequence[int], among: Sequence[int] | None = None) -> int:
     """The front's knee: the point closest to the ideal point once objectives are normalized.
 
     Each objective is scaled to [0, 1] over the front, 1 being the best value on the front, so
@@ -137,9 +166,11 @@ def knee_point(points: Any, modes: Sequence[str], front: Sequence[int]) -> int:
     than the distance to the line between the extremes because it is defined for any number of
     objectives and any front (the extremes of 3+ objectives need not span a hyperplane), and on
     a convex 2-objective front it lands on the same elbow. Ties go to the first point of
-    ``front``; an objective constant over the front is ignored.
+    ``front``; an objective constant over the front is ignored. ``among``: choose only among
+    these points of ``front`` (e.g. those no point beats within noise); the scale is still the
+    whole front's, so leaving points out does not move the others.
 
-    :returns: an index of ``points`` (one of ``front``).
+    :returns: an index of ``points`` (one of ``among``, default ``front``).
     """
     import numpy as np
 
@@ -153,6 +184,11 @@ def knee_point(points: Any, modes: Sequence[str], front: Sequence[int]) -> int:
     span = np.where(high > low, high - low, 1.0)
     normalized = np.where(high > low, (p - low) / span, 1.0)
     gaps = np.linalg.norm(1.0 - normalized, axis=1)
+    if among is not None:
+        allowed = set(among)
+        if not allowed or not allowed <= set(front):
+            raise ValueError("knee_point: among must be a non-empty subset of front")
+        gaps = np.where([i in allowed for i in front], gaps, np.inf)
     return front[int(np.argmin(gaps))]
 
 
@@ -163,5 +199,5 @@ def _width(points: Any) -> int:
     return 1 if array.ndim == 1 else array.shape[1]
 
 
-__all__ = ["MODES", "crowding_distance", "dominance", "knee_point", "non_dominated_sort", "oriented",
+__all__ = ["MODES", "beaten_within", "crowding_distance", "dominance", "knee_point", "non_dominated_sort", "oriented",
            "pareto_mask", "valid_rows"]

@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from alambic.errors import AlambicError
+from alambic.store import stable_hash
 
 log = logging.getLogger(__name__)
 
@@ -48,7 +49,8 @@ class PipelineResult:
 
 def run_pipeline(ctx: Any, local: bool = False, on_step: Callable[[str, int, int], None] | None = None,
                  on_row: Callable[[dict[str, Any]], None] | None = None,
-                 on_search_start: Callable[[dict[str, Any]], None] | None = None) -> PipelineResult:
+                 on_search_start: Callable[[dict[str, Any]], None] | None = None,
+                 on_timed: Callable[[int, int, dict[str, Any]], None] | None = None) -> PipelineResult:
     """Every step in order; ``on_step(name, index, total)`` feeds a progress display."""
     from alambic.teacher import train_teacher
 
@@ -70,7 +72,7 @@ def run_pipeline(ctx: Any, local: bool = False, on_step: Callable[[str, int, int
         result.seconds = time.perf_counter() - start
         return result
     step("search")
-    result.search = _search(ctx, result, on_row, on_search_start)
+    result.search = _search(ctx, result, on_row, on_search_start, on_timed)
     step("front")
     _front(ctx)
     step("select")
@@ -89,18 +91,20 @@ def run_pipeline(ctx: Any, local: bool = False, on_step: Callable[[str, int, int
     return result
 
 
-def _search(ctx: Any, result: PipelineResult, on_row: Any, on_start: Any) -> Any:
-    """The search, or the results of this very search when they are complete already."""
+def _search(ctx: Any, result: PipelineResult, on_row: Any, on_start: Any, on_timed: Any) -> Any:
+    """The search, or the results of this very search, timed on this machine, when they are
+    complete already."""
+    from alambic.machine import identity
     from alambic.search import SearchResult, memo_counts, search, search_key
 
-    key = search_key(ctx, result.teacher.key)
+    key = stable_hash([search_key(ctx, result.teacher.key), identity()])[:12]
     done = _finished_search(ctx, key)
     if done is not None:
         result.skipped.append("search")
         counts = memo_counts([r | {f"{s}_reused": True for s in ("distill", "prune", "compress")} for r in done])
         return SearchResult(rows=done, counts=counts, path=f"{ctx.store.uri}/results.parquet", seconds=0.0,
                             resumed=False)
-    found = search(ctx, on_row=on_row, on_start=on_start)
+    found = search(ctx, on_row=on_row, on_start=on_start, on_timed=on_timed)
     ctx.store.write_json(SEARCH_FILE, {"key": key, "candidates": len(found.rows)})
     return found
 
@@ -123,7 +127,7 @@ def _front(ctx: Any) -> None:
     from alambic.front import Run, load_results, mark_front, plot_front
 
     run = Run(ctx.store, ctx.config, ctx.registry)
-    df = mark_front(load_results(run), run.objectives)
+    df = mark_front(load_results(run), run.objectives, run.select.accuracy_tolerance)
     if ctx.store.is_local:
         plot_front(df, ctx.store.local_path("front.png"), run.objectives)
 

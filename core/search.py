@@ -12,12 +12,18 @@ reuses everything::
 
     driver:  teacher (train or reuse), its logits once     # before any trial
              Tuner(candidate_trial, param_space, search algorithm).fit()
-    trial:   candidates/<id>.json exists and is ok?  -> report it, do nothing else
-             distill(student, settings)                # stage: Ray Train inside the trial when
+    trial:   distill(student, settings)                # stage: Ray Train inside the trial when
                                                        #   workers_per_trial > 1, else in-process
-             prune(steps) -> quantize + measure        # stages (alambic.compress)
+             prune(steps) -> quantize + score          # stages (alambic.compress): validation and
+                                                       #   test accuracy, size; no timing here
              candidates/<id>.json                      # the row, written atomically
-    driver:  results.parquet (one row per candidate, on_front marked), alambic_after_search
+    driver:  time each candidate, one at a time        # alambic.timing: latency, memory, this node
+             results.parquet (one row per candidate, on_front marked), alambic_after_search
+
+Every stage is keyed by everything that produced it (data, teacher, settings, guard, ...), and a
+trial always goes through them: change an input and the candidates it touches are built again,
+the others found in the store. Choices are made on validation: Tune's objectives, the front and
+selection read ``val_*``; ``test_*`` is measured once per candidate and only reported.
 
 A trial that raises is recorded ``status=failed`` with its error, and the search goes on. An
 interrupted search resumes with ``resume=True`` (``Tuner.restore``): finished trials are kept, and
@@ -25,7 +31,8 @@ a trial that had finished its row before the interruption finds it and does noth
 
 Algorithms: ``grid`` (every combination; ``choice`` domains become grid axes), ``random``
 (``trials`` samples), ``nsga2`` / ``tpe`` (Optuna through Tune's ``OptunaSearch``, multi-objective
-over ``search.objectives``).
+over ``search.objectives``; latency and memory objectives are stood in for by :data:`PROXIES`
+during the search, and NSGA-II's population is derived from ``trials``: :func:`population_size`).
 """
 
 from __future__ import annotations
@@ -48,6 +55,7 @@ from alambic.compress import MeasureSettings, relative_path, step_label
 from alambic.config import PruningStep, RunConfig
 from alambic.errors import AlambicError, ConfigError
 from alambic.store import stable_hash
+from alambic.timing import time_candidates
 
 log = logging.getLogger(__name__)
 
@@ -56,10 +64,19 @@ CANDIDATES_DIR = "candidates"
 TUNE_DIR = "tune"
 PRIMITIVE = (str, int, float, bool, type(None))
 #: the columns of results.parquet, in order (``distill.<setting>`` columns follow ``settings``)
-COLUMNS = ("candidate_id", "trial_id", "node_id", "student", "settings", "pruning", "quantization", "accuracy",
-           "macro_f1", "size_mb", "latency_p50_ms", "latency_p90_ms", "peak_mem_mb", "model_mem_mb", "params", "runtime",
-           "latency_threads", "status", "error", "distill_key", "prune_key", "compress_key", "stage",
-           "artifact", "distill_reused", "prune_reused", "compress_reused", "seconds", "on_front")
+#: val_*: the shipped artifact on validation, in its runtime: every choice is made on these.
+#: test_*: the same artifact on test, measured once and only reported. student_*: the distilled
+#: student before the chain. Latency and memory: the serial pass after the search (alambic.timing).
+COLUMNS = ("candidate_id", "trial_id", "node_id", "student", "settings", "pruning", "quantization",
+           "val_accuracy", "val_macro_f1", "val_examples", "test_accuracy", "test_macro_f1", "test_examples",
+           "student_val_accuracy", "student_test_accuracy", "size_mb", "latency_p50_ms", "latency_p90_ms",
+           "peak_mem_mb", "model_mem_mb", "params", "runtime", "latency_threads", "latency_machine", "status",
+           "error", "distill_key", "prune_key", "compress_key", "stage", "artifact", "distill_reused",
+           "prune_reused", "compress_reused", "seconds", "on_front")
+#: what Tune optimizes in place of an objective a trial cannot measure (latency and memory are
+#: timed after the search, alambic.timing): the candidate's parameters, its shipped size
+PROXIES = {"latency_p50_ms": "params", "latency_p90_ms": "params", "peak_mem_mb": "size_mb",
+           "model_mem_mb": "size_mb"}
 
 
 class CandidateFailed(AlambicError):
@@ -199,6 +216,8 @@ class SearchJob:
     train_in_trial: bool  # True: distill in the trial's own process; False: a TorchTrainer inside
     since: float = 0.0  # when this search started: a candidate that failed after it is not retried
     tokenized_key: str = ""  # the driver's ctx.prepared.tokenized_key: what the stage keys need
+    name: str = ""  # the search (search_key): a candidate's row counts only for the search that wrote it
+    resumed: bool = False  # a resumed search keeps the rows its interrupted run finished
     space: Space = field(init=False)
 
     def __post_init__(self) -> None:
@@ -239,7 +258,7 @@ class _TrialData:
 
 
 def candidate_trial(params: dict[str, Any], job: SearchJob) -> None:
-    """The Tune trainable: build one candidate (or find it built), report its objectives."""
+    """The Tune trainable: build one candidate (or find its stages built), report its objectives."""
     from ray import tune
 
     import ray
@@ -250,55 +269,83 @@ def candidate_trial(params: dict[str, Any], job: SearchJob) -> None:
                         node_id=ray.get_runtime_context().get_node_id())
     if row["status"] != "ok":
         raise CandidateFailed(f"candidate {candidate.id}: {row['error']}")
-    tune.report({k: row[k] for k in ("accuracy", "macro_f1", "size_mb", "latency_p50_ms", "latency_p90_ms",
-                                     "peak_mem_mb", "params") if row.get(k) is not None}
-                | {"candidate_id": candidate.id})
+    tune.report(tune_metrics(row, job.config.search.objectives) | {"candidate_id": candidate.id})
+
+
+def tune_metric(metric: str) -> str:
+    """The name Tune optimizes for an objective: the metric itself, or its proxy (:data:`PROXIES`)."""
+    return PROXIES.get(metric, metric)
+
+
+def tune_metrics(row: Mapping[str, Any], objectives: Sequence[Any]) -> dict[str, float]:
+    """Every objective's value for Tune (its proxy where a trial cannot measure it). A value the row
+    lacks gets the objective's worst (Optuna refuses a missing one, and would fail the search)."""
+    found = {}
+    for objective in objectives:
+        name = tune_metric(objective.metric)
+        value = row.get(name)
+        if value is None or math.isnan(value):
+            value = 0.0 if objective.mode == "max" else UNMEASURED
+        found[name] = float(value)
+    return found
+
+
+#: what a "min" objective a candidate did not measure reports: worse than any real figure
+UNMEASURED = 1e12
 
 
 def run_candidate(ctx: Any, candidate: Candidate, job: SearchJob, trial_id: str = "",
                   node_id: str = "") -> dict[str, Any]:
-    """distill -> prune -> quantize -> measure, each a memoized stage; the row, also in the store.
+    """distill -> prune -> quantize -> score, each a memoized stage; the row, also in the store.
 
-    A candidate whose row is already in the store as ok is not built again. Errors of the
-    candidate's own stages (a plugin that raises, a setting that cannot work) make a failed row.
+    Every call goes through the stages: each is keyed by everything that produced it, so a
+    candidate whose inputs changed is built again and one whose inputs did not is found (a
+    memoized candidate costs a fraction of a second). Errors of the candidate's own stages (a
+    plugin that raises, a setting that cannot work) make a failed row.
     """
-    from alambic.compress import compress
+    from alambic.compress import SCORES_ONLY, compress
     from alambic.distill import distill
 
     rel = f"{CANDIDATES_DIR}/{candidate.id}.json"
     if ctx.store.exists(rel):
         row = ctx.store.read_json(rel)
-        if row.get("status") == "ok":
-            return row | {"trial_id": trial_id, "distill_reused": True, "prune_reused": True,
-                          "compress_reused": True, "seconds": 0.0}
-        if row.get("finished_at", 0) >= job.since:  # Tune retrying a candidate's own error: it would again
-            return row
+        if row.get("search") == job.name and row.get("status") == "ok" and job.resumed:
+            return row | {"trial_id": trial_id}  # finished by the interrupted run of this very search
+        if row.get("search") == job.name and row.get("status") != "ok" and row.get("finished_at", 0) >= job.since:
+            return row  # Tune retrying a candidate's own error: it would fail again
     start = time.perf_counter()
-    row = _base_row(candidate, trial_id) | {"node_id": node_id}
+    row = _base_row(candidate, trial_id) | {"node_id": node_id, "search": job.name}
     try:
         student = distill(ctx, candidate.student, candidate.settings, local=job.train_in_trial,
                           teacher=job.teacher)
         row |= {"distill_key": student.key, "distill_reused": student.reused}
-        record = compress(ctx, student.path, list(candidate.pruning), candidate.quantization, measure=job.measure)
+        record = compress(ctx, student.path, list(candidate.pruning), candidate.quantization, measure=SCORES_ONLY)
     except Exception as exc:  # noqa: BLE001 - a candidate's failure is data, the search goes on
         log.warning("candidate %s failed: %s", candidate.id, exc, exc_info=log.isEnabledFor(logging.DEBUG))
         row |= {"status": "failed", "error": f"{type(exc).__name__}: {exc}"}
     else:
-        headline = record.after.headline()
+        row |= scores(record) | {"status": "ok", "runtime": record.runtime, "prune_key": record.prune_key,
+                                 "compress_key": record.key, "prune_reused": record.prune_reused,
+                                 "compress_reused": record.reused}
         run_dir = ctx.store.local_path("")
-        row |= {k: headline[k] for k in ("accuracy", "macro_f1", "size_mb", "latency_p50_ms", "latency_p90_ms",
-                                         "peak_mem_mb", "params")}
-        memory = record.after.memory
-        row["model_mem_mb"] = ((memory["peak_rss_bytes"] - memory["baseline_rss_bytes"]) / 1e6
-                               if {"peak_rss_bytes", "baseline_rss_bytes"} <= set(memory) else None)
-        row |= {"runtime": record.runtime, "latency_threads": headline["threads"], "status": "ok",
-                "prune_key": record.prune_key, "compress_key": record.key, "prune_reused": record.prune_reused,
-                "compress_reused": record.reused, "stage": str(relative_path(record.path, run_dir)),
+        row |= {"stage": str(relative_path(record.path, run_dir)),
                 "artifact": str(relative_path(record.artifact, run_dir)),
                 "outcomes": {s["step"]: s["outcome"] for s in record.record["steps"]}}
     row |= {"seconds": round(time.perf_counter() - start, 1), "finished_at": time.time()}
     ctx.store.write_json(rel, row)
     return row
+
+
+def scores(record: Any) -> dict[str, Any]:
+    """A compress record's figures as row columns: the shipped artifact on validation (what choices
+    use) and on test (reported), the student before the chain, size and parameters."""
+    validation = record.record["validation"]
+    after, before = record.after.headline(), record.before.headline()
+    return {"val_accuracy": validation["accuracy"], "val_macro_f1": validation["macro_f1"],
+            "val_examples": validation["examples"], "test_accuracy": after["accuracy"],
+            "test_macro_f1": after["macro_f1"], "test_examples": record.after.examples,
+            "student_val_accuracy": record.record["validation_accuracy"]["before"],
+            "student_test_accuracy": before["accuracy"], "size_mb": after["size_mb"], "params": after["params"]}
 
 
 def _base_row(candidate: Candidate, trial_id: str) -> dict[str, Any]:
@@ -356,30 +403,63 @@ def max_concurrent(search: Any, cluster: Mapping[str, float]) -> int | None:
     return min(fits) if min(fits) >= 1 else None
 
 
-def _search_algorithm(ctx: Any, limit: int) -> tuple[Any, int]:
-    """(Tune search algorithm or None, num_samples)."""
+def population_size(trials: int) -> int:
+    """NSGA-II's population for a search of ``trials``: a quarter of them (2 to 50), so the search
+    runs about four generations. Optuna's default of 50 would leave any search under 50 trials in
+    its first, random generation: a random search under another name."""
+    return max(2, min(50, trials // 4))
+
+
+def _search_algorithm(ctx: Any, limit: int | None) -> tuple[Any, int, list[str]]:
+    """(Tune search algorithm or None, num_samples, what the user should know about it)."""
     search = ctx.config.search
     if search.algorithm == "grid":
-        return None, 1
+        return None, 1, []
     if search.algorithm == "random":
-        return None, search.trials
+        return None, search.trials, []
     import optuna
     from ray.tune.search import ConcurrencyLimiter
     from ray.tune.search.optuna import OptunaSearch
 
-    sampler = (optuna.samplers.NSGAIISampler(seed=search.seed) if search.algorithm == "nsga2"
-               else optuna.samplers.TPESampler(seed=search.seed))
-    algo = OptunaSearch(metric=[o.metric for o in search.objectives], mode=[o.mode for o in search.objectives],
-                        sampler=sampler)
-    return ConcurrencyLimiter(algo, max_concurrent=limit or search.trials), search.trials
+    if search.algorithm == "nsga2":
+        population = population_size(search.trials)
+        notes = [f"NSGA-II: population {population} (a quarter of {search.trials} trials: about "
+                 f"{math.ceil(search.trials / population)} generations)"]
+        sampler = optuna.samplers.NSGAIISampler(population_size=population, seed=search.seed)
+    else:
+        startup = max(2, min(10, search.trials // 4))  # Optuna's 10 random trials would be most of a small search
+        notes = [f"TPE: the first {startup} of {search.trials} trials random, then guided"]
+        sampler = optuna.samplers.TPESampler(n_startup_trials=startup, seed=search.seed)
+    metrics, modes, proxied = tune_objectives(search.objectives)
+    notes += proxied
+    for note in notes:
+        log.info("%s", note)
+    algo = OptunaSearch(metric=metrics, mode=modes, sampler=sampler)
+    return ConcurrencyLimiter(algo, max_concurrent=limit or search.trials), search.trials, notes
+
+
+def tune_objectives(objectives: Sequence[Any]) -> tuple[list[str], list[str], list[str]]:
+    """(Tune metric names, modes, notes): each proxy once, each one said."""
+    metrics: dict[str, str] = {}
+    notes = []
+    for objective in objectives:
+        name = tune_metric(objective.metric)
+        if name != objective.metric:
+            notes.append(f"objective {objective.metric} is measured after the search (one candidate at a time, "
+                         f"nothing beside it): during the search Tune optimizes {name} in its place")
+        metrics.setdefault(name, objective.mode)
+    return list(metrics), list(metrics.values()), notes
 
 
 def search(ctx: Any, *, resume: bool = False, on_row: Callable[[dict[str, Any]], None] | None = None,
-           on_start: Callable[[dict[str, Any]], None] | None = None) -> SearchResult:
-    """Run (or resume) the config's search; write results.parquet; return the rows and counts.
+           on_start: Callable[[dict[str, Any]], None] | None = None,
+           on_timed: Callable[[int, int, dict[str, Any]], None] | None = None) -> SearchResult:
+    """Run (or resume) the config's search; time its candidates; write results.parquet; return
+    the rows and counts.
 
     :param on_row: called in the driver with each candidate's row as its trial ends.
     :param on_start: called once with the plan (candidates, concurrency, where Tune keeps state).
+    :param on_timed: called with (n, total, row) as each candidate is timed after the trials.
     """
     if ctx.config.search is None:
         raise ConfigError("config", ["search: this run config has no search section (students, pruning, "
@@ -405,24 +485,25 @@ def search(ctx: Any, *, resume: bool = False, on_row: Callable[[dict[str, Any]],
     if limit is None:
         log.warning("the cluster has no room for a trial yet (%s): trials wait for the autoscaler to add nodes",
                     dict(cluster))
-    algo, samples = _search_algorithm(ctx, limit)
+    algo, samples, notes = _search_algorithm(ctx, limit)
     space = Space(ctx.config.search)
     param_space = space.param_space(ctx.config.search.algorithm)
     measure = MeasureSettings(**ctx.config.search.measure.model_dump() | {
         "lengths": tuple(ctx.config.search.measure.lengths)})
     config = _trial_config(ctx.config, in_trial)
-    job = SearchJob(config=config, registry=ctx.registry, teacher=teacher, measure=measure,
-                    train_in_trial=in_trial, since=time.time(), tokenized_key=ctx.prepared.tokenized_key)
-    trainable = tune.with_resources(tune.with_parameters(candidate_trial, job=job), resources)
     name = f"search-{search_key(ctx, teacher.key)}"
     storage = _tune_storage(ctx)
     experiment = f"{storage.rstrip('/')}/{name}"
+    resumed = resume and tune.Tuner.can_restore(experiment)
+    job = SearchJob(config=config, registry=ctx.registry, teacher=teacher, measure=measure,
+                    train_in_trial=in_trial, since=time.time(), tokenized_key=ctx.prepared.tokenized_key, name=name,
+                    resumed=resumed)
+    trainable = tune.with_resources(tune.with_parameters(candidate_trial, job=job), resources)
     plan = {"name": name, "storage": storage, "algorithm": ctx.config.search.algorithm,
             "candidates": space.size() if algo is None and samples == 1 else samples,
-            "max_concurrent": limit, "trial_resources": resources, "resume": resume}
+            "max_concurrent": limit, "trial_resources": resources, "resume": resume, "notes": notes}
     if on_start:
         on_start(plan)
-    resumed = resume and tune.Tuner.can_restore(experiment)
     if resume and not resumed:
         log.warning("nothing to resume at %s: starting the search", experiment)
     if resumed:
@@ -443,7 +524,8 @@ def search(ctx: Any, *, resume: bool = False, on_row: Callable[[dict[str, Any]],
     since = time.time()
     with _watching_rows(ctx, since, on_row):
         grid = tuner.fit()
-    rows = _collect(ctx, space, grid, since)
+    rows = _collect(ctx, space, grid, name, since)
+    rows = time_candidates(ctx, rows, measure, on_timed)  # alone now: no trial runs beside it
     rows = mark_front(rows, ctx.config.search.objectives)
     path = write_results(ctx.store, rows)
     result = SearchResult(rows=rows, counts=memo_counts(rows), path=path, seconds=time.perf_counter() - start,
@@ -513,27 +595,32 @@ def _watching_rows(ctx: Any, since: float, on_row: Callable[[dict[str, Any]], No
         poll()
 
 
-def _row_of(ctx: Any, candidate: Candidate, trial_id: str, error: str | None) -> dict[str, Any]:
-    """The candidate's row from the store, else a failed row (its trial died before writing one)."""
+def _row_of(ctx: Any, candidate: Candidate, trial_id: str, error: str | None, name: str) -> dict[str, Any]:
+    """The candidate's row this search wrote, else a failed row (its trial died before writing one;
+    a row another search wrote for the same point of the space holds other inputs' results)."""
     rel = f"{CANDIDATES_DIR}/{candidate.id}.json"
     if ctx.store.exists(rel):
-        return ctx.store.read_json(rel) | ({"trial_id": trial_id} if trial_id else {})
+        row = ctx.store.read_json(rel)
+        if row.get("search") == name:
+            return row | ({"trial_id": trial_id} if trial_id else {})
     row = _base_row(candidate, trial_id)
     return row | {"status": "failed", "error": error or "the trial ended without a result"}
 
 
-def _collect(ctx: Any, space: Space, grid: Any, since: float) -> list[dict[str, Any]]:
+def _collect(ctx: Any, space: Space, grid: Any, name: str, since: float) -> list[dict[str, Any]]:
     """One row per candidate of this search, from the store (a candidate tried twice counts once).
-    A row finished before ``since`` was built by an earlier search: all its stages count as reused."""
+    A row finished before ``since`` was built by this search's interrupted run: nothing of it ran now."""
     rows: dict[str, dict[str, Any]] = {}
     for result in grid:
         candidate = space.candidate(result.config)
         error = None if result.error is None else _short(result.error)
-        row = _row_of(ctx, candidate, result.path and Path(result.path).name or "", error)
+        row = _row_of(ctx, candidate, result.path and Path(result.path).name or "", error, name)
         if row.get("finished_at", since) < since:
             row |= {"distill_reused": True, "prune_reused": True, "compress_reused": True}
         if row["status"] == "ok" or candidate.id not in rows:
             rows[candidate.id] = row
+    if len(rows) < len(grid):
+        log.info("%d trials made %d distinct candidates (a sampler may propose a point twice)", len(grid), len(rows))
     return list(rows.values())
 
 
@@ -590,10 +677,11 @@ def _cell(value: Any) -> Any:
 def _arrow_types() -> dict[str, Any]:
     import pyarrow as pa
 
-    floats = ("accuracy", "macro_f1", "size_mb", "latency_p50_ms", "latency_p90_ms", "peak_mem_mb", "model_mem_mb",
+    floats = ("val_accuracy", "val_macro_f1", "test_accuracy", "test_macro_f1", "student_val_accuracy",
+              "student_test_accuracy", "size_mb", "latency_p50_ms", "latency_p90_ms", "peak_mem_mb", "model_mem_mb",
               "seconds")
     bools = ("distill_reused", "prune_reused", "compress_reused", "on_front")
-    ints = ("params", "latency_threads")
+    ints = ("params", "latency_threads", "val_examples", "test_examples")
     return ({k: pa.float64() for k in floats} | {k: pa.bool_() for k in bools} | {k: pa.int64() for k in ints}
             | {k: pa.string() for k in COLUMNS if k not in floats + bools + ints})
 

@@ -18,6 +18,9 @@ API::
     store.load_manifest(rel) -> Manifest | None    None when absent or incomplete
     store.verify(rel) -> Manifest                  re-hashes every file; StoreError names the bad one
     store.local_path(rel) -> Path                  remote artifacts are downloaded to a local cache
+    store.record_path(row["stage"], source=, key=) local_path of a path read from a record, checked
+    inside(stage_dir, record["artifact"], source=, key=) -> Path   relative, inside stage_dir, or
+                                                   UnsafePathError naming the file, key and value
     Store.stage_key(**inputs), store.stage_path(key) -> "stages/<key>"
     store.get_or_build_stage(key, kind, build, verify=True) -> (Manifest, reused)
 
@@ -89,6 +92,42 @@ def _safe_rel(rel: str) -> str:
     if path.is_absolute() or "\\" in rel or ".." in path.parts or ":" in rel.split("/")[0]:
         raise StoreError(f"unsafe path {rel!r}: must be relative, without '..'")
     return "/".join(p for p in path.parts if p != ".")
+
+
+class UnsafePathError(StoreError):
+    """A path read from a stored record (record.json, a results row) that would leave its folder."""
+
+
+def inside(folder: str | os.PathLike[str], value: Any, *, source: str, key: str) -> Path:
+    """``folder / value`` for a path read from a stored record, as manifest paths are checked: it
+    must be relative, without '..', and still inside ``folder`` once symlinks are resolved.
+
+    A record is data anyone who can write the store may have changed: joined unchecked, an absolute
+    or '..' path would make export copy, or the report load, any file on the machine.
+
+    :param source: the file the path was read from (``.../record.json``), named in the error
+    :param key: where in it (``artifact``, ``quantization.source``)
+    """
+    base = Path(folder).resolve()
+    rel = _record_rel(value, source, key, base)
+    path = base / rel
+    if not path.resolve().is_relative_to(base):  # a symlink inside the folder leading out of it
+        raise UnsafePathError(f"{source}: {key} {value!r} leads outside {base} (through a symbolic link); "
+                              f"expected a path inside that folder")
+    return path
+
+
+def _record_rel(value: Any, source: str, key: str, base: Any) -> str:
+    expected = f"expected a path relative to {base}, inside it (as alambic writes it)"
+    if not isinstance(value, str) or not value.strip():
+        raise UnsafePathError(f"{source}: {key} is {value!r}; {expected}")
+    try:
+        rel = _safe_rel(value)
+    except StoreError:
+        raise UnsafePathError(f"{source}: {key} {value!r} is absolute or climbs out with '..'; {expected}") from None
+    if not rel:
+        raise UnsafePathError(f"{source}: {key} {value!r} names the folder itself; {expected}")
+    return rel
 
 
 def _is_scratch(name: str) -> bool:
@@ -349,6 +388,13 @@ class Store:
                 shutil.rmtree(scratch, ignore_errors=True)
             cache.verify(cached)  # a download that does not match its manifest is never handed out
         return cache.local_path(cached)
+
+    def record_path(self, value: Any, *, source: str, key: str) -> Path:
+        """:meth:`local_path` of a path read from a stored record (a results row's ``stage``),
+        checked first as :func:`inside` checks it: relative, inside this store."""
+        if self.is_local:
+            return inside(self.base, value, source=source, key=key)
+        return self.local_path(_record_rel(value, source, key, self.uri))  # the cached copy has no links
 
     def _new_scratch_dir(self, rel: str) -> Path:
         if not self.is_local:

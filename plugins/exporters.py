@@ -127,8 +127,9 @@ def model_card(source: ExportSource) -> str:
     if before and after:
         lines += ["", "| test split | accuracy | macro-F1 | size MB | p50 ms |", "| --- | --- | --- | --- | --- |"]
         for name, m in (("before", before), (f"after ({source.runtime})", after)):
+            ms = m.get("latency_p50_ms")  # None: timed after the search, not in the stage
             lines.append(f"| {name} | {m.get('accuracy', 0):.4f} | {m.get('macro_f1', 0):.4f} | "
-                         f"{m.get('size_mb', 0):.2f} | {m.get('latency_p50_ms') or 0:.2f} |")
+                         f"{m.get('size_mb', 0):.2f} | {'-' if ms is None else f'{ms:.2f}'} |")
     lines += ["", "## Use", "", "```python", "from transformers import pipeline", "",
               'classify = pipeline("text-classification", model="hf/")',
               f'classify(["..."], truncation=True, max_length={source.max_length})', "```", "",
@@ -183,8 +184,8 @@ class Onnx(Exporter):
         _copy_tokenizer(source, folder)
         checks = graph_checks(path) + ort_checks(source, path, quantized)
         size = file_bytes(path)
-        fp32 = source.stage_dir / str(source.quantization.get("source") or "")
-        if quantized and source.int8 and fp32.is_file():
+        fp32 = source.quantization_source  # checked inside the stage, as the artifact is
+        if quantized and source.int8 and fp32 is not None:
             checks.append(size_check("model.onnx (int8)", size, file_bytes(fp32), MAX_INT8_RATIO))
         spec = {"inputs": _graph_inputs(path),
                 "outputs": [{"name": "logits", "dtype": "float32", "shape": ["batch", len(source.labels)]}],

@@ -4,7 +4,7 @@
 id           a candidate qualifies when
 ===========  ======================================================================
 tier         it fits an iOS device class: phone latency and peak memory in budget
-constraints  it meets the limits given: max_size_mb, max_latency_ms, min_accuracy
+constraints  it meets the limits given: max_size_mb, max_latency_ms, min_accuracy (validation)
 ===========  ======================================================================
 
 The device classes (latency budgets from the seeds; memory budgets are this project's defaults)::
@@ -26,8 +26,10 @@ phone's: measure one model on the device, set the factor to phone p90 / CPU p90,
 latency limit (the tier's and ``max_latency_ms``) follows. The output says which factor it used.
 
 Both policies take the explicit limits too: ``tier: mid`` with ``max_size_mb: 20`` needs both.
-Which qualifying candidate wins is :func:`alambic.front.select`'s rule: the most accurate
-(tie: smaller, then faster).
+``min_accuracy`` applies to ``val_accuracy``: every choice is made on the validation split.
+Which qualifying candidate wins is :func:`alambic.front.select`'s rule: the most accurate on
+validation, accuracies within ``accuracy_tolerance`` of it counting as equal (default one standard
+error), and among those the smaller, then the faster.
 """
 
 from __future__ import annotations
@@ -74,8 +76,8 @@ def explicit_limits(max_size_mb: float | None, max_latency_ms: float | None, min
         limits.append(Limit("size_mb", "<=", max_size_mb, "size", "MB"))
     if max_latency_ms is not None:
         limits.append(phone_latency("<=", max_latency_ms, factor))
-    if min_accuracy is not None:
-        limits.append(Limit("accuracy", ">=", min_accuracy, "accuracy"))
+    if min_accuracy is not None:  # on validation, like every choice: the test split is only reported
+        limits.append(Limit("val_accuracy", ">=", min_accuracy, "val accuracy"))
     return limits
 
 
@@ -96,6 +98,12 @@ def _check_factor(who: str, factor: float) -> None:
         raise AlambicError(f"selection policy '{who}': phone_latency_factor must be > 0, got {factor!r}")
 
 
+def _check_tolerance(who: str, tolerance: float | None) -> None:
+    if tolerance is not None and not 0 <= tolerance <= 100:
+        raise AlambicError(f"selection policy '{who}': accuracy_tolerance is in accuracy points, 0 to 100 "
+                           f"(null = one standard error), got {tolerance!r}")
+
+
 @dataclass(frozen=True)
 class Tier(SelectionPolicy):
     """iOS device class: high (A16+, < 100 ms), mid (A14-A15, < 200 ms), low (A13, < 500 ms)."""
@@ -107,15 +115,18 @@ class Tier(SelectionPolicy):
     min_accuracy: float | None = None
     phone_latency_factor: float = DEFAULT_PHONE_LATENCY_FACTOR
     memory_mb: float | None = None  # None = the tier's budget
+    accuracy_tolerance: float | None = None  # points; None = one standard error (select's rule)
 
     def __post_init__(self) -> None:
         if self.tier not in TIERS:
             raise AlambicError(f"selection policy 'tier': unknown tier {self.tier!r}; allowed: {', '.join(TIERS)}")
         _check_factor(self.id, self.phone_latency_factor)
+        _check_tolerance(self.id, self.accuracy_tolerance)
 
     @classmethod
     def from_config(cls, config: SelectConfig, **options: Any) -> Tier:
         options.setdefault("phone_latency_factor", config.phone_latency_factor)
+        options.setdefault("accuracy_tolerance", config.accuracy_tolerance)
         return cls(tier=config.tier or "high", max_size_mb=config.max_size_mb, max_latency_ms=config.max_latency_ms,
                    min_accuracy=config.min_accuracy, **options)
 
@@ -142,13 +153,14 @@ class Tier(SelectionPolicy):
 
 @dataclass(frozen=True)
 class Constraints(SelectionPolicy):
-    """Explicit limits: max_size_mb, max_latency_ms (phone latency), min_accuracy."""
+    """Explicit limits: max_size_mb, max_latency_ms (phone latency), min_accuracy (validation)."""
 
     id: ClassVar[str] = "constraints"
     max_size_mb: float | None = None
     max_latency_ms: float | None = None
     min_accuracy: float | None = None
     phone_latency_factor: float = DEFAULT_PHONE_LATENCY_FACTOR
+    accuracy_tolerance: float | None = None  # points; None = one standard error (select's rule)
 
     def __post_init__(self) -> None:
         if self.max_size_mb is None and self.max_latency_ms is None and self.min_accuracy is None:
@@ -156,6 +168,7 @@ class Constraints(SelectionPolicy):
                                "min_accuracy (the select section, or --max-size-mb / --max-latency-ms / "
                                "--min-accuracy)")
         _check_factor(self.id, self.phone_latency_factor)
+        _check_tolerance(self.id, self.accuracy_tolerance)
 
     @classmethod
     def from_config(cls, config: SelectConfig, **options: Any) -> Constraints:
@@ -163,6 +176,7 @@ class Constraints(SelectionPolicy):
             raise AlambicError(f"select.tier {config.tier!r} is set but select.policy is 'constraints': "
                                "use policy 'tier' (which takes the explicit limits too), or drop the tier")
         options.setdefault("phone_latency_factor", config.phone_latency_factor)
+        options.setdefault("accuracy_tolerance", config.accuracy_tolerance)
         return cls(max_size_mb=config.max_size_mb, max_latency_ms=config.max_latency_ms,
                    min_accuracy=config.min_accuracy, **options)
 

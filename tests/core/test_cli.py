@@ -150,3 +150,68 @@ def test_distill_init_starts_a_student_from_a_folder(write_config, minimal_confi
     bad = alambic("distill", str(write_config(minimal_config)), "--student", "roberta-l4",
                   "--init", str(tmp_path / "nowhere" / "x"), "--local")
     assert bad.returncode != 0 and "--init: model directory not found" in bad.stderr
+
+
+# --- data inspect: bad rows, as data.bad_rows treats them ---------------------------------------
+
+
+def inspect_data(monkeypatch, path, *options: str):
+    """`alambic data inspect` in this process (typer's CliRunner); wide output, so lines stay whole."""
+    from alambic import cli
+    from rich.console import Console
+    from typer.testing import CliRunner
+
+    monkeypatch.setattr(cli, "console", Console(width=300))
+    return CliRunner().invoke(cli.app, ["--quiet", "data", "inspect", str(path), *options])
+
+
+@pytest.fixture
+def one_bad_row(write_config, minimal_config, tiny_tsv):
+    """A run config whose train file has one bad row (line 7: one column); the tokenizer is trained."""
+    lines = tiny_tsv.read_text(encoding="utf-8").splitlines()
+    lines[6] = "缺少标签的一行"
+    tiny_tsv.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    minimal_config["tokenizer"] = {"name_or_path": None, "vocab_size": 200, "min_frequency": 1, "max_length": 16}
+
+    def config(bad_rows: str | None):
+        if bad_rows is not None:
+            minimal_config["data"]["bad_rows"] = bad_rows
+        return write_config(minimal_config)
+
+    return config, f"{tiny_tsv}:7: expected 2 columns, found 1"
+
+
+@pytest.mark.parametrize("bad_rows", [None, "error"])
+def test_data_inspect_in_error_mode_says_the_run_stops_at_the_first_bad_row(monkeypatch, one_bad_row, bad_rows):
+    config, first = one_bad_row
+    result = inspect_data(monkeypatch, config(bad_rows))
+    assert result.exit_code == 0, result.output
+    assert f"bad rows: 1, the run stops at the first one (data.bad_rows is 'error'): {first}" in result.output
+    assert "skipped" not in result.output  # nothing is skipped in a run that stops
+
+
+def test_data_inspect_in_skip_mode_says_how_many_are_skipped_once(monkeypatch, one_bad_row):
+    config, first = one_bad_row
+    result = inspect_data(monkeypatch, config("skip"))
+    assert result.exit_code == 0, result.output
+    assert f"bad rows: 1 skipped (data.bad_rows is 'skip'), the first: {first}" in result.output
+    assert result.output.count("skipped") == 1 and "stops" not in result.output
+
+
+@pytest.mark.parametrize("bad_rows", ["error", "skip"])
+def test_data_inspect_json_reports_bad_rows_once(monkeypatch, one_bad_row, bad_rows):
+    config, first = one_bad_row
+    summary = json.loads(inspect_data(monkeypatch, config(bad_rows), "--json").output)
+    assert summary["bad_rows"] == {"count": 1, "first": [first], "policy": bad_rows}
+    assert not any("bad row" in w for w in summary["warnings"]), summary["warnings"]
+
+
+def test_data_inspect_with_every_row_bad_names_the_first(monkeypatch, write_config, minimal_config, tiny_tsv):
+    from alambic.errors import AlambicError
+
+    tiny_tsv.write_text("".join(f"第{i}条新闻\t{i % 2 + 5}\n" for i in range(6)), encoding="utf-8")
+    minimal_config["data"] |= {"bad_rows": "skip", "label_names": ["财经", "房产"]}
+    result = inspect_data(monkeypatch, write_config(minimal_config))
+    assert isinstance(result.exception, AlambicError), result.output
+    assert str(result.exception).startswith(f"{tiny_tsv}: all 6 row(s) are bad; the first: {tiny_tsv}:1: "
+                                            "label '5' not in label names [0=财经, 1=房产]")

@@ -22,6 +22,7 @@ from alambic.compress import (
 from alambic.config import PruningStep
 from alambic.errors import AlambicError
 from alambic.manager import build_registry
+from alambic.pruning import Pruner
 from tests.core.test_guard import Scramble
 
 FAST = MeasureSettings(lengths=(8, 16), threads=1, runs=3, warmup=1)
@@ -309,3 +310,69 @@ def test_cli_compress_recovers_a_step_with_a_progress_bar(recovering):
     assert done.returncode == 0, done.stderr
     assert "guard ffn:0.5+1 (try 0): validation accuracy" in done.stdout
     assert "recovery ffn:0.5+1" in done.stderr  # the bar, on stderr
+
+
+# --- the chain's budget, vocabulary pruning judged on what ships ------------------------------
+
+
+def test_the_guard_holds_a_budget_for_the_whole_chain(trained):
+    """Before: each step was judged against the previous one only, so a chain of steps each within
+    max_drop could cost many times it. guard.max_total_drop bounds the drop against the student."""
+    from alambic.run import RunContext
+
+    root, folder = trained
+    config = yaml.safe_load((root / "run.yaml").read_text(encoding="utf-8"))
+    config["guard"] = {"max_drop": 100.0, "max_total_drop": 1.0, "retries": 0}  # any one step may cost all
+    (root / "chain.yaml").write_text(yaml.safe_dump(config, allow_unicode=True), encoding="utf-8")
+    ctx = RunContext.open(root / "chain.yaml", quiet=True)
+    ctx.registry["pruners"].add(Scramble)
+    record = compress(ctx, folder, parse_steps("scramble:0.8", ctx.registry), None,
+                      measure=MeasureSettings(lengths=(), memory=False))
+    [decision] = record.decisions
+    assert decision.drop_points > 1.0 and decision.total_drop_points == decision.drop_points
+    assert decision.outcome == "reverted" and "max_total_drop" in decision.note
+    assert record.record["validation_accuracy"]["after"] == record.record["validation_accuracy"]["before"]
+    # the record says what the shipped model costs against the student, on validation and on test
+    assert record.record["validation"]["accuracy"] == record.record["validation_accuracy"]["after"]
+    assert record.after.latency_ms == {} and record.after.accuracy == record.before.accuracy
+
+
+class Spy(Pruner):
+    """Test pruner: keeps the model, records the validation rows it was handed."""
+
+    id = "spy"
+    seen: list = []
+
+    @classmethod
+    def prune(cls, model, options, context):
+        from alambic.pruning import PruneResult
+
+        cls.seen.append([list(ids) for ids in context.validation["input_ids"]])
+        return PruneResult(model)
+
+
+def test_after_vocabulary_pruning_the_splits_are_tokenized_again_as_shipped(tmp_path):
+    """Before: after `vocab` the later steps and the guard read the old ids remapped one by one, so
+    "plays" (play ##s, with ##s pruned) read as [play, UNK]; the shipped tokenizer reads one [UNK]."""
+    from alambic.run import RunContext
+    from tests.conftest import SHARED_DATA, train_tiny_run
+
+    rows = lambda word: [f"{'好坏'[i % 2]}消息 {word} 第{i}条\t{i % 2}" for i in range(60)]  # noqa: E731
+    for name, word in (("dev.tsv", "plays"), ("test.tsv", "plays")):
+        (tmp_path / name).write_text("\n".join(rows(word)) + "\n", encoding="utf-8")
+    data = {"train": "train.tsv", "validation": "dev.tsv", "test": "test.tsv", "format": "tsv", "header": False,
+            "text_column": 0, "label_column": 1}
+    tokenizer = {"name_or_path": str(SHARED_DATA / "bert-base-chinese" / "vocab.txt"), "max_length": 16}
+    _, folder = train_tiny_run(tmp_path, rows("playing") * 2, data=data, tokenizer=tokenizer)
+    ctx = RunContext.open(tmp_path / "run.yaml", quiet=True)
+    ctx.registry["pruners"].add(Spy)
+    Spy.seen.clear()
+    record = compress(ctx, folder, parse_steps("vocab,spy", ctx.registry), None,
+                      measure=MeasureSettings(lengths=(), memory=False))
+    from transformers import AutoTokenizer
+
+    pruned = AutoTokenizer.from_pretrained(record.path / "model")
+    assert pruned.tokenize("plays") == ["[UNK]"]  # ##s is not in the pruned vocabulary: one [UNK]
+    shipped = [pruned(row.split("\t")[0], truncation=True, max_length=16)["input_ids"] for row in rows("plays")]
+    [seen] = Spy.seen
+    assert seen == shipped

@@ -5,11 +5,12 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
+import shutil
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-import yaml
 from rich.console import Console
 
 from alambic.errors import AlambicError, PluginError
@@ -113,6 +114,21 @@ def test_readmes_tell_the_app_developer_and_the_model_card_how_it_was_made(expor
     card = (exported.path / "hf" / "README.md").read_text(encoding="utf-8")
     assert "pipeline_tag: text-classification" in card and "license: Apache-2.0" in card
     assert "- vocab: kept" in card and "quant:dynamic-int8" in card and '"quant": "dynamic-int8"' in card
+    assert re.search(r"Measured in onnxruntime: validation accuracy \d\.\d{4}, test accuracy \d\.\d{4}, ", readme)
+
+
+def test_the_readme_takes_the_latency_the_search_timed_and_names_each_split(run):
+    """A search's candidates are timed after the search (the results row), not in their stage."""
+    from alambic.export import bundle_readme
+
+    _, _, record = run
+    row = {"candidate_id": "c1", "val_accuracy": 0.91, "test_accuracy": 0.9, "latency_p50_ms": 1.234,
+           "latency_threads": 2.0, "latency_machine": "Xeon, 2 cores, ci"}
+    readme = bundle_readme(load_source(record.path, recipe=row), {}, {})
+    after, validation = record.record["after_headline"], record.record["validation"]
+    assert (f"Measured in onnxruntime: validation accuracy {validation['accuracy']:.4f}, test accuracy "
+            f"{after['accuracy']:.4f}, {after['size_mb']:.2f} MB, p50 latency 1.23 ms at 2 thread(s) on Xeon, 2 "
+            "cores, ci.") in readme
 
 
 def test_verification_table_is_printed(exported):
@@ -171,15 +187,13 @@ def test_stage_is_resolved_from_results_and_selection(run, tmp_path):
     store.write_json("selected.json", {"candidate_id": "c1", "policy": "tier", "summary": "tier high"})
     with pytest.raises(AlambicError, match="no search results yet.*--stage DIR"):
         resolve_stage(store)
-    stage = (tmp_path / "run" / "stages" / "abc")
-    stage.parent.mkdir(parents=True)
-    stage.symlink_to(record.path, target_is_directory=True)
+    shutil.copytree(record.path, tmp_path / "run" / "stages" / "abc")  # a link out of the run is refused
     table = pa.table({"candidate_id": ["c0", "c1", "c2"], "stage": ["stages/abc", "stages/abc", None],
-                      "status": ["ok", "ok", "failed"], "accuracy": [0.9, 0.95, None]})
+                      "status": ["ok", "ok", "failed"], "val_accuracy": [0.9, 0.95, None]})
     pq.write_table(table, tmp_path / "run" / "results.parquet")
     path, recipe = resolve_stage(store)
     assert path == tmp_path / "run" / "stages" / "abc" and recipe["candidate_id"] == "c1"
-    assert recipe["selected"]["summary"] == "tier high" and recipe["accuracy"] == 0.95
+    assert recipe["selected"]["summary"] == "tier high" and recipe["val_accuracy"] == 0.95
     assert resolve_stage(store, candidate="c0")[1]["candidate_id"] == "c0"
     with pytest.raises(AlambicError, match="no candidate 'c9'.*3 candidates"):
         resolve_stage(store, candidate="c9")
@@ -190,6 +204,63 @@ def test_stage_is_resolved_from_results_and_selection(run, tmp_path):
         resolve_stage(store, candidate="c0", stage=record.path)
     with pytest.raises(AlambicError, match="--stage: folder not found"):
         resolve_stage(store, stage=tmp_path / "nowhere")
+
+
+# --- paths read from records ---------------------------------------------------------------
+
+
+def tampered(record, folder, **changes):
+    """A copy of the compress stage whose record.json says ``changes`` (dotted keys: quantization.source)."""
+    stage = shutil.copytree(record.path, folder)
+    found = json.loads((stage / "record.json").read_text(encoding="utf-8"))
+    for key, value in changes.items():
+        head, _, tail = key.replace("__", ".").rpartition(".")
+        (found[head] if head else found)[tail] = value
+    (stage / "record.json").write_text(json.dumps(found), encoding="utf-8")
+    return stage
+
+
+@pytest.mark.parametrize("key, value", [("artifact", "/etc/passwd"), ("artifact", "../../secret.onnx"),
+                                        ("quantization__source", "/etc/passwd"),
+                                        ("quantization__source", "quantized/../../../secret.onnx")])
+def test_a_record_path_outside_its_stage_stops_the_export_before_any_work(run, tmp_path, key, value):
+    """A tampered record.json must not make export copy (or measure) a file outside the stage."""
+    from alambic.store import UnsafePathError
+
+    _, ctx, record = run
+    (tmp_path / "secret.onnx").write_bytes(record.artifact.read_bytes())  # a graph the onnx format would ship
+    stage = tampered(record, tmp_path / "a" / "stage", **{key: value})
+    shown = key.replace("__", ".")
+    with pytest.raises(UnsafePathError, match=rf"{stage.resolve()}/record\.json: {shown} '{re.escape(value)}' "
+                                              rf"(is absolute or climbs out with '\.\.'|leads outside)"):
+        export_stage(stage, tmp_path / "bundle", ("onnx",), test_split=ctx.prepared.raw["test"],
+                     max_length=16, registry=ctx.registry)
+    assert not (tmp_path / "bundle").exists()
+
+
+def test_a_stage_symlinked_out_of_its_record_is_refused(run, tmp_path):
+    from alambic.store import UnsafePathError
+
+    _, ctx, record = run
+    stage = tampered(record, tmp_path / "stage", artifact="quantized/escape/secret.onnx")
+    (tmp_path / "outside").mkdir()
+    (tmp_path / "outside" / "secret.onnx").write_bytes(record.artifact.read_bytes())
+    (stage / "quantized" / "escape").symlink_to(tmp_path / "outside", target_is_directory=True)
+    with pytest.raises(UnsafePathError, match=r"record\.json: artifact 'quantized/escape/secret\.onnx' leads outside"):
+        export_stage(stage, tmp_path / "bundle", ("onnx",), max_length=16, registry=ctx.registry)
+
+
+@pytest.mark.parametrize("stage", ["/etc", "../../etc", "stages/../../x"])
+def test_a_results_rows_stage_outside_the_run_is_refused(tmp_path, stage):
+    from alambic.store import Store, UnsafePathError
+
+    store = Store.open(tmp_path / "run")
+    (tmp_path / "run").mkdir()
+    pq.write_table(pa.table({"candidate_id": ["c1"], "stage": [stage], "status": ["ok"]}),
+                   tmp_path / "run" / "results.parquet")
+    with pytest.raises(UnsafePathError, match=rf"results\.parquet \(candidate c1\): stage '{re.escape(stage)}' "
+                                              r"is absolute or climbs out"):
+        resolve_stage(store, candidate="c1")
 
 
 # --- command line ---------------------------------------------------------------------------
@@ -207,6 +278,19 @@ def test_cli_export_of_a_stage_prints_the_verification_table(run, tmp_path):
     manifest = json.loads((tmp_path / "cli-export" / "manifest.json").read_text(encoding="utf-8"))
     assert manifest["meta"]["formats"] == ["onnx", "hf"]
     assert manifest["meta"]["metadata"]["author"] == "alambic tests"
+
+
+def test_cli_export_of_a_tampered_record_says_which_file_and_key(run, tmp_path):
+    from tests.core.test_cli import alambic
+
+    root, _, record = run
+    stage = tampered(record, tmp_path / "stage", artifact="../../../../../../etc/passwd")
+    done = alambic("export", str(root / "run.yaml"), "--stage", str(stage), "--format", "onnx",
+                   "--out", str(tmp_path / "bundle"), cwd=root)
+    assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr
+    said = " ".join(done.stderr.split())  # rich wraps long lines
+    assert f"{stage.resolve()}/record.json: artifact '../../../../../../etc/passwd'" in said
+    assert "expected a path relative to" in said and not (tmp_path / "bundle").exists()
 
 
 def test_cli_export_without_a_search_says_what_to_run(run):

@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from alambic.pareto import crowding_distance, knee_point, non_dominated_sort, pareto_mask
+from alambic.pareto import beaten_within, crowding_distance, knee_point, non_dominated_sort, pareto_mask
 
 
 def dominates(a, b, modes) -> bool:
@@ -125,3 +125,34 @@ def test_knee_ignores_units_and_works_with_three_objectives():
     assert knee_point(points, ["max", "min", "min"], [2]) == 2
     with pytest.raises(ValueError, match="non-empty"):
         knee_point(points, ["max", "min", "min"], [])
+
+
+def test_beaten_within_noise_is_the_selection_rule_as_a_relation():
+    # accuracy (max), size (min): 0.407 is within 0.011 of 0.409 and four times smaller
+    points = [[0.409, 45.4], [0.407, 11.5], [0.300, 5.0]]
+    modes = ["max", "min"]
+    assert beaten_within(points, modes, [0, 1, 2], [0.011, 0.0]).tolist() == [True, False, False]
+    assert beaten_within(points, modes, [0, 1, 2], [0.0, 0.0]).tolist() == [False, False, False], "plain dominance"
+    assert beaten_within(points, modes, [0, 1, 2], [0.5, 0.0]).tolist() == [True, True, False]
+    assert beaten_within(points, modes, [2, 0], [0.011, 0.0]).tolist() == [False, False], "only among the front given"
+    with pytest.raises(ValueError, match="one tolerance >= 0 per objective"):
+        beaten_within(points, modes, [0, 1], [0.01])
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.lists(st.lists(st.integers(0, 5).map(float), min_size=3, max_size=3), min_size=1, max_size=15),
+       st.floats(0, 3))
+def test_some_front_point_is_never_beaten_within_noise(points, tolerance):
+    modes = ["max", "min", "min"]
+    front = non_dominated_sort(points, modes)[0]
+    assert not beaten_within(points, modes, front, [tolerance, 0.0, 0.0]).all()
+
+
+def test_the_knee_can_be_chosen_among_some_points_on_the_front_scale():
+    sizes = [1.0, 2.0, 3.0, 4.0, 5.0, 6.0]
+    accuracy = [0.50, 0.85, 0.90, 0.92, 0.93, 0.935]
+    points = [[a, s] for a, s in zip(accuracy, sizes)]
+    assert knee_point(points, ["max", "min"], range(6), among=[0, 2, 5]) == 2  # the next best, same scale
+    assert knee_point(points, ["max", "min"], range(6), among=[5]) == 5
+    with pytest.raises(ValueError, match="among must be a non-empty subset of front"):
+        knee_point(points, ["max", "min"], [0, 1], among=[4])

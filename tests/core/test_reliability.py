@@ -240,7 +240,7 @@ def test_cli_on_bad_data_prints_one_message_exits_2_and_writes_nothing(write_con
 # --- configs: every field wrong in turn -------------------------------------------------------
 
 SEARCH_BASE = {"students": ["roberta-l4"], "student_sizes": {"roberta-l4": {}},
-               "pruning": [[{"pruner": "ffn"}]], "objectives": [{"metric": "accuracy", "mode": "max"}]}
+               "pruning": [[{"pruner": "ffn"}]], "objectives": [{"metric": "val_accuracy", "mode": "max"}]}
 
 
 def section_of(annotation: Any) -> tuple[type[BaseModel] | None, tuple[Any, ...]]:

@@ -28,15 +28,16 @@ def headlines(start: int, count: int) -> str:
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
     """A tiny run, built for real without Ray: a 1-layer teacher (trained in this process) compressed
-    twice (vocabulary pruned + dynamic INT8 for ONNX Runtime; as it is, PyTorch), results.parquet
-    with those two candidates and a failed one, and selected.json."""
-    from alambic.compress import MeasureSettings, compress, parse_steps
+    twice (vocabulary pruned + dynamic INT8 for ONNX Runtime; as it is, PyTorch), scored and timed as
+    a search does (its rows, then the serial timing pass), results.parquet with those two candidates
+    and a failed one, and selected.json."""
+    from alambic.compress import SCORES_ONLY, MeasureSettings, compress, parse_steps, relative_path
     from alambic.front import load_results, select, write_selected
     from alambic.front import mark_front as rank
     from alambic.run import RunContext
-    from alambic.compress import relative_path
-    from alambic.search import Candidate, _base_row, mark_front, write_results
+    from alambic.search import Candidate, _base_row, mark_front, scores, write_results
     from alambic.teacher import train_teacher
+    from alambic.timing import time_candidates
 
     root = tmp_path_factory.mktemp("report-run")
     (root / "train.tsv").write_text(headlines(0, 160), encoding="utf-8")
@@ -62,16 +63,14 @@ def run(tmp_path_factory):
     rows = []
     for steps, quant in (("vocab", "dynamic-int8"), ("none", "none")):
         pruning = parse_steps(steps)
-        record = compress(ctx, folder, pruning, quant, measure=settings)
+        record = compress(ctx, folder, pruning, quant, measure=SCORES_ONLY)
         candidate = Candidate(student="teacher", settings={}, pruning=tuple(pruning), quantization=quant)
-        headline = record.after.headline()
-        rows.append(_base_row(candidate, "trial") | {k: headline[k] for k in (
-            "accuracy", "macro_f1", "size_mb", "latency_p50_ms", "latency_p90_ms", "peak_mem_mb", "params")} | {
-            "runtime": record.runtime, "latency_threads": headline["threads"], "status": "ok",
-            "prune_key": record.prune_key, "compress_key": record.key, "stage": str(relative_path(record.path, run_dir)),
-            "artifact": str(relative_path(record.artifact, run_dir))})
+        rows.append(_base_row(candidate, "trial") | scores(record) | {
+            "runtime": record.runtime, "status": "ok", "prune_key": record.prune_key, "compress_key": record.key,
+            "stage": str(relative_path(record.path, run_dir)), "artifact": str(relative_path(record.artifact, run_dir))})
     failed = Candidate(student="teacher", settings={"temperature": 9.0}, pruning=(), quantization="none")
     rows.append(_base_row(failed, "trial") | {"status": "failed", "error": "RuntimeError: explode"})
+    rows = time_candidates(ctx, rows, settings)
     write_results(ctx.store, mark_front(rows, ctx.config.search.objectives))
     df = rank(load_results(ctx.store), ctx.config.search.objectives)
     selection = select(df, ctx.config.select, registry=ctx.registry).require()
@@ -99,7 +98,8 @@ def tables(report, id):
 def test_every_section_is_written_and_only_the_export_is_missing(written):
     report, paths, run_dir = written
     md = (run_dir / "report.md").read_text(encoding="utf-8")
-    for title in ("Data", "Teacher", "Candidates", "Pareto front", "Selected model", "Guard decisions",
+    for title in ("Data", "Teacher", "Candidates", "Pareto front", "Selected model",
+                  "Selected model against its teacher and student", "Guard decisions",
                   "Selected model on the test split", "Export", "Machine"):
         assert f"\n## {title}\n" in md, title
     assert report.missing == ["Export: No export yet (export/verification.json): run `alambic export RUN`."]
@@ -114,17 +114,28 @@ def test_the_comparison_table_has_the_teacher_every_candidate_and_ratios(written
     report, _, _ = written
     _, _, rows, selection = run
     table = tables(report, "candidates")[0]
-    assert table.headers == ["", "candidate", "student", "pruning", "quant", "runtime", "accuracy", "macro-F1",
-                             "golden accuracy", "params", "size MB", "p50 ms", "p90 ms", "peak MB", "speed-up",
-                             "smaller"]
-    assert table.rows[0][:2] == ["teacher", "teacher"] and table.rows[0][-2:] == ["1.00×", "1.00×"]
-    assert {r[1] for r in table.rows[1:]} == {r["candidate_id"] for r in rows if r["status"] == "ok"}
+    assert table.headers == ["", "candidate", "student", "pruning", "quant", "runtime", "val accuracy",
+                             "val macro-F1", "test accuracy", "test macro-F1", "golden accuracy", "params", "size MB",
+                             "p50 ms", "p90 ms", "peak MB", "speed-up", "= runtime", "× compression", "smaller"]
+    # the teacher in each runtime it was timed in, the fastest first: every speed-up's baseline
+    teacher = [r for r in table.rows if r[1] == "teacher"]
+    assert [r[0] for r in teacher] == ["teacher, baseline", "teacher"]
+    assert {r[5] for r in teacher} == {"pytorch", "onnxruntime"} and teacher[0][-4:] == ["1.00×"] * 4
+    assert float(teacher[0][13]) <= float(teacher[1][13])  # p50: the baseline is the faster
+    assert {r[1] for r in table.rows[2:]} == {r["candidate_id"] for r in rows if r["status"] == "ok"}
     chosen = [r for r in table.rows if r[1] == selection.candidate_id]
     assert len(chosen) == 1 and "selected" in chosen[0][0]
     assert [table.rows[i][1] for i in table.emphasis] == [selection.candidate_id]
+    by_id = {r["candidate_id"]: r for r in rows}
+    for row in table.rows[2:]:  # validation and test side by side, each from its own column
+        assert row[6:10] == [f"{by_id[row[1]][k]:.4f}" for k in ("val_accuracy", "val_macro_f1", "test_accuracy",
+                                                                  "test_macro_f1")]
     for row in table.rows:
-        assert re.fullmatch(r"\d+\.\d{4}", row[8]), row  # golden accuracy, beside the test accuracy
-        assert row[-2].endswith("×") and row[-1].endswith("×")
+        assert re.fullmatch(r"\d+\.\d{4}", row[10]), row  # golden accuracy, beside the others
+        assert all(cell.endswith("×") for cell in row[-4:]), row
+        total, runtime, compression = (float(cell.rstrip("×").replace(",", "")) for cell in row[-4:-1])
+        rounding = 0.005 * (runtime + compression + 1) + 1e-4  # each of the three is shown to 2 decimals
+        assert total == pytest.approx(runtime * compression, abs=rounding)
     text = "\n".join(map(str, section(report, "candidates").blocks))
     assert "1 failed candidate(s)" in text and "RuntimeError: explode" in str(section(report, "candidates").blocks)
 
@@ -148,10 +159,14 @@ def test_data_teacher_selection_and_guard_sections(written, run):
         assert [r[0] for r in decisions[0].rows] == [d["step"] for d in record["decisions"]]
     else:
         assert "No compression step: nothing to guard." in section(report, "guard").blocks
+    facts = dict(tables(report, "selected")[0].rows)
+    assert facts["validation accuracy (chosen on)"].startswith(f"{selection.row['val_accuracy']:.4f} on ")
+    assert facts["test accuracy (reported only)"].startswith(f"{selection.row['test_accuracy']:.4f} on ")
     machine = tables(report, "machine")[0]
-    assert [r[0] for r in machine.rows][-2:] == ["the teacher", "this report"]
-    measured = [int(r[0].split()[0]) for r in machine.rows[:-2]]  # one row per runtime: ONNX Runtime, torch
-    assert sum(measured) == 2 and {r[6].split()[0] for r in machine.rows[:-2]} == {"onnxruntime", "torch"}
+    assert [r[0] for r in machine.rows][-3:] == ["the teacher", "the teacher", "this report"]
+    timed = [r for r in machine.rows if r[0].endswith("candidate(s)")]  # one row per runtime, from the rows
+    assert sum(int(r[0].split()[0]) for r in timed) == 2 and {r[2] for r in timed} == {"ONNX Runtime", "PyTorch"}
+    assert all(r[1] == selection.row["latency_machine"] for r in timed)
 
 
 def test_per_class_f1_confusion_and_prediction_distribution(written, run):
@@ -193,6 +208,7 @@ def test_a_second_report_measures_and_evaluates_nothing_and_shows_the_export(run
     export_stage(stage, ctx.store.local_path("export"), ("hf",), test_split=ctx.prepared.raw["test"],
                  max_length=16, registry=ctx.registry)
     monkeypatch.setattr(measure, "measure_pytorch", lambda *a, **k: pytest.fail("the teacher was measured again"))
+    monkeypatch.setattr(measure, "measure_onnx", lambda *a, **k: pytest.fail("the teacher was timed again"))
     monkeypatch.setattr(report_module, "_evaluate", lambda *a, **k: pytest.fail("evaluated again"))
     report = report_module.build_report(ctx)
     assert report.missing == []
@@ -221,6 +237,134 @@ def test_cli_report(run, written):
     assert "report.html" in result.output and "report.md" in result.output
     missing = CliRunner().invoke(app, ["report", str(root / "nowhere")])
     assert missing.exit_code != 0 and "no such file or directory" in str(missing.exception)
+
+
+# --- the selected model against its teacher and student ------------------------------------
+
+
+def current_teacher_key(ctx) -> str:
+    from alambic.teacher import current_teacher_key
+
+    return current_teacher_key(ctx)
+
+
+def number(cell: str) -> float:
+    return float(cell.rstrip("×").replace(",", ""))
+
+
+def test_speed_up_is_against_the_teacher_in_its_fastest_runtime_split_exactly(written, run):
+    """Issue 16.9: the headline speed-up is against the run's own teacher in its fastest runtime
+    here, at the candidate's threads; runtime share x compression share = the total, both sides named."""
+    report, _, _ = written
+    _, ctx, _, selection = run
+    row = selection.row
+    sentence, sides = section(report, "against").blocks[:2]
+    key = current_teacher_key(ctx)
+    assert sides.headers[:4] == ["side", "model", "runtime", "threads"]
+    candidate, *teachers = sides.rows
+    assert candidate[0] == "candidate (shipped)" and f"`{row['candidate_id']}`" in candidate[1]
+    runtime = {"onnxruntime": "ONNX Runtime", "pytorch": "PyTorch"}[row["runtime"]]
+    assert candidate[2] == f"{runtime} {row['quantization'] if row['quantization'] != 'none' else 'fp32'}"
+    assert {t[2] for t in teachers} == {"PyTorch fp32", "ONNX Runtime fp32"}  # both runtimes, named
+    assert all(t[1] == f"teacher `{key[:12]}`" for t in teachers)
+    assert all(r[3] == str(int(row["latency_threads"])) for r in sides.rows)  # the same threads on both sides
+    fastest = min(teachers, key=lambda t: number(t[4]))
+    same = next(t for t in teachers if t[2] == f"{runtime} fp32")
+    assert "the baseline: its fastest runtime here" in fastest[0] or "the baseline (its fastest" in fastest[0]
+    assert all("a reference only, not the baseline" in t[0] for t in teachers if t not in (fastest, same))
+    assert "in the candidate's runtime" in same[0]
+    found = re.fullmatch(r"Speed-up ([\d,.]+)× against the teacher `(\w+)` in (.+?) fp32 \(its fastest here\) = "
+                         r"runtime ([\d,.]+)× \(the teacher: (.+?) fp32 → (.+?) fp32\) × compression ([\d,.]+)× "
+                         r"\(the teacher → `(\w+)` .*, both in (.+?)\); (\d+) thread\(s\), (\d+) tokens, batch 1\.",
+                         sentence)
+    assert found, sentence
+    total, runtime_share, compression = (number(found[i]) for i in (1, 4, 7))
+    assert found[2] == key[:12] and found[3] == found[5] == fastest[2].removesuffix(" fp32")
+    assert found[6] == found[9] == runtime and found[8] == row["candidate_id"]
+    assert int(found[10]) == row["latency_threads"]
+    assert total == pytest.approx(runtime_share * compression, rel=0.01)
+    # each share from the teacher's own timings (cached: read again, not timed again): the baseline
+    # over the teacher in the candidate's runtime, that over the candidate; the total against the
+    # baseline, not against PyTorch fp32 by default
+    path, threads = ctx.store.local_path(f"stages/{key}"), int(row["latency_threads"])
+    p50 = {rt: report_module.teacher_measurement(ctx, key, path, runtime=rt, threads=threads).headline()[
+        "latency_p50_ms"] for rt in ("pytorch", "onnxruntime")}
+    assert fastest[2] == {"pytorch": "PyTorch fp32", "onnxruntime": "ONNX Runtime fp32"}[min(p50, key=p50.get)]
+    assert runtime_share == pytest.approx(min(p50.values()) / p50[row["runtime"]], abs=0.006)  # 2 decimals shown
+    assert compression == pytest.approx(p50[row["runtime"]] / row["latency_p50_ms"], abs=0.006)
+    assert total == pytest.approx(min(p50.values()) / row["latency_p50_ms"], abs=0.006)
+
+
+def test_speed_up_split_is_exact():
+    s = report_module.speed_up({"pytorch": 46.0, "onnxruntime": 28.5}, "onnxruntime", 1.33)
+    assert (s.baseline, s.runtime, s.runtime_share) == ("onnxruntime", "onnxruntime", 1.0)
+    assert s.total == s.runtime_share * s.compression_share == pytest.approx(28.5 / 1.33)
+    s = report_module.speed_up({"pytorch": 46.0, "onnxruntime": 28.5}, "pytorch", 9.0)  # a slower runtime costs
+    assert s.baseline == "onnxruntime" and s.runtime_share == pytest.approx(28.5 / 46.0)
+    assert s.compression_share == pytest.approx(46.0 / 9.0) and s.total == pytest.approx(28.5 / 9.0)
+    assert report_module.speed_up({"pytorch": 46.0}, "onnxruntime", 1.0) is None  # no teacher in that runtime
+    assert report_module.speed_up({"pytorch": 46.0}, "pytorch", None) is None
+
+
+def test_accuracy_drops_against_the_student_and_the_teacher_use_the_same_split(written, run):
+    """Issue 16.5: validation against validation, test against test, in points."""
+    report, _, _ = written
+    _, ctx, _, selection = run
+    row = selection.row
+    drops = section(report, "against").blocks[-1]
+    assert drops.headers == ["against", "split", "its accuracy", "shipped accuracy", "drop (points)"]
+    assert [r[1] for r in drops.rows] == ["validation", "test", "validation", "test"]
+    teacher = json.loads((ctx.store.local_path(f"stages/{current_teacher_key(ctx)}") / "metrics.json").read_text())
+    expected = [(row["student_val_accuracy"], row["val_accuracy"]), (row["student_test_accuracy"], row["test_accuracy"]),
+                (teacher["validation"]["accuracy"], row["val_accuracy"]), (teacher["test"]["accuracy"], row["test_accuracy"])]
+    assert drops.rows[0][0].startswith("distilled student") and drops.rows[2][0].startswith("teacher `")
+    for shown, (reference, shipped) in zip(drops.rows, expected, strict=True):
+        assert shown[2:] == [f"{reference:.4f}", f"{shipped:.4f}", f"{100 * (reference - shipped):+.2f}"]
+
+
+# --- paths read from records ----------------------------------------------------------------
+
+
+@pytest.fixture
+def copied(run, tmp_path):
+    """The run copied (config and store) so that its records can be tampered with."""
+    root, _, _, selection = run
+    copy = shutil.copytree(root, tmp_path / "copy", symlinks=True)
+    config = yaml.safe_load((copy / "run.yaml").read_text(encoding="utf-8"))
+    (copy / "run.yaml").write_text(yaml.safe_dump(config | {"store": str(copy / "artifacts")}, allow_unicode=True),
+                                   encoding="utf-8")
+    for name in ("report.md", "report.html"):  # written by the tests before: none is, this time
+        (copy / "artifacts" / "tiny" / name).unlink(missing_ok=True)
+    return copy, copy / "artifacts" / "tiny", selection.row
+
+
+@pytest.mark.parametrize("artifact", ["/etc/passwd", "../../../../etc/passwd"])
+def test_a_tampered_record_stops_the_report_naming_the_file_and_key(copied, artifact):
+    """Issue 16.8: record.json's artifact is joined to its stage only when it stays inside."""
+    from typer.testing import CliRunner
+
+    from alambic.cli import app
+    from alambic.store import UnsafePathError
+
+    copy, run_dir, row = copied
+    record = run_dir / row["stage"] / "record.json"
+    record.write_text(json.dumps(json.loads(record.read_text()) | {"artifact": artifact}), encoding="utf-8")
+    result = CliRunner().invoke(app, ["--quiet", "report", str(copy / "run.yaml")])
+    assert result.exit_code != 0 and isinstance(result.exception, UnsafePathError), result.output
+    assert str(result.exception).startswith(f"{record.resolve()}: artifact {artifact!r} is absolute or climbs out")
+    assert not (run_dir / "report.html").exists()
+
+
+@pytest.mark.parametrize("stage", ["/etc", "stages/../../.."])
+def test_a_tampered_selection_stops_the_report_naming_the_file_and_key(copied, stage):
+    from alambic.store import UnsafePathError
+
+    _, run_dir, _ = copied
+    selected = json.loads((run_dir / "selected.json").read_text())
+    selected["row"]["stage"] = stage
+    (run_dir / "selected.json").write_text(json.dumps(selected), encoding="utf-8")
+    with pytest.raises(UnsafePathError, match=rf"selected\.json: stage '{re.escape(stage)}' is absolute or climbs out"):
+        report_module.build_report(run_dir)  # the run directory: the guard section reads the stage's record
 
 
 # --- data.golden ----------------------------------------------------------------------------

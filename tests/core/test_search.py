@@ -175,8 +175,10 @@ def test_search_runs_every_candidate_and_memoizes(searched):
     assert len(first.rows) == 6 and set(rows) == {(s, p) for s in ("roberta-l4", "tinybert-4l")
                                                   for p in ("none", "ffn:0.5", "explode")}
     ok = [r for r in first.rows if r["status"] == "ok"]
-    assert len(ok) == 4 and all(r["accuracy"] is not None and r["size_mb"] > 0 for r in ok)
-    assert all(r["runtime"] == "onnxruntime" and r["latency_p50_ms"] > 0 for r in ok)
+    assert len(ok) == 4 and all(r["val_accuracy"] is not None and r["size_mb"] > 0 for r in ok)
+    assert all(r["test_accuracy"] is not None and r["val_examples"] > 0 and r["test_examples"] > 0 for r in ok)
+    # latency from the serial pass after the trials, on this machine
+    assert all(r["runtime"] == "onnxruntime" and r["latency_p50_ms"] > 0 and r["latency_machine"] for r in ok)
     # two students, distilled once each although each has three candidates
     assert first.counts["distill"] == {"ran": 2, "reused": 4}
     assert first.counts["prune"]["ran"] == 2 and first.counts["candidates"] == {"ok": 4, "failed": 2}
@@ -192,7 +194,7 @@ def test_a_candidate_whose_plugin_raises_fails_and_the_others_complete(searched)
     failed = [r for r in first.rows if r["status"] == "failed"]
     assert {r["pruning"] for r in failed} == {"explode"}
     assert all("explode: this pruner always fails" in r["error"] for r in failed)
-    assert all(r["accuracy"] is None and r["distill_key"] for r in failed)  # it failed after distilling
+    assert all(r["val_accuracy"] is None and r["distill_key"] for r in failed)  # it failed after distilling
 
 
 def test_results_parquet_has_one_row_per_candidate(searched):
@@ -203,7 +205,8 @@ def test_results_parquet_has_one_row_per_candidate(searched):
     ctx, first, _, _ = searched
     table = pq.read_table(ctx.store.local_path("results.parquet"))
     assert table.num_rows == 6 and set(COLUMNS) <= set(table.column_names)
-    assert table.schema.field("accuracy").type == "double" and table.schema.field("on_front").type == "bool"
+    assert table.schema.field("val_accuracy").type == "double" and table.schema.field("on_front").type == "bool"
+    assert table.schema.field("test_accuracy").type == "double" and "accuracy" not in table.column_names
     assert sorted(table.column("candidate_id").to_pylist()) == sorted(r["candidate_id"] for r in first.rows)
 
 
@@ -214,7 +217,119 @@ def test_a_second_search_trains_nothing(searched):
     by_id = {r["candidate_id"]: r for r in first.rows if r["status"] == "ok"}
     for r in second.rows:
         if r["status"] == "ok":
-            assert r["accuracy"] == by_id[r["candidate_id"]]["accuracy"]
+            assert r["val_accuracy"] == by_id[r["candidate_id"]]["val_accuracy"]
+            assert r["latency_p50_ms"] == by_id[r["candidate_id"]]["latency_p50_ms"]  # the timing is reused too
+
+
+# --- results follow their inputs (no Ray: the trial's own function) ---------------------------
+
+
+def run_candidates(path: Path, candidates: list) -> dict[str, dict]:
+    """What each candidate's trial returns, for the run config at ``path`` as it is now."""
+    from alambic.compress import MeasureSettings
+    from alambic.run import RunContext
+    from alambic.search import SearchJob, run_candidate, search_key
+    from alambic.teacher import teacher_logits, train_teacher
+
+    ctx = RunContext.open(path, quiet=True)
+    teacher = train_teacher(ctx, local=True)
+    teacher_logits(ctx, teacher)
+    job = SearchJob(config=ctx.config, registry=ctx.registry, teacher=teacher, measure=MeasureSettings(),
+                    train_in_trial=True, tokenized_key=ctx.prepared.tokenized_key,
+                    name=f"search-{search_key(ctx, teacher.key)}")
+    return {c.id: run_candidate(ctx, c, job) for c in candidates}
+
+
+def test_a_candidate_is_rebuilt_when_any_input_changes_and_reused_when_none_does(tmp_path, monkeypatch):
+    """Before: a candidate's row was found by its point in the space alone, and a search after a
+    change of data, teacher, distill settings, guard or student size reported the old rows."""
+    from alambic.search import Candidate
+
+    monkeypatch.chdir(tmp_path)
+    path = tiny_run(tmp_path, name="inputs")
+    ffn = (PruningStep(pruner="ffn", amount=0.5),)
+    roberta, pruned, tiny = (Candidate("roberta-l4", {}, (), "none"), Candidate("roberta-l4", {}, ffn, "none"),
+                             Candidate("tinybert-4l", {}, (), "none"))
+    candidates = [roberta, pruned, tiny]
+    first = run_candidates(path, candidates)
+    assert all(r["status"] == "ok" for r in first.values())
+    previous = [first]
+
+    def edit(change) -> dict[str, dict]:
+        config = yaml.safe_load(path.read_text(encoding="utf-8"))
+        change(config)
+        path.write_text(yaml.safe_dump(config, allow_unicode=True), encoding="utf-8")
+        return rerun()
+
+    def rerun() -> dict[str, dict]:
+        rows = run_candidates(path, candidates)
+        assert all(r["status"] == "ok" for r in rows.values())
+        previous.append(rows)
+        return rows
+
+    def changed(rows, stage) -> set[str]:
+        """Candidates whose stage has a new key, each built (by it or by a candidate sharing it)."""
+        new = {cid for cid, r in rows.items() if r[f"{stage}_key"] != previous[-2][cid][f"{stage}_key"]}
+        fresh = {rows[cid][f"{stage}_key"] for cid in new}
+        assert fresh == {r[f"{stage}_key"] for r in rows.values() if r[f"{stage}_key"] and not r[f"{stage}_reused"]}
+        return new
+
+    again = rerun()  # nothing changed: every stage found
+    assert changed(again, "distill") == changed(again, "compress") == set()
+    assert all(r["distill_reused"] and r["compress_reused"] for r in again.values())
+    assert {c: r["val_accuracy"] for c, r in again.items()} == {c: r["val_accuracy"] for c, r in first.items()}
+
+    # one student's size: that student's candidates only
+    rows = edit(lambda c: c["search"]["student_sizes"]["tinybert-4l"].update(hidden=16, ffn=32))
+    assert changed(rows, "distill") == changed(rows, "compress") == {tiny.id}
+    # the guard: every compress stage and the pruning it judges, no distillation
+    rows = edit(lambda c: c.update(guard={"max_drop": 5.0}))
+    assert changed(rows, "distill") == set() and changed(rows, "compress") == {roberta.id, pruned.id, tiny.id}
+    assert changed(rows, "prune") == {pruned.id}
+    # the base distill section, then the teacher: every student
+    for change in (lambda c: c["distill"].update(learning_rate=0.002), lambda c: c["teacher"].update(epochs=2)):
+        rows = edit(change)
+        assert changed(rows, "distill") == changed(rows, "compress") == {roberta.id, pruned.id, tiny.id}
+    # the data (the issue's own case: a train set cut down)
+    lines = (tmp_path / "train.tsv").read_text(encoding="utf-8").splitlines()
+    (tmp_path / "train.tsv").write_text("\n".join(lines[:120]) + "\n", encoding="utf-8")
+    rows = rerun()
+    assert changed(rows, "distill") == changed(rows, "compress") == {roberta.id, pruned.id, tiny.id}
+
+
+def test_latency_is_timed_after_the_search_keyed_by_settings_and_machine(tmp_path, monkeypatch):
+    """Trials score accuracy and size only; the serial pass times each artifact, reuses a timing
+    made here with the same settings, and never one made on another machine."""
+    import alambic.machine
+    from alambic.compress import MeasureSettings
+    from alambic.run import RunContext
+    from alambic.search import Candidate
+    from alambic.timing import time_candidates
+
+    monkeypatch.chdir(tmp_path)
+    path = tiny_run(tmp_path, name="timed")
+    [row] = run_candidates(path, [Candidate("roberta-l4", {}, (), "dynamic-int8")]).values()
+    assert row["status"] == "ok" and row["latency_p50_ms"] is None and row["peak_mem_mb"] is None
+    ctx = RunContext.open(path, quiet=True)
+    settings = MeasureSettings(lengths=(8,), runs=2, warmup=0, memory=False)
+    seen = []
+
+    def timed(settings: MeasureSettings) -> dict:
+        [done] = time_candidates(ctx, [dict(row)], settings, on_timed=lambda n, total, r: seen.append((n, total)))
+        return done
+
+    first = timed(settings)
+    assert first["latency_p50_ms"] > 0 and first["latency_threads"] == 1 and seen == [(1, 1)]
+    stages = lambda: {p.name for p in (tmp_path / "artifacts" / "timed" / "stages").iterdir()  # noqa: E731
+                      if not p.name.startswith(".")}
+    before = stages()
+    assert timed(settings)["latency_p50_ms"] == first["latency_p50_ms"] and stages() == before  # reused
+    timed(MeasureSettings(lengths=(8, 12), runs=2, warmup=0, memory=False))  # other settings: timed again
+    assert len(stages()) == len(before) + 1
+    elsewhere = alambic.machine.identity() | {"host": "another-machine"}
+    monkeypatch.setattr(alambic.machine, "identity", lambda: elsewhere)
+    other = timed(settings)  # the same settings on another machine: timed again, not reused
+    assert len(stages()) == len(before) + 2 and other["latency_machine"].endswith("another-machine")
 
 
 def test_no_search_section_is_a_clear_error(tmp_path):
@@ -270,6 +385,46 @@ def test_driver_killed_mid_search_resumes_without_redoing(tmp_path):
     assert clean.returncode == 0, err[-3000:]
     clean_rows = json.loads(out[out.index("{"):])["rows"]
     assert {r["candidate_id"] for r in clean_rows} == set(rows)  # the same candidates as a clean run
+
+
+def test_nsga2_population_follows_the_trials():
+    from alambic.search import population_size
+
+    assert [population_size(t) for t in (1, 6, 16, 100, 1000)] == [2, 2, 4, 25, 50]
+
+
+def test_nsga2_and_tpe_search_end_to_end_reporting_every_objective_and_progress_to_a_log(tmp_path):
+    """Before: model_mem_mb was never reported to Tune and an unmeasured objective was dropped, so
+    OptunaSearch failed; NSGA-II's population stayed 50; a search written to a file printed nothing
+    until its end, and its tables were cut to 80 columns."""
+    import pyarrow.parquet as pq
+
+    objectives = [{"metric": "val_accuracy", "mode": "max"}, {"metric": "size_mb", "mode": "min"},
+                  {"metric": "latency_p50_ms", "mode": "min"}, {"metric": "model_mem_mb", "mode": "min"}]
+    common = {"students": ["tinybert-4l"], "trials": 3, "objectives": objectives,
+              "pruning": [[], [{"pruner": "ffn", "amount": 0.5}]], "quantization": ["none", "dynamic-int8"],
+              "measure": {"lengths": [8], "runs": 2, "warmup": 0, "memory": True}}
+    exe = Path(sys.executable).with_name("alambic")
+    config = tiny_run(tmp_path, name="optuna", algorithm="nsga2", **common)
+    done = subprocess.run([str(exe), "search", str(config)], cwd=tmp_path, capture_output=True, text=True,
+                          timeout=900, env={k: v for k, v in os.environ.items() if k != "COLUMNS"})
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "NSGA-II: population 2" in done.stdout and "Tune optimizes params in its place" in done.stdout
+    lines = [line for line in done.stdout.splitlines() if line.startswith("candidate ")]
+    assert lines and all(" tinybert-4l " in line and "val_acc=0." in line and " ok " in line for line in lines)
+    assert lines[0].startswith("candidate 1/3 ") and "timed 1/" in done.stdout
+    assert "…" not in done.stdout  # the final table at its natural width, nothing cut
+    rows = pq.read_table(tmp_path / "artifacts" / "optuna" / "results.parquet").to_pylist()
+    assert rows and all(r["status"] == "ok" and r["model_mem_mb"] is not None and r["latency_p50_ms"] > 0
+                        for r in rows)
+
+    config = tiny_run(tmp_path, name="optuna", algorithm="tpe", **common)  # the same run: stages reused
+    done = subprocess.run([str(exe), "search", str(config), "--json"], cwd=tmp_path, capture_output=True,
+                          text=True, timeout=900)
+    assert done.returncode == 0, done.stderr[-3000:]
+    result = json.loads(done.stdout[done.stdout.index("{"):])
+    assert result["rows"] and all(r["status"] == "ok" and r["model_mem_mb"] is not None for r in result["rows"])
+    assert result["counts"]["distill"]["ran"] == 0  # the nsga2 search's student, found
 
 
 def test_a_recovered_pruning_step_runs_inside_a_search_trial(tmp_path):

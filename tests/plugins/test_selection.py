@@ -76,7 +76,7 @@ def test_constraints_policy():
 
 
 def test_ties_go_to_the_smaller_then_the_faster():
-    df = pd.DataFrame([{"candidate_id": cid, "status": "ok", "accuracy": 0.9, "size_mb": size,
+    df = pd.DataFrame([{"candidate_id": cid, "status": "ok", "val_accuracy": 0.9, "size_mb": size,
                         "latency_p50_ms": p50, "latency_p90_ms": p50, "model_mem_mb": 50.0}
                        for cid, size, p50 in (("a", 10.0, 5.0), ("b", 8.0, 6.0), ("c", 8.0, 4.0), ("d", 9.0, 1.0))])
     selection = select(df, Tier())
@@ -85,9 +85,9 @@ def test_ties_go_to_the_smaller_then_the_faster():
 
 
 def test_a_candidate_not_measured_never_qualifies_and_is_nearest_last():
-    df = pd.DataFrame([{"candidate_id": "m", "status": "ok", "accuracy": 0.99, "size_mb": 1.0,
+    df = pd.DataFrame([{"candidate_id": "m", "status": "ok", "val_accuracy": 0.99, "size_mb": 1.0,
                         "latency_p50_ms": 1.0, "latency_p90_ms": 1.0, "model_mem_mb": None},
-                       {"candidate_id": "n", "status": "ok", "accuracy": 0.8, "size_mb": 1.0,
+                       {"candidate_id": "n", "status": "ok", "val_accuracy": 0.8, "size_mb": 1.0,
                         "latency_p50_ms": 1.0, "latency_p90_ms": 150.0, "model_mem_mb": 10.0}])
     selection = select(df, Tier())
     assert not selection.ok and [n.candidate_id for n in selection.nearest] == ["n", "m"]
@@ -120,10 +120,67 @@ def test_config_select_section_builds_the_policy():
 
 def test_a_candidate_off_the_front_is_chosen_when_what_beats_it_misses_a_limit():
     # x beats y on accuracy, size and p50, but its p90 (what the tier checks) is too slow
-    df = pd.DataFrame([{"candidate_id": cid, "status": "ok", "accuracy": 0.9, "size_mb": size,
+    df = pd.DataFrame([{"candidate_id": cid, "status": "ok", "val_accuracy": 0.9, "size_mb": size,
                         "latency_p50_ms": p50, "latency_p90_ms": p90, "model_mem_mb": 50.0}
                        for cid, size, p50, p90 in (("x", 10.0, 5.0, 200.0), ("y", 12.0, 6.0, 20.0))])
     selection = select(df, Tier())
     assert selection.candidate_id == "y" and selection.row["front_rank"] == 1
-    assert selection.reasons[-1].startswith("not on the Pareto front over accuracy (max), size_mb (min), "
+    assert selection.reasons[-1].startswith("not on the Pareto front over val_accuracy (max), size_mb (min), "
                                             "latency_p50_ms (min) (rank 1)")
+
+
+# --- accuracy within noise ------------------------------------------------------------------
+
+#: The issue's held-out task: 0.2 point apart on 2,000 validation rows, one standard error ~1.1 point.
+NOISY = (("fp32", 0.4090, 45.4, "none", 30.0), ("int8", 0.4070, 11.5, "dynamic-int8", 12.0))
+
+
+def noisy_frame(rows=NOISY, val_examples: int | None = 2_000) -> pd.DataFrame:
+    return pd.DataFrame([{"candidate_id": cid, "status": "ok", "val_accuracy": acc, "val_examples": val_examples,
+                          "test_accuracy": acc, "size_mb": size, "quantization": quant, "latency_p50_ms": p50,
+                          "latency_p90_ms": p50 * 2, "model_mem_mb": 100.0}
+                         for cid, acc, size, quant, p50 in rows])
+
+
+def test_accuracies_within_one_standard_error_count_as_equal_and_the_smaller_wins():
+    selection = select(noisy_frame(), Tier(tier="mid"))
+    assert selection.candidate_id == "int8"
+    assert ("int8 (11.5 MB, dynamic-int8) chosen over fp32 (45.4 MB, none), the most accurate: 0.20 pt apart, "
+            "within the tolerance of 1.10 pt (one standard error on 2,000 validation rows); the smaller wins"
+            in " ".join(selection.reasons))
+    assert selection.to_dict()["accuracy_tolerance"] == {
+        "points": pytest.approx(1.0994, abs=1e-4), "basis": "one standard error on 2,000 validation rows"}
+
+
+def test_tolerance_zero_ranks_by_the_last_digit_as_before():
+    assert select(noisy_frame(), Tier(tier="mid", accuracy_tolerance=0.0)).candidate_id == "fp32"
+    exact = select(noisy_frame(), {"policy": "tier", "tier": "mid", "accuracy_tolerance": 0.0}, registry=REGISTRY)
+    assert exact.candidate_id == "fp32"
+    assert "the most accurate of 2 qualifying candidates (val accuracy 0.4090; next: int8, 0.4070)" in exact.reasons
+    assert make_policy(SelectConfig(accuracy_tolerance=0.5), REGISTRY) == Tier(accuracy_tolerance=0.5)
+
+
+def test_a_gap_larger_than_the_tolerance_keeps_the_more_accurate():
+    wider = noisy_frame((("fp32", 0.4300, 45.4, "none", 30.0), NOISY[1]))  # 2.3 points, 1.1 the error
+    selection = select(wider, Tier(tier="mid"))
+    assert selection.candidate_id == "fp32"
+    assert ("the most accurate of 2 qualifying candidates (val accuracy 0.4300; next: int8, 0.4070, 2.30 pt lower: "
+            "beyond the tolerance of 1.11 pt (one standard error on 2,000 validation rows))" in selection.reasons)
+    stated = select(noisy_frame(), Tier(tier="mid", accuracy_tolerance=0.1))  # a tolerance in points
+    assert stated.candidate_id == "fp32" and "beyond the tolerance of 0.10 pt (accuracy_tolerance)" in stated.reasons[2]
+    looser = select(wider, Tier(tier="mid", accuracy_tolerance=2.5))
+    assert looser.candidate_id == "int8" and "within the tolerance of 2.50 pt (accuracy_tolerance)" in looser.reasons[2]
+
+
+def test_within_the_tolerance_the_same_size_goes_to_the_faster():
+    rows = (("slow", 0.4090, 11.5, "dynamic-int8", 30.0), ("fast", 0.4070, 11.5, "dynamic-int8", 12.0))
+    selection = select(noisy_frame(rows), Tier(tier="mid"))
+    assert selection.candidate_id == "fast"
+    assert "the same size; the faster wins: p50 12.00 ms against 30.00 ms" in selection.reasons[2]
+
+
+def test_without_val_examples_the_ranking_is_exact_and_says_so():
+    selection = select(noisy_frame(val_examples=None), Tier(tier="mid"))
+    assert selection.candidate_id == "fp32"
+    assert selection.to_dict()["accuracy_tolerance"]["points"] == 0.0
+    assert any("no val_examples" in note for note in selection.notes)

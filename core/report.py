@@ -191,12 +191,12 @@ def teacher_measurement(ctx: RunContext, key: str, path: Path, *, runtime: str =
     """The teacher folder timed as the candidates are (the search's lengths and runs, ``threads``),
     in ``runtime`` at fp32 (ONNX Runtime: exported and fused as the candidates' graphs are), without
     the memory child; once per teacher, settings and machine (a ``teacher-measure`` stage)."""
-    from alambic.machine import describe
+    from alambic.machine import identity
     from alambic.measure import Measurement
 
     measure = _measure_config(ctx)
     settings = {"lengths": tuple(measure.lengths), "runs": measure.runs, "warmup": measure.warmup}
-    here = describe() | {"host": platform.node()}  # a timing is this machine's: never reused elsewhere
+    here = identity()  # a timing is this machine's: never reused elsewhere
     stage = stable_hash({"stage": "teacher-measure", "teacher": key, "data": ctx.prepared.tokenized_key,
                          "runtime": runtime, "threads": threads, "memory": False, "machine": here,
                          **settings})[:32]
@@ -531,8 +531,20 @@ def _front_section(run: _Run) -> Section:
     knee = ", ".join(run.results[run.results["knee"]]["candidate_id"]) or "-"
     return Section("front", "Pareto front", [
         (f"Validation accuracy (what the front and the selection use) against size, coloured by latency p50; test "
-         f"accuracy drawn beside, reported only; the front joined; its knee: `{knee}`."),
+         f"accuracy drawn beside, reported only; the front joined; its knee: `{knee}`. Latency and memory were "
+         f"timed after the search, one candidate at a time.{_proxy_note(run)}"),
         Image("front.png", png, "Pareto front: validation accuracy against size")])
+
+
+def _proxy_note(run: _Run) -> str:
+    """What Tune optimized in place of the objectives a trial cannot time (nsga2, tpe)."""
+    from alambic.algorithms import proxied
+
+    search = run.ctx.config.search if run.ctx is not None else None
+    if search is None or search.algorithm not in ("nsga2", "tpe"):
+        return ""
+    return "".join(f" During the {search.algorithm} search, Tune optimized {proxy} in place of {metric} (a trial "
+                   f"times nothing)." for metric, proxy in proxied(search.objectives).items())
 
 
 def _selected_section(run: _Run) -> Section:

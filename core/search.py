@@ -32,7 +32,7 @@ a trial that had finished its row before the interruption finds it and does noth
 Algorithms: ``grid`` (every combination; ``choice`` domains become grid axes), ``random``
 (``trials`` samples), ``nsga2`` / ``tpe`` (Optuna through Tune's ``OptunaSearch``, multi-objective
 over ``search.objectives``; latency and memory objectives are stood in for by :data:`PROXIES`
-during the search, and NSGA-II's population is derived from ``trials``: :func:`population_size`).
+during the search, and NSGA-II's population is derived from ``trials``: alambic.algorithms).
 """
 
 from __future__ import annotations
@@ -51,6 +51,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from alambic.algorithms import search_algorithm, tune_metrics
 from alambic.compress import MeasureSettings, relative_path, step_label
 from alambic.config import PruningStep, RunConfig
 from alambic.errors import AlambicError, ConfigError
@@ -73,12 +74,6 @@ COLUMNS = ("candidate_id", "trial_id", "node_id", "student", "settings", "prunin
            "peak_mem_mb", "model_mem_mb", "params", "runtime", "latency_threads", "latency_machine", "status",
            "error", "distill_key", "prune_key", "compress_key", "stage", "artifact", "distill_reused",
            "prune_reused", "compress_reused", "seconds", "on_front")
-#: what Tune optimizes in place of an objective a trial cannot measure (latency and memory are
-#: timed after the search, alambic.timing): the candidate's parameters, its shipped size
-PROXIES = {"latency_p50_ms": "params", "latency_p90_ms": "params", "peak_mem_mb": "size_mb",
-           "model_mem_mb": "size_mb"}
-
-
 class CandidateFailed(AlambicError):
     """A candidate's own error (recorded in its row); raised so that Tune marks the trial failed."""
 
@@ -272,28 +267,6 @@ def candidate_trial(params: dict[str, Any], job: SearchJob) -> None:
     tune.report(tune_metrics(row, job.config.search.objectives) | {"candidate_id": candidate.id})
 
 
-def tune_metric(metric: str) -> str:
-    """The name Tune optimizes for an objective: the metric itself, or its proxy (:data:`PROXIES`)."""
-    return PROXIES.get(metric, metric)
-
-
-def tune_metrics(row: Mapping[str, Any], objectives: Sequence[Any]) -> dict[str, float]:
-    """Every objective's value for Tune (its proxy where a trial cannot measure it). A value the row
-    lacks gets the objective's worst (Optuna refuses a missing one, and would fail the search)."""
-    found = {}
-    for objective in objectives:
-        name = tune_metric(objective.metric)
-        value = row.get(name)
-        if value is None or math.isnan(value):
-            value = 0.0 if objective.mode == "max" else UNMEASURED
-        found[name] = float(value)
-    return found
-
-
-#: what a "min" objective a candidate did not measure reports: worse than any real figure
-UNMEASURED = 1e12
-
-
 def run_candidate(ctx: Any, candidate: Candidate, job: SearchJob, trial_id: str = "",
                   node_id: str = "") -> dict[str, Any]:
     """distill -> prune -> quantize -> score, each a memoized stage; the row, also in the store.
@@ -403,54 +376,6 @@ def max_concurrent(search: Any, cluster: Mapping[str, float]) -> int | None:
     return min(fits) if min(fits) >= 1 else None
 
 
-def population_size(trials: int) -> int:
-    """NSGA-II's population for a search of ``trials``: a quarter of them (2 to 50), so the search
-    runs about four generations. Optuna's default of 50 would leave any search under 50 trials in
-    its first, random generation: a random search under another name."""
-    return max(2, min(50, trials // 4))
-
-
-def _search_algorithm(ctx: Any, limit: int | None) -> tuple[Any, int, list[str]]:
-    """(Tune search algorithm or None, num_samples, what the user should know about it)."""
-    search = ctx.config.search
-    if search.algorithm == "grid":
-        return None, 1, []
-    if search.algorithm == "random":
-        return None, search.trials, []
-    import optuna
-    from ray.tune.search import ConcurrencyLimiter
-    from ray.tune.search.optuna import OptunaSearch
-
-    if search.algorithm == "nsga2":
-        population = population_size(search.trials)
-        notes = [f"NSGA-II: population {population} (a quarter of {search.trials} trials: about "
-                 f"{math.ceil(search.trials / population)} generations)"]
-        sampler = optuna.samplers.NSGAIISampler(population_size=population, seed=search.seed)
-    else:
-        startup = max(2, min(10, search.trials // 4))  # Optuna's 10 random trials would be most of a small search
-        notes = [f"TPE: the first {startup} of {search.trials} trials random, then guided"]
-        sampler = optuna.samplers.TPESampler(n_startup_trials=startup, seed=search.seed)
-    metrics, modes, proxied = tune_objectives(search.objectives)
-    notes += proxied
-    for note in notes:
-        log.info("%s", note)
-    algo = OptunaSearch(metric=metrics, mode=modes, sampler=sampler)
-    return ConcurrencyLimiter(algo, max_concurrent=limit or search.trials), search.trials, notes
-
-
-def tune_objectives(objectives: Sequence[Any]) -> tuple[list[str], list[str], list[str]]:
-    """(Tune metric names, modes, notes): each proxy once, each one said."""
-    metrics: dict[str, str] = {}
-    notes = []
-    for objective in objectives:
-        name = tune_metric(objective.metric)
-        if name != objective.metric:
-            notes.append(f"objective {objective.metric} is measured after the search (one candidate at a time, "
-                         f"nothing beside it): during the search Tune optimizes {name} in its place")
-        metrics.setdefault(name, objective.mode)
-    return list(metrics), list(metrics.values()), notes
-
-
 def search(ctx: Any, *, resume: bool = False, on_row: Callable[[dict[str, Any]], None] | None = None,
            on_start: Callable[[dict[str, Any]], None] | None = None,
            on_timed: Callable[[int, int, dict[str, Any]], None] | None = None) -> SearchResult:
@@ -485,7 +410,9 @@ def search(ctx: Any, *, resume: bool = False, on_row: Callable[[dict[str, Any]],
     if limit is None:
         log.warning("the cluster has no room for a trial yet (%s): trials wait for the autoscaler to add nodes",
                     dict(cluster))
-    algo, samples, notes = _search_algorithm(ctx, limit)
+    algo, samples, notes = search_algorithm(ctx.config.search, limit)
+    for note in notes:
+        log.info("%s", note)
     space = Space(ctx.config.search)
     param_space = space.param_space(ctx.config.search.algorithm)
     measure = MeasureSettings(**ctx.config.search.measure.model_dump() | {

@@ -387,12 +387,6 @@ def test_driver_killed_mid_search_resumes_without_redoing(tmp_path):
     assert {r["candidate_id"] for r in clean_rows} == set(rows)  # the same candidates as a clean run
 
 
-def test_nsga2_population_follows_the_trials():
-    from alambic.search import population_size
-
-    assert [population_size(t) for t in (1, 6, 16, 100, 1000)] == [2, 2, 4, 25, 50]
-
-
 def test_nsga2_and_tpe_search_end_to_end_reporting_every_objective_and_progress_to_a_log(tmp_path):
     """Before: model_mem_mb was never reported to Tune and an unmeasured objective was dropped, so
     OptunaSearch failed; NSGA-II's population stayed 50; a search written to a file printed nothing

@@ -138,11 +138,16 @@ def data_inspect(
     config = load_config(path, registry=registry)
     # Inspection lists every bad row instead of stopping at the first one.
     data_config = config.data.model_copy(update={"bad_rows": "skip"})
-    logging.getLogger("alambic.data").setLevel(logging.ERROR)  # warnings are printed below
-    with console.status("reading data", spinner="dots") if not State.quiet else _nothing():
-        dsd, report = load_data(data_config, registry)
-        tokenizer = prepare_tokenizer(config.tokenizer, dsd)
-        summary = describe_data(dsd, report, tokenizer=tokenizer, max_length=config.tokenizer.max_length)
+    data_log = logging.getLogger("alambic.data")
+    level = data_log.level
+    data_log.setLevel(logging.ERROR)  # its warnings are printed below; the level is put back after
+    try:
+        with console.status("reading data", spinner="dots") if not State.quiet else _nothing():
+            dsd, report = load_data(data_config, registry)
+            tokenizer = prepare_tokenizer(config.tokenizer, dsd)
+            summary = describe_data(dsd, report, tokenizer=tokenizer, max_length=config.tokenizer.max_length)
+    finally:
+        data_log.setLevel(level)
     summary["bad_rows"]["policy"] = config.data.bad_rows
     if as_json:
         print(json.dumps(summary, ensure_ascii=False, indent=2))

@@ -141,7 +141,7 @@ def test_beaten_within_noise_is_the_selection_rule_as_a_relation():
 
 @settings(max_examples=100, deadline=None)
 @given(st.lists(st.lists(st.integers(0, 5).map(float), min_size=3, max_size=3), min_size=1, max_size=15),
-       st.floats(0, 3))
+       st.floats(0, 3, allow_subnormal=False))  # training flushes denormals to zero in this process
 def test_some_front_point_is_never_beaten_within_noise(points, tolerance):
     modes = ["max", "min", "min"]
     front = non_dominated_sort(points, modes)[0]

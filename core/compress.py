@@ -46,7 +46,7 @@ from typing import TYPE_CHECKING, Any
 from alambic.config import PruningStep
 from alambic.errors import AlambicError
 from alambic.guard import GuardDecision, describe_options, format_decisions, guarded_step
-from alambic.measure import DEFAULT_LENGTHS, Measurement, format_measurements, vocab_files
+from alambic.measure import DEFAULT_LENGTHS, Measurement, config_vocab_size, format_measurements, vocab_files
 from alambic.store import inside, stable_hash
 
 if TYPE_CHECKING:
@@ -554,7 +554,7 @@ def _measure(folder: Path, model_dir: Path, test_before: Any, test_after: Any, *
     model_path = folder / MODEL_DIR
     if runtime == "onnxruntime":
         after = measure_onnx(artifact, test_after, measure.lengths, measure.threads,
-                             tokenizer_files=vocab_files(model_path), vocab_size=_vocab_size(model_path), **common)
+                             tokenizer_files=vocab_files(model_path), vocab_size=config_vocab_size(model_path), **common)
     elif quantized is not None:
         after = measure_pytorch(model_path, test_after, measure.lengths, measure.threads, weights=artifact,
                                 model=quantized.model, **common)
@@ -562,13 +562,6 @@ def _measure(folder: Path, model_dir: Path, test_before: Any, test_after: Any, *
         after = measure_pytorch(model_path, test_after, measure.lengths, measure.threads, **common)
     after.artifact = relative_path(artifact, folder)
     return before, after
-
-
-def _vocab_size(model_path: Path) -> int | None:
-    try:
-        return int(json.loads((model_path / "config.json").read_text(encoding="utf-8"))["vocab_size"])
-    except (OSError, ValueError, KeyError, TypeError):
-        return None
 
 
 # --- report ---------------------------------------------------------------------------------

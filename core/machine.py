@@ -38,6 +38,12 @@ def identity() -> dict[str, object]:
     return describe() | {"host": platform.node()}
 
 
+def label(found: dict[str, object] | None = None) -> str:
+    """A machine in a few words (CPU, cores, host): where a timing was made."""
+    found = found or identity()
+    return f"{found.get('cpu')}, {found.get('cores')} cores, {found.get('host')}"
+
+
 def summary() -> str:
     d = describe()
     return f"{d['cpu']}, {d['cores']} cores, {d['memory_gib']} GiB, {d['os']}, Python {d['python']}"

@@ -128,6 +128,15 @@ def model_files(folder: str | os.PathLike[str], weights: str | os.PathLike[str] 
     return found + [folder / "config.json"]
 
 
+def config_vocab_size(folder: str | os.PathLike[str]) -> int | None:
+    """``vocab_size`` from a model folder's config.json (None when it cannot be read): latency
+    inputs draw token ids below it."""
+    try:
+        return int(json.loads((Path(folder) / "config.json").read_text(encoding="utf-8"))["vocab_size"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
 def file_sizes(files: Iterable[str | os.PathLike[str]]) -> dict[str, int]:
     """Bytes of each file, by name; an ONNX graph counts its external-data files too."""
     sizes = {}
@@ -213,6 +222,22 @@ def onnx_latency_ms(session: Any, vocab_size: int, length: int = 32, runs: int =
     return timed(lambda: ort_logits(session, batch), runs, warmup)
 
 
+def load_model(folder: str | os.PathLike[str], weights: str | os.PathLike[str] | None = None) -> Any:
+    """A save_pretrained folder's classifier in eval mode, with a quantized state dict (torchao
+    int8) loaded over it when ``weights`` is given."""
+    import torch
+    from transformers import AutoModelForSequenceClassification
+
+    from alambic.models import load_pretrained
+
+    model = load_pretrained(folder, AutoModelForSequenceClassification)
+    if weights is not None:
+        import torchao.quantization  # noqa: F401 - registers the int8 tensor classes for loading
+
+        model.load_state_dict(torch.load(weights, weights_only=True, mmap=True), assign=True)
+    return model.eval()
+
+
 @contextlib.contextmanager
 def torch_threads(threads: int) -> Iterator[None]:
     """torch's intra-op threads pinned to ``threads`` inside the block, restored after it."""
@@ -272,17 +297,15 @@ def _memory_child(runtime: str, path: str, length: int, threads: int, vocab_size
         ort_logits(session, onnx_input(vocab_size, length))
     else:
         import torch
-        from transformers import AutoModelForSequenceClassification
+        import transformers  # noqa: F401 - the imports count in the baseline, not in the model's cost
 
-        from alambic.models import load_pretrained
+        import alambic.models  # noqa: F401
 
         if weights:
-            import torchao.quantization  # noqa: F401 - registers the int8 tensor classes for loading
+            import torchao.quantization  # noqa: F401
         torch.set_num_threads(threads)
         baseline = own_peak_rss()
-        model = load_pretrained(path, AutoModelForSequenceClassification).eval()
-        if weights:
-            model.load_state_dict(torch.load(weights, weights_only=True, mmap=True), assign=True)
+        model = load_model(path, weights or None)
         with torch.inference_mode():
             model(**fixed_input(model.get_input_embeddings().num_embeddings, length))
     print(_RSS_MARK + json.dumps({"peak_rss_bytes": own_peak_rss(), "baseline_rss_bytes": baseline}))
@@ -355,10 +378,9 @@ def measure_pytorch(model_dir: str | os.PathLike[str], dataset: Any, lengths: Se
     :param memory: measure peak RSS in a child process (a few seconds: it imports torch).
     """
     import torch
-    from transformers import AutoModelForSequenceClassification
 
     from alambic.machine import describe
-    from alambic.models import load_pretrained, params
+    from alambic.models import params
     from alambic.training import evaluate
 
     lengths = _check(dataset, lengths)
@@ -367,11 +389,7 @@ def measure_pytorch(model_dir: str | os.PathLike[str], dataset: Any, lengths: Se
     vocab = vocab_files(folder) if tokenizer_files is None else [Path(f) for f in tokenizer_files]
     files = model_files(folder, weights) + vocab
     if model is None:
-        model = load_pretrained(folder, AutoModelForSequenceClassification)
-        if weights is not None:
-            import torchao.quantization  # noqa: F401 - registers the int8 tensor classes
-
-            model.load_state_dict(torch.load(weights, weights_only=True, mmap=True), assign=True)
+        model = load_model(folder, weights)
     model = model.to("cpu").eval()
     with torch_threads(threads):
         latency = {str(n): latency_ms(model, n, runs, warmup) for n in lengths}
@@ -439,7 +457,8 @@ def measure_speed(runtime: str, artifact: str | os.PathLike[str], lengths: Seque
 
         from alambic.onnx_export import ort_session
 
-        vocab_size = vocab_size or 2
+        if not vocab_size:
+            raise AlambicError(f"timing {path}: no vocab_size to draw its inputs from (its model folder's config.json)")
         session = ort_session(path, threads)
         latency = {str(n): onnx_latency_ms(session, vocab_size, n, runs, warmup) for n in lengths}
         del session
@@ -447,16 +466,9 @@ def measure_speed(runtime: str, artifact: str | os.PathLike[str], lengths: Seque
         version = f"onnxruntime {onnxruntime.__version__}"
     elif runtime == "pytorch":
         import torch
-        from transformers import AutoModelForSequenceClassification
-
-        from alambic.models import load_pretrained
 
         folder, weights = (path, None) if path.is_dir() else (Path(model_dir or path.parent), path)
-        model = load_pretrained(folder, AutoModelForSequenceClassification)
-        if weights is not None:
-            import torchao.quantization  # noqa: F401 - registers the int8 tensor classes
-
-            model.load_state_dict(torch.load(weights, weights_only=True, mmap=True), assign=True)
+        model = load_model(folder, weights)
         with torch_threads(threads):
             latency = {str(n): latency_ms(model.eval(), n, runs, warmup) for n in lengths}
         del model

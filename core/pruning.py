@@ -8,7 +8,9 @@ setting (``PruningStep``: pruner id, amount, options) runs as::
     result = Pruner.apply(model, options, context)          # a pruned copy: `model` is untouched
     result.model, result.tokenizer, result.report            # report: JSON, params before/after
     weaker = Pruner.half(options)                            # half strength; None = no strength
-    validation = result.remap(validation)                    # ids of the new vocabulary, if any
+    validation = result.remap(validation)                    # old ids mapped to the new vocabulary
+    # (compress judges a pruned vocabulary on the raw texts tokenized again by result.tokenizer:
+    #  compress.in_vocabulary; remap is exact only for rows whose every token was kept)
 
 Structured pruners (heads, layers, FFN width, vocabulary) remove weights physically: the pruned
 model has fewer parameters, its config says so (``pruned_heads``, ``num_hidden_layers``,

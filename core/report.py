@@ -41,7 +41,6 @@ import json
 import logging
 import math
 import os
-import platform
 import tempfile
 import uuid
 from collections import Counter
@@ -50,6 +49,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from alambic.errors import AlambicError
+from alambic.machine import identity, label, summary
 from alambic.report_html import Image, Items, Section, Table
 from alambic.store import Store, UnsafePathError, stable_hash
 
@@ -191,7 +191,6 @@ def teacher_measurement(ctx: RunContext, key: str, path: Path, *, runtime: str =
     """The teacher folder timed as the candidates are (the search's lengths and runs, ``threads``),
     in ``runtime`` at fp32 (ONNX Runtime: exported and fused as the candidates' graphs are), without
     the memory child; once per teacher, settings and machine (a ``teacher-measure`` stage)."""
-    from alambic.machine import identity
     from alambic.measure import Measurement
 
     measure = _measure_config(ctx)
@@ -604,19 +603,12 @@ def _speed_up_blocks(run: _Run, row: dict[str, Any]) -> list[Any]:
             f"{_runtime_label(s.runtime)}) × compression {s.compression_share:,.2f}× (the teacher → {candidate}, both "
             f"in {RUNTIME_NAMES.get(s.runtime, s.runtime)}); {threads} thread(s), {length} tokens, batch 1.")
     blocks: list[Any] = [text, Table(["side", "model", "runtime", "threads", f"p50 ms ({length} tokens)"], sides,
-                                     f"The teacher timed here ({_here()}); {where}.")]
+                                     f"The teacher timed here ({label()}); {where}.")]
     distilled = _distilled_from(run, row)
     if distilled and distilled != t.key:
         blocks.append(f"Note: this candidate was distilled from teacher `{distilled[:12]}`, not the run's current "
                       f"teacher `{t.key[:12]}`: the comparisons with the teacher are against the current one.")
     return blocks
-
-
-def _here() -> str:
-    from alambic.machine import describe
-
-    d = describe()
-    return f"{d['cpu']}, {d['cores']} cores, {platform.node()}"
 
 
 def _distilled_from(run: _Run, row: dict[str, Any]) -> str | None:
@@ -731,16 +723,14 @@ def _export_section(run: _Run) -> Section:
 
 
 def _machine_section(run: _Run) -> Section:
-    from alambic.machine import summary
-
     seen: Counter[tuple[str, ...]] = Counter()
     for row in _ok_rows(run.results):  # timed after the search, on the node that ran it
         runtime = RUNTIME_NAMES.get(str(row.get("runtime")), str(row.get("runtime")))
         seen[str(row.get("latency_machine") or "-"), runtime, _num(row.get("latency_threads"), "d")] += 1
     rows = [[f"{n} candidate(s)", *key] for key, n in seen.items()]
     if run.teacher:  # a teacher-measure stage is keyed by the machine: it was timed here
-        rows += [["the teacher", _here(), RUNTIME_NAMES[rt], str(n)] for rt, n in sorted(run.teacher.timed)]
-    rows.append(["this report", _here(), "", ""])
+        rows += [["the teacher", label(), RUNTIME_NAMES[rt], str(n)] for rt, n in sorted(run.teacher.timed)]
+    rows.append(["this report", label(), "", ""])
     caption = (f"This machine: {summary()}. Latency and memory hold for the machine they were timed on (a speed-up "
                "across two machines compares the machines too); a phone differs (phone_latency_factor).")
     return Section("machine", "Machine", [Table(["timed", "machine", "runtime", "threads"], rows, caption)])

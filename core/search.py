@@ -207,7 +207,6 @@ class SearchJob:
     config: RunConfig
     registry: Any  # the driver's plugin registry: every trial uses the same plugin classes
     teacher: Any  # TeacherRecord
-    measure: MeasureSettings
     train_in_trial: bool  # True: distill in the trial's own process; False: a TorchTrainer inside
     since: float = 0.0  # when this search started: a candidate that failed after it is not retried
     tokenized_key: str = ""  # the driver's ctx.prepared.tokenized_key: what the stage keys need
@@ -422,7 +421,7 @@ def search(ctx: Any, *, resume: bool = False, on_row: Callable[[dict[str, Any]],
     storage = _tune_storage(ctx)
     experiment = f"{storage.rstrip('/')}/{name}"
     resumed = resume and tune.Tuner.can_restore(experiment)
-    job = SearchJob(config=config, registry=ctx.registry, teacher=teacher, measure=measure,
+    job = SearchJob(config=config, registry=ctx.registry, teacher=teacher,
                     train_in_trial=in_trial, since=time.time(), tokenized_key=ctx.prepared.tokenized_key, name=name,
                     resumed=resumed)
     trainable = tune.with_resources(tune.with_parameters(candidate_trial, job=job), resources)

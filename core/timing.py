@@ -62,13 +62,13 @@ def timing(ctx: Any, row: dict[str, Any], settings: Any, machine: dict[str, Any]
     stage = ctx.store.local_path(ctx.store.stage_path(row["compress_key"]))
 
     def build(folder: Path) -> dict[str, Any]:
-        from alambic.measure import measure_speed
+        from alambic.measure import config_vocab_size, measure_speed
 
         artifact = inside(stage, _in_stage(row["artifact"], ctx.store.stage_path(row["compress_key"]), row),
                           source=f"candidate {row['candidate_id']}'s row", key="artifact")
         start = time.perf_counter()
         found = measure_speed(row["runtime"], artifact, settings.lengths, settings.threads,
-                              model_dir=stage / MODEL_DIR, vocab_size=_vocab_size(stage / MODEL_DIR),
+                              model_dir=stage / MODEL_DIR, vocab_size=config_vocab_size(stage / MODEL_DIR),
                               runs=settings.runs, warmup=settings.warmup, memory=settings.memory)
         found["machine"] = machine | found["machine"]
         found |= {"artifact": row["artifact"], "compress_key": row["compress_key"], "key": key,
@@ -89,12 +89,13 @@ def columns(found: dict[str, Any]) -> dict[str, Any]:
     latency = found["latency_ms"][str(length)]
     memory = found.get("memory") or {}
     peak, base = memory.get("peak_rss_bytes"), memory.get("baseline_rss_bytes")
-    machine = found["machine"]
+    from alambic.machine import label
+
     return {"latency_p50_ms": latency["p50"], "latency_p90_ms": latency["p90"],
             "peak_mem_mb": None if peak is None else peak / 1e6,
             "model_mem_mb": None if peak is None or base is None else (peak - base) / 1e6,
             "latency_threads": found["threads"],
-            "latency_machine": f"{machine.get('cpu')}, {machine.get('cores')} cores, {machine.get('host')}"}
+            "latency_machine": label(found["machine"])}
 
 
 def _in_stage(artifact: str, stage: str, row: dict[str, Any]) -> str:
@@ -105,13 +106,6 @@ def _in_stage(artifact: str, stage: str, row: dict[str, Any]) -> str:
     except (TypeError, ValueError):
         raise AlambicError(f"candidate {row['candidate_id']}'s row: artifact {artifact!r} is not a path inside "
                            f"its stage {stage}/") from None
-
-
-def _vocab_size(model_dir: Path) -> int | None:
-    try:
-        return int(json.loads((model_dir / "config.json").read_text(encoding="utf-8"))["vocab_size"])
-    except (OSError, ValueError, KeyError, TypeError) as exc:
-        raise AlambicError(f"{model_dir / 'config.json'}: no vocab_size to draw latency inputs from ({exc})") from None
 
 
 __all__ = ["COLUMNS", "time_candidates", "timing"]

@@ -226,7 +226,6 @@ def test_a_second_search_trains_nothing(searched):
 
 def run_candidates(path: Path, candidates: list) -> dict[str, dict]:
     """What each candidate's trial returns, for the run config at ``path`` as it is now."""
-    from alambic.compress import MeasureSettings
     from alambic.run import RunContext
     from alambic.search import SearchJob, run_candidate, search_key
     from alambic.teacher import teacher_logits, train_teacher
@@ -234,7 +233,7 @@ def run_candidates(path: Path, candidates: list) -> dict[str, dict]:
     ctx = RunContext.open(path, quiet=True)
     teacher = train_teacher(ctx, local=True)
     teacher_logits(ctx, teacher)
-    job = SearchJob(config=ctx.config, registry=ctx.registry, teacher=teacher, measure=MeasureSettings(),
+    job = SearchJob(config=ctx.config, registry=ctx.registry, teacher=teacher,
                     train_in_trial=True, tokenized_key=ctx.prepared.tokenized_key,
                     name=f"search-{search_key(ctx, teacher.key)}")
     return {c.id: run_candidate(ctx, c, job) for c in candidates}

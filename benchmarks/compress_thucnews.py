@@ -4,7 +4,7 @@
                                            [--threads 1] [--runs 50] [--only NAME ...]
 
 Reuses the config's teacher and the student's distillation from the store (trained first when
-absent: see benchmarks/thucnews_students.py), then runs `alambic.compress.compress` once per
+absent: see benchmarks/thucnews_students.py), then runs `alambic.compress.chain.compress` once per
 setting, under the config's guard, and prints one Markdown row per setting: test accuracy and
 macro-F1 of what ships, size on disk, latency p50/p90 at length 32 (batch 1, ``--threads``),
 peak RSS of a fresh process (and what the model adds to the runtime's own), and the guard's
@@ -19,11 +19,11 @@ import logging
 import time
 
 from alambic import machine
-from alambic.compress import MeasureSettings, compress, parse_steps
-from alambic.distill import distill
-from alambic.guard import final_outcome
+from alambic.compress.chain import MeasureSettings, compress, parse_steps
+from alambic.train.distill import distill
+from alambic.compress.guard import final_outcome
 from alambic.run import RunContext
-from alambic.teacher import train_teacher
+from alambic.train.teacher import train_teacher
 
 #: name -> (pruning steps, quantizer, quantizer options); "step+N": N recovery epochs
 SETTINGS = {

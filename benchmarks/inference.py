@@ -18,7 +18,7 @@ config; the others are the student plugins. Runtimes, one row per (model, runtim
                                      EmbedLayerNormalization), ORT's default session
   ... + dynamic int8                 int8_dynamic of that graph, ORT's default session
   ONNX Runtime fused                 alambic's graph and session: the same fusions but
-                                     SkipLayerNormalization (alambic.onnx_export.SLOW_FUSIONS),
+                                     SkipLayerNormalization (alambic.ship.onnx_export.SLOW_FUSIONS),
                                      which the session does not re-create at load either
   ONNX Runtime fused + dynamic int8  int8_dynamic of alambic's fused graph, alambic's session: what
                                      the dynamic-int8 quantizer ships and measures by default
@@ -32,7 +32,7 @@ the artifacts with the test accuracy of their stage's record.json and marks thei
 (accuracy max, size min, p50 min at length 32).
 
 A runtime that fails for a model gets its reason in the rows' note instead of figures. Each row:
-p50/p90 ms of ``--runs`` passes after ``--warmup`` (alambic.measure.timed), ``--threads`` intra-op
+p50/p90 ms of ``--runs`` passes after ``--warmup`` (alambic.compress.measure.timed), ``--threads`` intra-op
 threads; size (ONNX: the file; PyTorch: the serialized state dict); speed-up against the teacher
 in PyTorch fp32 at the same length (needs ``teacher`` among the models); FLOPs of one inference;
 achieved GFLOP/s = FLOPs / p50; and that as a share of the machine's ceiling: fp32 rows against the
@@ -88,17 +88,17 @@ import onnxruntime
 import torch
 from alambic import machine
 from alambic.config import load_config
-from alambic.data import load_data, prepare_tokenizer, tokenize_data
+from alambic.data.dataset import load_data, prepare_tokenizer, tokenize_data
 from alambic.manager import build_registry
-from alambic.measure import (
+from alambic.compress.measure import (
     REFERENCE_LENGTH,
     latency_ms,
     onnx_latency_ms,
     timed,
     torch_threads,
 )
-from alambic.models import teacher_config
-from alambic.onnx_export import (
+from alambic.train.models import teacher_config
+from alambic.ship.onnx_export import (
     attention_dims,
     export_onnx,
     file_bytes,
@@ -106,7 +106,7 @@ from alambic.onnx_export import (
     optimize_onnx,
     ort_session,
 )
-from alambic.quantization import int8_dynamic, int8_dynamic_torch, int8_static
+from alambic.compress.quantization import int8_dynamic, int8_dynamic_torch, int8_static
 from datasets import DatasetDict
 from onnx import TensorProto, helper, numpy_helper
 from transformers import BertForSequenceClassification
@@ -197,8 +197,8 @@ def build_model(name: str, registry: Any, vocab_size: int) -> Any:
 
 
 def headlines(config_path: str, work: Path) -> tuple[Any, Any, Any]:
-    """The first THUCNews training headlines, tokenized by alambic.data; the tokenizer; the registry."""
-    logging.getLogger("alambic.data").setLevel(logging.ERROR)
+    """The first THUCNews training headlines, tokenized by alambic.data.dataset; the tokenizer; the registry."""
+    logging.getLogger("alambic.data.dataset").setLevel(logging.ERROR)
     registry = build_registry()
     config = load_config(config_path, registry=registry)
     dsd, _ = load_data(config.data, registry)

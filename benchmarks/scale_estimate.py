@@ -36,10 +36,10 @@ from pathlib import Path
 import numpy as np
 
 from alambic.config import load_config
-from alambic.data import load_data, prepare_tokenizer, tokenize_data
+from alambic.data.dataset import load_data, prepare_tokenizer, tokenize_data
 from alambic.manager import build_registry
-from alambic.models import teacher_config
-from alambic.training import global_batches
+from alambic.train.models import teacher_config
+from alambic.train.loop import global_batches
 
 # the workload
 SAMPLES, CLASSES, EPOCHS = 42_000, 16, 3
@@ -64,7 +64,7 @@ class Assumptions:
 
 def bucketed_lengths(config_path: str) -> list[int]:
     """Token lengths of the THUCNews training headlines, as alambic tokenizes them."""
-    logging.getLogger("alambic.data").setLevel(logging.ERROR)
+    logging.getLogger("alambic.data.dataset").setLevel(logging.ERROR)
     registry = build_registry()
     config = load_config(config_path, registry=registry)
     dsd, report = load_data(config.data, registry)

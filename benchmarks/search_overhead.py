@@ -5,7 +5,7 @@
 
 The config's store is redirected to ``--store`` (default: a new temporary folder, removed at the
 end), so nothing of the user's is read or written. Then, in one process, through
-``alambic.search.search`` (what ``alambic search`` calls):
+``alambic.search.tune.search`` (what ``alambic search`` calls):
 
   cold      the search on the empty store: data, teacher, every distillation, pruning and
             compress stage built; its memoization counts give the factor below
@@ -68,15 +68,15 @@ class Clock:
 
 @contextlib.contextmanager
 def instrumented(clock: Clock) -> Iterator[None]:
-    """Wrap the driver's steps of ``alambic.search.search`` in timers, and add a Tune callback.
+    """Wrap the driver's steps of ``alambic.search.tune.search`` in timers, and add a Tune callback.
 
     ``search`` imports these names when it runs (or looks them up as module globals), so
     replacing the module attributes is enough; everything is put back on exit."""
     import ray.tune
 
-    import alambic.distributed
-    import alambic.search
-    import alambic.teacher
+    import alambic.train.distributed
+    import alambic.search.tune
+    import alambic.train.teacher
 
     patched: list[tuple[Any, str, Any]] = []
     inner: list[float] = []  # per active timer, the seconds of the timers nested in it
@@ -99,13 +99,13 @@ def instrumented(clock: Clock) -> Iterator[None]:
         patched.append((owner, name, original))
         setattr(owner, name, wrapper)
 
-    timed(alambic.search, "check_space", "check the space")
-    timed(alambic.teacher, "train_teacher", "data + teacher (train or reuse)")
-    timed(alambic.teacher, "teacher_logits", "teacher logits (compute or reuse)")
-    timed(alambic.distributed, "ensure_ray", "Ray start-up (ray.init)")
-    timed(alambic.search, "_collect", "rows collected from the store")
-    timed(alambic.search, "mark_front", "front marked")
-    timed(alambic.search, "write_results", "results.parquet written")
+    timed(alambic.search.tune, "check_space", "check the space")
+    timed(alambic.train.teacher, "train_teacher", "data + teacher (train or reuse)")
+    timed(alambic.train.teacher, "teacher_logits", "teacher logits (compute or reuse)")
+    timed(alambic.train.distributed, "ensure_ray", "Ray start-up (ray.init)")
+    timed(alambic.search.tune, "_collect", "rows collected from the store")
+    timed(alambic.search.tune, "mark_front", "front marked")
+    timed(alambic.search.tune, "write_results", "results.parquet written")
 
     class TrialClock(ray.tune.Callback):
         def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
@@ -151,10 +151,10 @@ def instrumented(clock: Clock) -> Iterator[None]:
 
 
 def timed_search(ctx: RunContext) -> tuple[Any, Clock, float]:
-    """One ``alambic.search.search`` in this process, Ray stopped before and after."""
+    """One ``alambic.search.tune.search`` in this process, Ray stopped before and after."""
     import ray
 
-    from alambic.search import search
+    from alambic.search.tune import search
 
     ray.shutdown()
     clock = Clock()

@@ -77,7 +77,7 @@ def rows_of(config: Path) -> tuple[list[dict[str, Any]], Any, Any]:
     """(results rows, the run context, the report's view of the teacher: metrics and timings)."""
     import pyarrow.parquet as pq
 
-    from alambic.report import _teacher
+    from alambic.report.build import _teacher
     from alambic.run import RunContext
 
     ctx = RunContext.open(config, quiet=True)
@@ -87,7 +87,7 @@ def rows_of(config: Path) -> tuple[list[dict[str, Any]], Any, Any]:
 
 
 def table(rows: list[dict[str, Any]], teacher: Any, selected: str | None) -> str:
-    from alambic.report import speed_up
+    from alambic.report.build import speed_up
 
     def pt(a: Any, b: Any) -> str:
         return "-" if a is None or b is None else f"{100 * (a - b):+.2f}"

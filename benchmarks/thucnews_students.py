@@ -22,9 +22,9 @@ import time
 from typing import Any
 
 from alambic import machine
-from alambic.distill import distill
+from alambic.train.distill import distill
 from alambic.run import RunContext
-from alambic.teacher import train_teacher
+from alambic.train.teacher import train_teacher
 
 #: the THUCNews teacher examples/thucnews.yaml trained before the pretrained one (from scratch)
 SCRATCH_TEACHER = {"model": None, "architecture": {"layers": 4, "hidden": 256, "heads": 4, "ffn": 1024},

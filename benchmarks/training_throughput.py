@@ -33,7 +33,7 @@ the sampled rows) is charged to alambic's epoch, spread over the config's distil
 Accuracy (--accuracy). The config's teacher (4 layers, hidden 256), reused from the store (or
 trained there first, ~10 min on 2 cores); at each of --seeds, one initial --student distilled on
 the first --train-examples headlines for --epochs with the config's distill settings (batch size,
-learning rate, T, alpha), through alambic.training.fit, three ways:
+learning rate, T, alpha), through alambic.train.loop.fit, three ways:
 
   seeds              teacher run online every step, batches padded to --max-length
   alambic's default  teacher logits computed once on the subset (timed), each batch padded to its
@@ -65,12 +65,12 @@ import torch.nn.functional as F
 from transformers import AutoModelForSequenceClassification, BertForSequenceClassification
 
 from alambic import machine
-from alambic.distill import kd_from_cache, train_settings
-from alambic.losses import kd_loss
-from alambic.models import teacher_config
+from alambic.train.distill import kd_from_cache, train_settings
+from alambic.train.losses import kd_loss
+from alambic.train.models import teacher_config
 from alambic.run import RunContext
-from alambic.teacher import train_teacher
-from alambic.training import (
+from alambic.train.teacher import train_teacher
+from alambic.train.loop import (
     BUCKET_WINDOW, MODEL_INPUTS, LossFn, TrainSettings, collate, cross_entropy_loss, evaluate, fast_cpu_math,
     fit, global_batches, make_optimizer, predict, seed_everything,
 )
@@ -388,7 +388,7 @@ def main() -> None:
                         help="seeds of --accuracy and --window-sweep")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
-    logging.getLogger("alambic.data").setLevel(logging.ERROR)
+    logging.getLogger("alambic.data.dataset").setLevel(logging.ERROR)
 
     ctx = RunContext.open(args.config, quiet=True)
     fast_cpu_math()  # as alambic's training loop does

@@ -55,7 +55,7 @@ def _main(
     State.quiet = quiet
     level = logging.DEBUG if verbose else (logging.ERROR if quiet else logging.WARNING)
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
-    from alambic.distributed import quiet_ray_loggers
+    from alambic.train.distributed import quiet_ray_loggers
 
     quiet_ray_loggers()  # the same third-party noise is silenced here as in Ray's workers
 
@@ -131,14 +131,14 @@ def data_inspect(
 ) -> None:
     """Splits, sizes, label distribution, token-length percentiles and bad rows of the data."""
     from alambic.config import load_config
-    from alambic.data import describe_data, load_data, prepare_tokenizer
+    from alambic.data.dataset import describe_data, load_data, prepare_tokenizer
     from alambic.manager import build_registry
 
     registry = build_registry()
     config = load_config(path, registry=registry)
     # Inspection lists every bad row instead of stopping at the first one.
     data_config = config.data.model_copy(update={"bad_rows": "skip"})
-    data_log = logging.getLogger("alambic.data")
+    data_log = logging.getLogger("alambic.data.dataset")
     level = data_log.level
     data_log.setLevel(logging.ERROR)  # its warnings are printed below; the level is put back after
     try:
@@ -206,7 +206,7 @@ LocalOption = Annotated[bool, typer.Option(
 def teacher(path: Annotated[Path, typer.Argument(help="The run config (YAML).")], local: LocalOption = False) -> None:
     """Fine-tune the teacher (or build it from config and train it); reuse it if already trained."""
     from alambic.run import RunContext
-    from alambic.teacher import train_teacher
+    from alambic.train.teacher import train_teacher
 
     ctx = RunContext.open(path, quiet=State.quiet)
     record = train_teacher(ctx, local=local)
@@ -226,8 +226,8 @@ def distill(
     local: LocalOption = False,
 ) -> None:
     """Distill a student from the run's teacher (trained first if needed); reuse identical runs."""
-    from alambic.distill import distill as run_distill
-    from alambic.distill import parse_set
+    from alambic.train.distill import distill as run_distill
+    from alambic.train.distill import parse_set
     from alambic.run import RunContext
 
     ctx = RunContext.open(path, quiet=State.quiet)
@@ -263,15 +263,15 @@ def compress(
     is retried at half strength (guard.retries times), then reverted. The result, its guard
     decisions and its measurements are stored as a stage, reused when the same call is made again.
     """
-    from alambic.compress import MeasureSettings, format_record, parse_lengths, parse_steps
-    from alambic.compress import compress as run_compress
+    from alambic.compress.chain import MeasureSettings, format_record, parse_lengths, parse_steps
+    from alambic.compress.chain import compress as run_compress
     from alambic.run import RunContext
 
     ctx = RunContext.open(path, quiet=State.quiet or as_json)
     settings = MeasureSettings(lengths=parse_lengths(lengths), threads=threads, runs=runs,
                                warmup=min(10, runs), memory=memory)
     pruning = parse_steps(steps, ctx.registry)
-    from alambic.distill import parse_set
+    from alambic.train.distill import parse_set
 
     options = parse_set(quant_options or [], "--quant-option", "per_channel=true")
     def show(d) -> None:  # each guard decision as it is made
@@ -304,7 +304,7 @@ def search_command(
     the store. Writes results.parquet in the run directory; `alambic front` shows the front.
     """
     from alambic.run import RunContext
-    from alambic.search import search
+    from alambic.search.tune import search
 
     ctx = RunContext.open(path, quiet=State.quiet or as_json)
     if address:
@@ -435,7 +435,7 @@ def compare(
     as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
 ) -> None:
     """Accuracy, latency, memory and layer-by-layer similarity (CKA, attention KL) of two models."""
-    from alambic.compare import compare_dirs, format_report
+    from alambic.report.compare import compare_dirs, format_report
 
     quiet = State.quiet or as_json
     with console.status("comparing", spinner="dots") if not quiet else _nothing():
@@ -477,8 +477,8 @@ def front(
     marks the knee (the best compromise, where accuracies within the tolerance count as equal, as
     in select) and crowding says how isolated a point is on its front.
     """
-    from alambic.front import format_front, front_rows, front_tolerance, load_results, mark_front, plot_front
-    from alambic.front import resolve_run
+    from alambic.search.front import format_front, front_rows, front_tolerance, load_results, mark_front, plot_front
+    from alambic.search.front import resolve_run
 
     target = resolve_run(run)
     tolerance = target.select.accuracy_tolerance if accuracy_tolerance is None else accuracy_tolerance
@@ -523,8 +523,8 @@ def select(
     <run dir>/selected.json. Exit code 2 when nothing qualifies, with the three nearest candidates
     and what each misses.
     """
-    from alambic.front import format_selection, load_results, resolve_run, write_selected
-    from alambic.front import select as choose
+    from alambic.search.front import format_selection, load_results, resolve_run, write_selected
+    from alambic.search.front import select as choose
 
     target = resolve_run(run)
     limits = {k: v for k, v in (("max_size_mb", max_size_mb), ("max_latency_ms", max_latency_ms),
@@ -568,14 +568,14 @@ def export(
     it cannot predict on Linux). A format that fails is reported with the op that failed and a
     fallback to try; the others are still exported. Exit code 1 when a format failed.
     """
-    from alambic.export import format_verification
+    from alambic.ship.export import format_verification
     from alambic.pipeline import export_selected
     from alambic.run import RunContext
 
     ctx = RunContext.open(path, quiet=State.quiet or as_json)
     chosen = [f.strip() for f in formats.split(",") if f.strip()] if formats else None
     per_format: dict[str, dict[str, object]] = {}
-    from alambic.distill import parse_set
+    from alambic.train.distill import parse_set
 
     for key, value in parse_set(options or [], "--option", "coreml.epochs=5").items():
         name, dot, option = key.partition(".")
@@ -612,7 +612,7 @@ def report(
     distribution on the test split, data.golden accuracy, export verification, the machine. A
     section whose inputs do not exist yet (no selection, no export) says so.
     """
-    from alambic.report import build_report, save_report
+    from alambic.report.build import build_report, save_report
 
     with console.status("writing the report", spinner="dots") if not State.quiet else _nothing():
         written = build_report(run, quiet=State.quiet)
@@ -679,7 +679,7 @@ def _print_run(ctx: object, result: object) -> None:
         console.print(f"selected {row['candidate_id']} ({row['student']}, {row['pruning']}, {row['quantization']}): "
                       f"{result.selection.summary}", highlight=False)
     if result.export is not None:
-        from alambic.export import format_verification
+        from alambic.ship.export import format_verification
 
         console.print(format_verification(result.export))
     for name, where in result.report.items():

@@ -6,7 +6,7 @@
 
     # <data>     ctx.prepared: loaded, split, tokenized (Arrow cache)
     # <teacher>  train_teacher: trained, or reused from the store
-    # <search>   alambic.search: every candidate memoized; skipped outright when results.parquet
+    # <search>   alambic.search.tune: every candidate memoized; skipped outright when results.parquet
     #            holds this very search with every candidate ok
     # <front>    front.png beside results.parquet
     # <select>   selected.json, by the config's select section (a selection-policy plugin)
@@ -52,7 +52,7 @@ def run_pipeline(ctx: Any, local: bool = False, on_step: Callable[[str, int, int
                  on_search_start: Callable[[dict[str, Any]], None] | None = None,
                  on_timed: Callable[[int, int, dict[str, Any]], None] | None = None) -> PipelineResult:
     """Every step in order; ``on_step(name, index, total)`` feeds a progress display."""
-    from alambic.teacher import train_teacher
+    from alambic.train.teacher import train_teacher
 
     start = time.perf_counter()
     steps = STEPS if ctx.config.search is not None else STEPS[:2]
@@ -95,7 +95,7 @@ def _search(ctx: Any, result: PipelineResult, on_row: Any, on_start: Any, on_tim
     """The search, or the results of this very search, timed on this machine, when they are
     complete already."""
     from alambic.machine import identity
-    from alambic.search import SearchResult, memo_counts, search, search_key
+    from alambic.search.tune import SearchResult, memo_counts, search, search_key
 
     key = stable_hash([search_key(ctx, result.teacher.key), identity()])[:12]
     done = _finished_search(ctx, key)
@@ -124,7 +124,7 @@ def _finished_search(ctx: Any, key: str) -> list[dict[str, Any]] | None:
 
 
 def _front(ctx: Any) -> None:
-    from alambic.front import Run, load_results, mark_front, plot_front
+    from alambic.search.front import Run, load_results, mark_front, plot_front
 
     run = Run(ctx.store, ctx.config, ctx.registry)
     df = mark_front(load_results(run), run.objectives, run.select.accuracy_tolerance)
@@ -133,7 +133,7 @@ def _front(ctx: Any) -> None:
 
 
 def _select(ctx: Any) -> Any:
-    from alambic.front import Run, load_results, select, write_selected
+    from alambic.search.front import Run, load_results, select, write_selected
 
     run = Run(ctx.store, ctx.config, ctx.registry)
     selection = select(load_results(run), ctx.config.select, objectives=run.objectives, registry=ctx.registry)
@@ -147,7 +147,7 @@ def export_selected(ctx: Any, *, candidate: str | None = None, stage: Any = None
                     out: Any = None, max_examples: int = 2000, skip_if_done: bool = False) -> Any:
     """Export the selected candidate (or ``candidate`` / ``stage``) with the config's export
     settings; with ``skip_if_done``, None when ``export/`` already holds that very candidate."""
-    from alambic.export import EXPORT_DIR, export_stage, resolve_stage
+    from alambic.ship.export import EXPORT_DIR, export_stage, resolve_stage
 
     stage_dir, recipe = resolve_stage(ctx.store, candidate=candidate, stage=stage)
     chosen = list(formats or ctx.config.export.formats)
@@ -170,7 +170,7 @@ def _exported(ctx: Any, stage_dir: Any, formats: Sequence[str]) -> bool:
     """export/ is complete, made from ``stage_dir``, with every format asked for and none failed."""
     from pathlib import Path
 
-    from alambic.export import EXPORT_DIR
+    from alambic.ship.export import EXPORT_DIR
 
     manifest = ctx.store.load_manifest(EXPORT_DIR)
     meta = manifest.meta if manifest is not None else {}
@@ -181,7 +181,7 @@ def _exported(ctx: Any, stage_dir: Any, formats: Sequence[str]) -> bool:
 
 def _report(ctx: Any) -> dict[str, str]:
     try:
-        from alambic.report import write_report
+        from alambic.report.build import write_report
     except ImportError:  # the report arrives with its own module
         return {}
     return write_report(ctx)
@@ -194,7 +194,7 @@ def teacher_architecture(ctx: Any) -> dict[str, int]:
     import json
     from pathlib import Path
 
-    from alambic.model_sources import resolve_model
+    from alambic.train.model_sources import resolve_model
 
     teacher = ctx.config.teacher
     bert_base = {"layers": 12, "hidden": 768, "ffn": 3072}

@@ -69,13 +69,13 @@ class RunContext:
 
     @cached_property
     def prepared(self) -> PreparedData:
-        from alambic.data import load_data, tokenize_data
+        from alambic.data.dataset import load_data, tokenize_data
 
         dsd, report = load_data(self.config.data, self.registry)
         tokenizer, tokenizer_path = self._tokenizer(dsd, report.fingerprint)
         tokenized = tokenize_data(dsd, tokenizer, self.config.tokenizer.max_length, self.cache_dir,
                                   report.fingerprint, progress=not self.quiet)
-        from alambic.data import tokenized_key
+        from alambic.data.dataset import tokenized_key
 
         return PreparedData(
             raw=dsd, report=report, tokenizer=tokenizer, tokenized=tokenized,
@@ -87,7 +87,7 @@ class RunContext:
         """The run's splits tokenized by ``tokenizer`` (a model's own), cached like the run's; and
         their key. Row ``i`` of each split is the same text whichever tokenizer made it, so
         per-row teacher logits serve students that tokenize differently."""
-        from alambic.data import tokenize_data, tokenized_key
+        from alambic.data.dataset import tokenize_data, tokenized_key
 
         data = self.prepared
         if tokenizer is data.tokenizer:
@@ -99,7 +99,7 @@ class RunContext:
 
     def _tokenizer(self, dsd: Any, data_fp: str) -> tuple[Any, Path | None]:
         """The configured tokenizer; a trained one is saved as a stage so every step shares it."""
-        from alambic.data import load_tokenizer, train_tokenizer
+        from alambic.data.dataset import load_tokenizer, train_tokenizer
 
         settings = self.config.tokenizer
         if settings.name_or_path is not None:
@@ -109,7 +109,7 @@ class RunContext:
                            "min_frequency": settings.min_frequency})[:32]
 
         def build(folder: Path) -> dict[str, Any]:
-            from alambic.data import column
+            from alambic.data.dataset import column
 
             trained = train_tokenizer(column(dsd["train"], "text"), settings.vocab_size, settings.min_frequency)
             trained.save_pretrained(folder)

@@ -1,7 +1,7 @@
 """Built-in data sources: ``files`` (CSV, TSV, JSON Lines, Parquet) and ``hf`` (``load_dataset``).
 
 Both return a ``DatasetDict`` whose splits have ``text`` (string) and ``label`` (ClassLabel with
-names); core (:func:`alambic.data.load_data`) splits off what is missing and checks the result.
+names); core (:func:`alambic.data.dataset.load_data`) splits off what is missing and checks the result.
 Every bad row is reported as ``file:line: reason`` through ``report.bad_row``.
 """
 
@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import alambic
-from alambic.data import SPLITS, DataReport
+from alambic.data.dataset import SPLITS, DataReport
 from alambic.errors import DataError, did_you_mean
 from alambic.store import stable_hash
 

@@ -51,7 +51,7 @@ def demo_rows() -> tuple[list[str], list[int], str]:
 
 
 def _sha(path: Path) -> str:
-    from alambic.data import file_sha256
+    from alambic.data.dataset import file_sha256
 
     return file_sha256(path)
 

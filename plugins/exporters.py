@@ -13,7 +13,7 @@ coreml  ``Classifier.mlpackage`` (ML Program, iOS16, fp16, int8 weights for   sp
         neural-network pipeline); vocab.txt + tokenizer.json                 layer, loss, optimizer
 ======  ===================================================================  ===========================
 
-Each class adapts functions of :mod:`alambic.onnx_export` and :mod:`alambic.coreml_export`.
+Each class adapts functions of :mod:`alambic.ship.onnx_export` and :mod:`alambic.ship.coreml_export`.
 """
 
 from __future__ import annotations
@@ -26,10 +26,10 @@ from typing import TYPE_CHECKING, Any
 
 import alambic
 from alambic.errors import AlambicError
-from alambic.export import MAX_INT8_RATIO, MIN_QUANTIZED_AGREEMENT, Check, Exported, Exporter, size_check
+from alambic.ship.export import MAX_INT8_RATIO, MIN_QUANTIZED_AGREEMENT, Check, Exported, Exporter, size_check
 
 if TYPE_CHECKING:
-    from alambic.export import ExportSource
+    from alambic.ship.export import ExportSource
     from alambic.registry import KindRegistry
 
 TOKENIZER_FILES = ("vocab.txt", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")
@@ -167,7 +167,7 @@ class Onnx(Exporter):
 
     @classmethod
     def export(cls, source: ExportSource, folder: Path, options: OnnxOptions) -> Exported:
-        from alambic.onnx_export import SLOW_FUSIONS, export_onnx, file_bytes
+        from alambic.ship.onnx_export import SLOW_FUSIONS, export_onnx, file_bytes
 
         path, notes = folder / "model.onnx", []
         quantized = source.runtime == "onnxruntime" and source.artifact is not None \
@@ -230,7 +230,7 @@ def ort_checks(source: ExportSource, path: Path, quantized: bool) -> list[Check]
     name = "ONNX Runtime vs PyTorch (test split)"
     if source.test is None:
         return [Check(name, None, "no test split given: not run")]
-    from alambic.onnx_export import compare_logits
+    from alambic.ship.onnx_export import compare_logits
 
     found = compare_logits(source.model, path, source.test, max_examples=len(source.test))
     need = MIN_QUANTIZED_AGREEMENT if quantized else 1.0
@@ -254,7 +254,7 @@ class CoreMLOptions:
     epochs: int = 10
 
     def __post_init__(self) -> None:
-        from alambic.coreml_export import TARGETS
+        from alambic.ship.coreml_export import TARGETS
 
         who = "exporter 'coreml'"
         if self.target not in TARGETS:
@@ -276,7 +276,7 @@ class CoreML(Exporter):
 
     @classmethod
     def export(cls, source: ExportSource, folder: Path, options: CoreMLOptions) -> Exported:
-        from alambic import coreml_export as cm
+        from alambic.ship import coreml_export as cm
 
         model, labels, length = source.model, source.labels, source.max_length
         int8 = (source.int8 and options.target != "iOS15") if options.int8 is None else options.int8

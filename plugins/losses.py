@@ -11,7 +11,7 @@ embedding-mse   MSE of the embedding outputs, student projected to teacher   hid
 ==============  ===========================================================  ================
 
 Every term is averaged over real (non-padding) tokens and over mapped layers, then multiplied by
-the loss's ``weight``. The arithmetic is in :mod:`alambic.losses`; these classes only adapt it.
+the loss's ``weight``. The arithmetic is in :mod:`alambic.train.losses`; these classes only adapt it.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 import alambic
 from alambic.errors import AlambicError
-from alambic.losses import (
+from alambic.train.losses import (
     DistillLoss,
     attention_kl,
     attention_mse,

@@ -39,8 +39,8 @@ from typing import Any
 import torch
 
 from alambic.errors import AlambicError
-from alambic.losses import attention_kl, masked_mse, projection, uniform_layer_map
-from alambic.training import MODEL_INPUTS, TrainSettings, iterate, make_optimizer
+from alambic.train.losses import attention_kl, masked_mse, projection, uniform_layer_map
+from alambic.train.loop import MODEL_INPUTS, TrainSettings, iterate, make_optimizer
 
 log = logging.getLogger(__name__)
 
@@ -182,13 +182,13 @@ def layerwise_transfer(
     attention classes in transformers 4.x). The adapter runs with dropout off: the attention maps
     a model returns in train mode are post-dropout, and the KL would punish the dropped entries.
 
-    Every rank builds the same batches and takes its slice (``alambic.training.iterate``); with
+    Every rank builds the same batches and takes its slice (``alambic.train.loop.iterate``); with
     several workers and ``torch.distributed`` initialised, the trained parameters' gradients are
     averaged by hand (the adapter is not DDP-wrapped yet) and the logged losses are rank averages.
     The adapter's ``requires_grad`` flags and train/eval mode are restored at the end.
 
     :param train: a tokenized ``datasets.Dataset`` (input_ids, attention_mask, token_type_ids, length).
-    :param context: the worker's :class:`alambic.distributed.WorkerContext` (rank, world size, device).
+    :param context: the worker's :class:`alambic.train.distributed.WorkerContext` (rank, world size, device).
     :param layers: adapter layers to transfer, in order; None = all (0, 1, ...).
     :param max_steps: stop each layer's stage after this many steps (None: ``epochs_per_layer`` epochs).
     :returns: one record per stage: ``layer``, ``donor_layer``, ``steps``, and the stage's losses on

@@ -12,7 +12,7 @@ vocab       tokens absent from the training split            token ids of the tr
 
 Each is a function that prunes a model in place and returns what it removed, plus a thin plugin
 class (``Pruner.apply`` copies the model first). Importance is measured as
-:mod:`alambic.pruning` describes. ``amount`` is the fraction of what is *left* that a step removes.
+:mod:`alambic.compress.pruning` describes. ``amount`` is the fraction of what is *left* that a step removes.
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ import torch
 
 import alambic
 from alambic.errors import AlambicError
-from alambic.pruning import (
+from alambic.compress.pruning import (
     Batch,
     PruneContext,
     Pruner,
@@ -536,7 +536,7 @@ class Vocab(Pruner):
     def prune(cls, model: Any, options: VocabOptions, context: PruneContext) -> PruneResult:
         """Prune, then check on validation rows whose tokens are all kept that the new model on
         remapped ids gives the old model's logits (raises if not), and count the new [UNK]s."""
-        from alambic.training import predict
+        from alambic.train.loop import predict
 
         if context.train is None or context.tokenizer is None:
             raise AlambicError("pruner 'vocab' needs the tokenized training split and the tokenizer")

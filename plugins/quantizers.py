@@ -13,7 +13,7 @@ fp16          half-precision weights and arithmetic; for GPU/NPU targets   onnxr
 mixed         a precision per module kind: attention, ffn, embeddings      onnxruntime
 ============  ==========================================================  ==========================
 
-Each class only adapts a function of :mod:`alambic.quantization`, which does the work.
+Each class only adapts a function of :mod:`alambic.compress.quantization`, which does the work.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, ClassVar
 
 import alambic
 from alambic.errors import AlambicError
-from alambic.quantization import (
+from alambic.compress.quantization import (
     CALIBRATION_METHODS,
     PRECISIONS,
     QuantContext,
@@ -49,7 +49,7 @@ if TYPE_CHECKING:
 
 def _onnx_result(source: Path, out: Path, extra: dict | None = None) -> Quantized:
     """An ONNX Runtime result: the file, and its size against the fp32 graph's."""
-    from alambic.onnx_export import file_bytes
+    from alambic.ship.onnx_export import file_bytes
 
     fp32, size = file_bytes(source), file_bytes(out)
     report = {"source": str(source), "fp32_bytes": fp32, "bytes": size, "size_ratio": round(size / fp32, 4),
@@ -94,7 +94,7 @@ class DynamicInt8(Quantizer):
     def quantize(cls, source: QuantSource, options: DynamicInt8Options, context: QuantContext) -> Quantized:
         if options.runtime == "pytorch":
             return _torch_dynamic(source, context)
-        from alambic.onnx_export import fused_operators
+        from alambic.ship.onnx_export import fused_operators
 
         fp32 = source.onnx_path(context)
         graph, extra = fp32, {"graph": "plain"}
@@ -109,7 +109,7 @@ class DynamicInt8(Quantizer):
 def fused_graph(fp32: Path, source: QuantSource, context: QuantContext) -> Path:
     """The fp32 graph fused by ONNX Runtime's transformer optimizer, heads and width from the model's
     config when there is a model (the optimizer infers them from an ONNX file alone)."""
-    from alambic.onnx_export import attention_dims, optimize_onnx
+    from alambic.ship.onnx_export import attention_dims, optimize_onnx
 
     heads, width = attention_dims(source.model.config) if source.model is not None else (0, 0)
     return optimize_onnx(fp32, context.work_dir / "fp32.fused.onnx", heads, width)
@@ -118,7 +118,7 @@ def fused_graph(fp32: Path, source: QuantSource, context: QuantContext) -> Path:
 def _torch_dynamic(source: QuantSource, context: QuantContext) -> Quantized:
     import torch
 
-    from alambic.compare import weight_bytes
+    from alambic.report.compare import weight_bytes
 
     if source.model is None:
         raise AlambicError("quantizer 'dynamic-int8' with runtime pytorch needs the PyTorch model, not only ONNX")

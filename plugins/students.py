@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING
 
 import alambic
 from alambic.errors import AlambicError
-from alambic.models import (
+from alambic.train.models import (
     CHINESE_VOCAB_SIZE,
     BertStudent,
     Labels,

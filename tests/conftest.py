@@ -76,7 +76,7 @@ def train_tiny_run(root: Path, rows: list[str], **config: object) -> tuple[objec
 
     from alambic.plugins.students import RobertaL4
     from alambic.run import RunContext
-    from alambic.training import TrainSettings, evaluate, fit
+    from alambic.train.loop import TrainSettings, evaluate, fit
 
     (root / "train.tsv").write_text("\n".join(rows) + "\n", encoding="utf-8")
     base = {

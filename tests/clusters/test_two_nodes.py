@@ -54,7 +54,7 @@ def two_nodes():
 
 @pytest.mark.slow  # two Ray nodes and a search: minutes on a 2-core machine; run with -m slow
 def test_a_search_runs_its_trials_on_both_nodes(two_nodes, tmp_path):
-    from tests.core.test_search import tiny_run
+    from tests.core.search.test_tune import tiny_run
 
     address, env = two_nodes
     status = ray("status", f"--address={address}", env=env)

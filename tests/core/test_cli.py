@@ -89,7 +89,7 @@ def test_run_without_search_stops_after_the_teacher(write_config, minimal_config
 
 
 def test_run_goes_from_data_to_an_exported_model_and_reuses_everything(tmp_path):
-    from tests.core.test_search import tiny_run
+    from tests.core.search.test_tune import tiny_run
 
     path = tiny_run(tmp_path, name="whole", quantization=["none", "dynamic-int8"],
                     measure={"lengths": [8], "runs": 2, "warmup": 0, "memory": True})

@@ -26,7 +26,7 @@ from hypothesis import strategies as st
 from pydantic import BaseModel
 
 from alambic.config import DataConfig, RunConfig, Section, TeacherConfig, TokenizerConfig, key_path, load_config
-from alambic.data import DataReport, column, describe_data, load_data, load_tokenizer, tokenize_data
+from alambic.data.dataset import DataReport, column, describe_data, load_data, load_tokenizer, tokenize_data
 from alambic.errors import AlambicError, ConfigError, DataError, StoreError
 from alambic.plugins.data_sources import FilesSource
 from alambic.registry import Registry
@@ -164,14 +164,14 @@ def test_emoji_only_text_is_kept_and_warned_about_as_unknown(tmp_path: Path, cap
     dsd, report = load(train=write(tmp_path, "t.tsv", rows_tsv() + "😀😂🎉\t1\n"), **TSV, split={"seed": 1})
     tokenizer = tiny_tokenizer(tmp_path)
     assert tokenizer.convert_ids_to_tokens(tokenizer("😀😂🎉")["input_ids"]) == ["[CLS]", "[UNK]", "[SEP]"]
-    with caplog.at_level(logging.WARNING, logger="alambic.data"):
+    with caplog.at_level(logging.WARNING, logger="alambic.data.dataset"):
         tokenized = tokenize_data(dsd, tokenizer, 32, tmp_path / "cache", report.fingerprint)
     split = next(name for name, ds in dsd.items() if "😀😂🎉" in column(ds, "text"))
     warned = [r.getMessage() for r in caplog.records if "no character in the tokenizer's vocabulary" in r.getMessage()]
     assert len(warned) == 1 and f"split '{split}': 1 text(s)" in warned[0] and "'😀😂🎉'" in warned[0]
     assert len(tokenized[split]) == len(dsd[split])  # kept: a warning, not an error
     caplog.clear()
-    with caplog.at_level(logging.WARNING, logger="alambic.data"):  # a cache hit warns too
+    with caplog.at_level(logging.WARNING, logger="alambic.data.dataset"):  # a cache hit warns too
         tokenize_data(dsd, tokenizer, 32, tmp_path / "cache", report.fingerprint)
     assert any("no character in the tokenizer's vocabulary" in r.getMessage() for r in caplog.records)
 
@@ -376,7 +376,7 @@ def test_every_leaf_wrong_at_once_in_the_cli(write_config, minimal_config) -> No
         assert f"  - {key_path(path)}: " in result.stderr, key_path(path)
 
 
-#: no subnormal floats: the training loop flushes denormals to zero (alambic.training.fast_cpu_math) for the
+#: no subnormal floats: the training loop flushes denormals to zero (alambic.train.loop.fast_cpu_math) for the
 #: whole process, and hypothesis refuses to draw them then
 VALUES = st.recursive(st.none() | st.booleans() | st.integers() | st.floats(allow_subnormal=False) | st.text(max_size=8),
                       lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=5), inner, max_size=3),
@@ -508,7 +508,7 @@ def test_a_pickle_bearing_bin_is_refused_and_never_executed(tmp_path: Path, auto
     import torch
     from transformers import AutoModelForSequenceClassification, BertForSequenceClassification
 
-    from alambic.models import load_pretrained
+    from alambic.train.models import load_pretrained
 
     folder, marker = tiny_checkpoint(tmp_path / "evil"), tmp_path / "pwned"
     state = torch.load(folder / "pytorch_model.bin", weights_only=True)
@@ -522,7 +522,7 @@ def test_a_pickle_bearing_bin_is_refused_and_never_executed(tmp_path: Path, auto
 def test_code_shipped_with_a_checkpoint_is_not_run_by_default(tmp_path: Path) -> None:
     from transformers import AutoModelForSequenceClassification, BertForSequenceClassification
 
-    from alambic.models import load_pretrained
+    from alambic.train.models import load_pretrained
 
     folder, marker = tiny_checkpoint(tmp_path / "custom"), tmp_path / "pwned"
     config = json.loads((folder / "config.json").read_text())
@@ -534,7 +534,7 @@ def test_code_shipped_with_a_checkpoint_is_not_run_by_default(tmp_path: Path) ->
 
 
 def test_trust_remote_code_is_off_by_default_and_warned_when_on(tmp_path: Path, monkeypatch, caplog) -> None:
-    from alambic import models, teacher
+    from alambic.train import models, teacher
 
     assert TokenizerConfig().trust_remote_code is False and TeacherConfig().trust_remote_code is False
     seen: list[bool] = []

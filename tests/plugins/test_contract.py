@@ -24,9 +24,9 @@ def contract_datasets(cls: type) -> None:
 
 def contract_model_sources(cls: type) -> None:
     """Without converting anything: conversions are tested per source (they take seconds)."""
-    from alambic.model_sources import ModelSource, parse_packaged
+    from alambic.train.model_sources import ModelSource, parse_packaged
 
-    assert issubclass(cls, ModelSource), "a model source subclasses alambic.model_sources.ModelSource"
+    assert issubclass(cls, ModelSource), "a model source subclasses alambic.train.model_sources.ModelSource"
     assert cls.models, "a model source names at least one model"
     assert all(parse_packaged(f"{cls.id}:{model}") == (cls.id, model) for model in cls.models), \
         "'<id>:<model>' must parse as a packaged name"
@@ -54,10 +54,10 @@ def contract_distill_losses(cls: type) -> None:
     import torch
     from transformers import BertForSequenceClassification
 
-    from alambic.losses import NEEDS, DistillLoss, output_flags
-    from alambic.models import Size, bert_config
+    from alambic.train.losses import NEEDS, DistillLoss, output_flags
+    from alambic.train.models import Size, bert_config
 
-    assert issubclass(cls, DistillLoss), "a distillation loss subclasses alambic.losses.DistillLoss"
+    assert issubclass(cls, DistillLoss), "a distillation loss subclasses alambic.train.losses.DistillLoss"
     assert cls.needs and cls.needs <= NEEDS, f"needs must be a non-empty subset of {sorted(NEEDS)}"
     teacher_config = bert_config(Size(layers=2, hidden=48, heads=4, ffn=96), num_labels=3)
     student_config = bert_config(Size(layers=1, hidden=32, heads=2, ffn=64), num_labels=3)
@@ -90,10 +90,10 @@ def contract_pruners(cls: type) -> None:
     from transformers import BertForSequenceClassification, BertTokenizerFast
 
     from alambic.errors import AlambicError
-    from alambic.models import Size, bert_config, params
-    from alambic.pruning import PruneContext, Pruner, PruneResult
+    from alambic.train.models import Size, bert_config, params
+    from alambic.compress.pruning import PruneContext, Pruner, PruneResult
 
-    assert issubclass(cls, Pruner), "a pruner subclasses alambic.pruning.Pruner"
+    assert issubclass(cls, Pruner), "a pruner subclasses alambic.compress.pruning.Pruner"
     assert is_dataclass(cls.Options) and cls.Options.__dataclass_params__.frozen, "Options: a frozen dataclass"
     strength = "amount" in {f.name for f in fields(cls.Options)}
     options = cls.options(0.5) if strength else cls.options()
@@ -138,10 +138,10 @@ def contract_quantizers(cls: type) -> None:
     from datasets import Dataset
     from transformers import BertForSequenceClassification
 
-    from alambic.models import Size, bert_config
-    from alambic.quantization import RUNTIMES, QuantContext, Quantizer, QuantSource
+    from alambic.train.models import Size, bert_config
+    from alambic.compress.quantization import RUNTIMES, QuantContext, Quantizer, QuantSource
 
-    assert issubclass(cls, Quantizer), "a quantizer subclasses alambic.quantization.Quantizer"
+    assert issubclass(cls, Quantizer), "a quantizer subclasses alambic.compress.quantization.Quantizer"
     assert cls.runtime in RUNTIMES and set(cls.runtimes) <= set(RUNTIMES)
     assert dataclasses.is_dataclass(cls.Options) and cls.Options.__dataclass_params__.frozen
     first_line = cls.__doc__.strip().splitlines()[0]

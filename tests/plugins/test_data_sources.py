@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from alambic.config import DataConfig
-from alambic.data import DataReport, column
+from alambic.data.dataset import DataReport, column
 from alambic.errors import DataError
 from alambic.plugins import data_sources
 from alambic.plugins.data_sources import FilesSource, HFSource

@@ -10,9 +10,9 @@ import torch
 from transformers import BertForSequenceClassification
 
 from alambic.errors import AlambicError
-from alambic.losses import needs_online_teacher, output_flags
+from alambic.train.losses import needs_online_teacher, output_flags
 from alambic.manager import build_registry
-from alambic.models import teacher_config
+from alambic.train.models import teacher_config
 
 REGISTRY = build_registry()
 LOSSES = REGISTRY["distill_losses"]

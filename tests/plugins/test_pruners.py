@@ -17,7 +17,7 @@ from transformers import AutoTokenizer, BertTokenizerFast, PreTrainedTokenizerFa
 
 from alambic.errors import AlambicError
 from alambic.manager import build_registry
-from alambic.models import load_pretrained
+from alambic.train.models import load_pretrained
 from alambic.plugins.pruners import (
     Ffn,
     Heads,
@@ -30,7 +30,7 @@ from alambic.plugins.pruners import (
     pruned_tokenizer,
 )
 from alambic.plugins.students import MobileBertAdapter, RobertaL4
-from alambic.pruning import PruneContext, encoder_layers, heads_per_layer, params
+from alambic.compress.pruning import PruneContext, encoder_layers, heads_per_layer, params
 from tests.conftest import THUCNEWS
 from tests.conftest import VOCAB as CHINESE_VOCAB
 

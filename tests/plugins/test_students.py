@@ -10,7 +10,7 @@ import torch
 
 from alambic.errors import AlambicError
 from alambic.manager import build_registry
-from alambic.models import Student, params
+from alambic.train.models import Student, params
 
 STUDENTS = build_registry()["students"]
 IDS = STUDENTS.ids()

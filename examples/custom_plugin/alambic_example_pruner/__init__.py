@@ -5,7 +5,7 @@ structured pruning there is, and a good baseline for the built-in ``layers`` pru
 measures which layers matter. The lower layers are kept because the embeddings feed them and
 the classifier reads the last kept layer, which still sees every token.
 
-The plugin follows alambic's pruner contract (:mod:`alambic.pruning`):
+The plugin follows alambic's pruner contract (:mod:`alambic.compress.pruning`):
 
 * a class with a stable ``id``, a one-line docstring (``alambic plugins`` shows it) and an
   ``Options`` frozen dataclass; a field named ``amount`` is the strength that the guard halves;
@@ -30,7 +30,7 @@ from typing import Any
 import alambic
 from alambic.errors import AlambicError
 from alambic.plugins.pruners import drop_layers
-from alambic.pruning import PruneContext, Pruner, PruneResult, count, encoder_layers
+from alambic.compress.pruning import PruneContext, Pruner, PruneResult, count, encoder_layers
 
 
 def keep_first_layers(model: Any, keep: int) -> dict[str, Any]:

@@ -1,0 +1,111 @@
+"""Latency and memory of a search's candidates: measured after the search, one at a time, here.
+
+A trial that timed its own candidate would share the host with the trials training beside it, and
+on a cluster run on whichever node Ray gave it: its figures would measure the load, not the model.
+So trials score accuracy and size only (``compress.SCORES_ONLY``), and when every trial is done the
+driver times each shipped artifact in turn, on its own node, in the artifact's runtime, at
+``search.measure.threads``::
+
+    rows = time_candidates(ctx, rows, settings, on_timed=print)   # latency_p50_ms, peak_mem_mb, ...
+
+Each timing is a stage (``timing.json``) keyed by the candidate's compress stage, the settings and
+this machine's identity (:func:`alambic.machine.identity`): a repeated search reuses it on this
+machine, and a figure made on another machine is never taken for this one's.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+from alambic.errors import AlambicError
+from alambic.store import inside, stable_hash
+
+log = logging.getLogger(__name__)
+
+TIMING_FILE = "timing.json"
+#: the row columns this pass fills
+COLUMNS = ("latency_p50_ms", "latency_p90_ms", "peak_mem_mb", "model_mem_mb", "latency_threads", "latency_machine")
+
+
+def time_candidates(ctx: Any, rows: Sequence[dict[str, Any]], settings: Any,
+                    on_timed: Callable[[int, int, dict[str, Any]], None] | None = None) -> list[dict[str, Any]]:
+    """The rows with their latency and memory columns, each ok row timed (or its timing reused).
+
+    :param settings: ``compress.MeasureSettings`` (lengths, threads, runs, warmup, memory).
+    :param on_timed: called with (n, total, row) after each candidate.
+    """
+    from alambic.machine import identity, summary
+
+    machine = identity()
+    todo = [r for r in rows if r.get("status") == "ok" and r.get("compress_key")]
+    if todo:
+        log.info("timing %d candidates one at a time on %s, %d thread(s)", len(todo), summary(), settings.threads)
+    for n, row in enumerate(todo, start=1):
+        found = timing(ctx, row, settings, machine)
+        row.update(columns(found))
+        if on_timed is not None:
+            on_timed(n, len(todo), row)
+    return list(rows)
+
+
+def timing(ctx: Any, row: dict[str, Any], settings: Any, machine: dict[str, Any]) -> dict[str, Any]:
+    """One candidate's artifact timed as a stage keyed by its compress stage, settings and machine."""
+    from alambic.compress.chain import MODEL_DIR
+
+    key = stable_hash({"stage": "timing", "compress": row["compress_key"], "artifact": row["artifact"],
+                       "measure": settings, "machine": machine})[:32]
+    stage = ctx.store.local_path(ctx.store.stage_path(row["compress_key"]))
+
+    def build(folder: Path) -> dict[str, Any]:
+        from alambic.compress.measure import config_vocab_size, measure_speed
+
+        artifact = inside(stage, _in_stage(row["artifact"], ctx.store.stage_path(row["compress_key"]), row),
+                          source=f"candidate {row['candidate_id']}'s row", key="artifact")
+        start = time.perf_counter()
+        found = measure_speed(row["runtime"], artifact, settings.lengths, settings.threads,
+                              model_dir=stage / MODEL_DIR, vocab_size=config_vocab_size(stage / MODEL_DIR),
+                              runs=settings.runs, warmup=settings.warmup, memory=settings.memory)
+        found["machine"] = machine | found["machine"]
+        found |= {"artifact": row["artifact"], "compress_key": row["compress_key"], "key": key,
+                  "seconds": round(time.perf_counter() - start, 1)}
+        (folder / TIMING_FILE).write_text(json.dumps(found, indent=2) + "\n", encoding="utf-8")
+        return {"compress_key": row["compress_key"]}
+
+    ctx.store.get_or_build_stage(key, "timing", build)
+    return json.loads((ctx.store.local_path(ctx.store.stage_path(key)) / TIMING_FILE).read_text(encoding="utf-8"))
+
+
+def columns(found: dict[str, Any]) -> dict[str, Any]:
+    """A timing's figures as row columns: latency at the reference length, peak and model memory."""
+    from alambic.compress.measure import REFERENCE_LENGTH
+
+    lengths = sorted(int(n) for n in found["latency_ms"])
+    length = REFERENCE_LENGTH if REFERENCE_LENGTH in lengths else lengths[-1]
+    latency = found["latency_ms"][str(length)]
+    memory = found.get("memory") or {}
+    peak, base = memory.get("peak_rss_bytes"), memory.get("baseline_rss_bytes")
+    from alambic.machine import label
+
+    return {"latency_p50_ms": latency["p50"], "latency_p90_ms": latency["p90"],
+            "peak_mem_mb": None if peak is None else peak / 1e6,
+            "model_mem_mb": None if peak is None or base is None else (peak - base) / 1e6,
+            "latency_threads": found["threads"],
+            "latency_machine": label(found["machine"])}
+
+
+def _in_stage(artifact: str, stage: str, row: dict[str, Any]) -> str:
+    """The row's artifact (relative to the run) relative to its compress stage, or a clear error
+    (:func:`alambic.store.inside` then checks it stays there)."""
+    try:
+        return PurePosixPath(artifact).relative_to(stage).as_posix()
+    except (TypeError, ValueError):
+        raise AlambicError(f"candidate {row['candidate_id']}'s row: artifact {artifact!r} is not a path inside "
+                           f"its stage {stage}/") from None
+
+
+__all__ = ["COLUMNS", "time_candidates", "timing"]

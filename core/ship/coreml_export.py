@@ -1,0 +1,468 @@
+"""Core ML: convert a BERT or MobileBERT classifier, with an on-device-updatable head, and check it.
+
+::
+
+    ml = convert_classifier(model, labels, max_length=64, int8=True)     # ML Program, iOS 16+
+    ml.save("Classifier.mlpackage")
+    spec = updatable_pipeline(model, labels, max_length=64, learning_rate=0.01, batch_size=8, epochs=10)
+    describe(spec, {"author": "me", "license": "MIT", "user": {"labels": labels}})   # or an MLModel
+    save_spec(spec, "UpdatableClassifier.mlmodel")
+    check_classifier(path, 64, int8=True)  /  check_updatable(path, 64)  # list[Check] from the specs
+    wrapper_parity(model, test, reference_logits)                        # list[Check]
+
+The stock transformers classifier does not convert (coremltools 9 has no ``new_ones``, which
+``get_extended_attention_mask`` uses), so :class:`CoreMLWrapper` calls the model's embeddings and
+encoder itself with an additive (B, 1, 1, T) mask built from int32 inputs, then its pooler and
+classifier. Both products take ``input_ids`` and ``attention_mask`` of shape (1, T), T flexible
+from 1 to ``max_length`` (``RangeDim``); ``token_type_ids`` are all zero (single sentences).
+
+* ``Classifier.mlpackage``: the whole classifier as an ML Program (fp16 compute; int8 weights by
+  ``coremltools.optimize.coreml.linear_quantize_weights`` when the candidate is int8); outputs
+  ``label`` (String) and ``label_probs`` (label -> probability).
+* ``UpdatableClassifier.mlmodel``: a pipeline of two neural networks (Core ML can update only the
+  neural-network format, never an ML Program): the frozen encoder (pooled vector out; its weights
+  fp16, or int8 for an int8 candidate) and the head (inner product + softmax, fp32: updatable
+  layers cannot hold fp16 weights), marked updatable with a categorical cross-entropy loss and
+  SGD. The neural-network format has no int32 inputs: here ``input_ids`` and ``attention_mask``
+  are Float32 arrays. Training inputs: ``input_ids``, ``attention_mask``, ``label``.
+
+Core ML cannot predict on Linux: the products are checked by their specs, and the wrapper
+against the original model in PyTorch (the converted graph's source is faithful).
+``examples/ios/check_coreml.py`` checks predictions on macOS. coremltools and torch are imported
+inside the functions.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import logging
+import os
+import warnings
+from collections.abc import Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from alambic.errors import AlambicError
+from alambic.ship.export import Check
+
+if TYPE_CHECKING:
+    import numpy as np
+    import torch
+
+log = logging.getLogger(__name__)
+
+INPUTS = ("input_ids", "attention_mask")
+LABEL, PROBS = "label", "label_probs"  # the classifier's outputs (ClassifierConfig names the second)
+POOLED = "pooled"
+HEAD, LOSS = "head", "loss"
+MASK_VALUE = -10000.0  # additive mask: finfo(float32).min overflows fp16 compute to -inf
+TARGETS = ("iOS15", "iOS16", "iOS17", "iOS18")  # ML Program targets; int8 weights need iOS16+
+
+
+# --- the export wrapper ---------------------------------------------------------------------
+
+
+def _torch_module() -> type:
+    import torch
+
+    class CoreMLWrapper(torch.nn.Module):
+        """(input_ids, attention_mask) int32 (1, T) -> probabilities, logits or the pooled vector.
+
+        The mask is made additive here (0 kept, -10000 masked) and given to the encoder as
+        (B, 1, 1, T), so nothing of transformers' mask helpers reaches the converter.
+        """
+
+        def __init__(self, model: Any, output: str = "probabilities") -> None:
+            super().__init__()
+            base = model.base_model  # BertModel or MobileBertModel
+            if getattr(base, "pooler", None) is None or not hasattr(model, "classifier"):
+                raise AlambicError(f"{type(model).__name__}: the Core ML export needs a pooler and a classifier "
+                                   f"(a *ForSequenceClassification model)")
+            self.embeddings, self.encoder, self.pooler = base.embeddings, base.encoder, base.pooler
+            self.classifier, self.output = model.classifier, output
+            self.layers = len(self.encoder.layer)
+
+        def pooled(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+            ids = input_ids.long()
+            mask = (1.0 - attention_mask.to(torch.float32)[:, None, None, :]) * MASK_VALUE  # (B, 1, 1, T)
+            hidden = self.embeddings(input_ids=ids, token_type_ids=torch.zeros_like(ids))  # (B, T, H)
+            # head_mask: MobileBERT's encoder indexes it per layer; BERT's accepts it too
+            hidden = self.encoder(hidden, attention_mask=mask, head_mask=[None] * self.layers, return_dict=False)[0]
+            return self.pooler(hidden)  # (B, H)
+
+        def logits(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+            return self.classifier(self.pooled(input_ids, attention_mask))  # (B, labels)
+
+        def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+            if self.output == POOLED:
+                return self.pooled(input_ids, attention_mask)[0]  # (H,): the head's rank-1 input
+            logits = self.logits(input_ids, attention_mask)
+            return logits if self.output == "logits" else torch.softmax(logits, dim=-1)
+
+    return CoreMLWrapper
+
+
+def wrapper(model: Any, output: str = "probabilities") -> torch.nn.Module:
+    """The export wrapper of a BERT or MobileBERT classifier, in eval mode."""
+    return _torch_module()(model, output).eval()
+
+
+def trace(module: torch.nn.Module, max_length: int) -> torch.jit.ScriptModule:
+    """TorchScript of ``module`` on a (1, T) int32 example whose tail is padding."""
+    import torch
+
+    length = min(8, max_length)
+    ids = torch.arange(1, length + 1, dtype=torch.int32)[None] % 100 + 1
+    mask = torch.ones_like(ids)
+    mask[0, length // 2 + 1:] = 0
+    with torch.no_grad(), warnings.catch_warnings():
+        # coremltools 9 converts TorchScript; its torch.export path is still beta
+        warnings.filterwarnings("ignore", r"`torch\.jit\.trace", DeprecationWarning)
+        # MobileBERT builds an unused torch.tensor(1000): frozen as a constant, harmlessly
+        warnings.filterwarnings("ignore", category=torch.jit.TracerWarning)
+        return torch.jit.trace(module, (ids, mask))
+
+
+# --- conversion -----------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def quiet() -> Iterator[Any]:
+    """coremltools, imported and run without its noise; yields the module.
+
+    On Linux it logs that its native runtime is missing and that torch 2.13 is untested (both
+    known); conversion draws progress bars and prints ("Now adding input ..."). The passes raise
+    two warnings that are not problems: numpy overflow while intersecting dtype ranges in the cast
+    fusion pass, and an implicit cleanup of the temporary weights folder ct.convert leaves to GC.
+    """
+    logger = logging.getLogger("coremltools")
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    printed = io.StringIO()
+    try:
+        with contextlib.redirect_stdout(printed), contextlib.redirect_stderr(printed), \
+                warnings.catch_warnings():
+            warnings.filterwarnings("ignore", "overflow encountered in cast", RuntimeWarning)
+            warnings.filterwarnings("ignore", "Implicitly cleaning up", ResourceWarning)
+            import coremltools
+
+            yield coremltools
+    finally:
+        logger.setLevel(level)
+        if printed.getvalue().strip():
+            log.debug("coremltools: %s", printed.getvalue().strip()[-2000:])
+
+
+def _inputs(ct: Any, max_length: int) -> list[Any]:
+    import numpy as np
+
+    length = ct.RangeDim(lower_bound=1, upper_bound=max_length, default=min(32, max_length))
+    return [ct.TensorType(name, shape=(1, length), dtype=np.int32) for name in INPUTS]
+
+
+def convert_classifier(model: Any, labels: Sequence[str], max_length: int, *, target: str = "iOS16",
+                       int8: bool = False, weight_threshold: int = 2048) -> Any:
+    """The whole classifier as an ML Program (fp16 compute), int8 weights when ``int8``.
+
+    :param target: minimum deployment target (:data:`TARGETS`); int8 weights need iOS16+.
+    :param weight_threshold: weights with fewer elements stay fp16 (biases, norms).
+    """
+    _check_target(target, int8)
+    traced = trace(wrapper(model), max_length)
+    with quiet() as ct:
+        # the probabilities tensor is named: else the converter renames it (with a warning)
+        mlmodel = ct.convert(traced, inputs=_inputs(ct, max_length), outputs=[ct.TensorType("probabilities")],
+                             convert_to="mlprogram",
+                             classifier_config=ct.ClassifierConfig(list(labels), predicted_feature_name=LABEL),
+                             minimum_deployment_target=getattr(ct.target, target),
+                             compute_precision=ct.precision.FLOAT16)
+        if int8:
+            from coremltools.optimize.coreml import OpLinearQuantizerConfig, OptimizationConfig, linear_quantize_weights
+
+            # one scale per tensor, as ONNX Runtime's dynamic INT8 by default; per channel, the
+            # all-zero [PAD] embedding row would get a scale of 0 (0/0 while quantizing)
+            config = OpLinearQuantizerConfig(mode="linear_symmetric", dtype="int8", granularity="per_tensor",
+                                             weight_threshold=weight_threshold)
+            mlmodel = linear_quantize_weights(mlmodel, OptimizationConfig(global_config=config))
+    return mlmodel
+
+
+def _check_target(target: str, int8: bool) -> None:
+    if target not in TARGETS:
+        raise AlambicError(f"Core ML target must be one of {', '.join(TARGETS)}, got {target!r}")
+    if int8 and target == "iOS15":
+        raise AlambicError("int8 Core ML weights need target iOS16 or later (constexpr_affine_dequantize)")
+
+
+def updatable_pipeline(model: Any, labels: Sequence[str], max_length: int, *, learning_rate: float = 0.01,
+                       batch_size: int = 8, epochs: int = 10, encoder_bits: int = 16) -> Any:
+    """A pipeline spec: frozen encoder (pooled vector) then an updatable softmax head (neural networks).
+
+    :param encoder_bits: weight precision of the frozen encoder, 16 (fp16) or 8 (int8); the
+        head stays fp32 whatever this is, as Core ML requires of updatable layers.
+    """
+    from coremltools.models import datatypes
+    from coremltools.models.neural_network import quantization_utils
+    from coremltools.models.pipeline import PipelineClassifier
+
+    traced = trace(wrapper(model, POOLED), max_length)
+    with quiet() as ct:
+        encoder = ct.convert(traced, inputs=_inputs(ct, max_length), outputs=[ct.TensorType(POOLED)],
+                             convert_to="neuralnetwork")
+        encoder = quantization_utils.quantize_weights(encoder, nbits=encoder_bits)
+        encoder_spec = encoder.get_spec()
+        width = model.classifier.in_features  # the pooled vector's width
+        del encoder_spec.description.output[0].type.multiArrayType.shape[:]
+        encoder_spec.description.output[0].type.multiArrayType.shape.append(width)  # what the head takes
+        head = updatable_head(model.classifier, labels, learning_rate=learning_rate, batch_size=batch_size,
+                              epochs=epochs)
+        pipeline = PipelineClassifier([(name, datatypes.Array(1, max_length)) for name in INPUTS], list(labels),
+                                      output_features=[LABEL, PROBS])
+        del pipeline.spec.description.input[:]
+        pipeline.spec.description.input.extend(encoder_spec.description.input)  # Float32, flexible length
+        pipeline.add_model(encoder_spec)
+        pipeline.add_model(head)
+        pipeline.make_updatable()
+        training = pipeline.spec.description.trainingInput
+        training.extend(encoder_spec.description.input)
+        training.extend(t for t in head.description.trainingInput if t.name == LABEL)
+        pipeline.spec.specificationVersion = max(encoder_spec.specificationVersion, head.specificationVersion)
+    return pipeline.spec
+
+
+def updatable_head(classifier: Any, labels: Sequence[str], *, learning_rate: float, batch_size: int,
+                   epochs: int) -> Any:
+    """The classifier's Linear as an updatable NN classifier: inner product + softmax, fp32."""
+    import numpy as np
+    from coremltools.models import datatypes
+    from coremltools.models.neural_network import NeuralNetworkBuilder, SgdParams
+
+    weight = classifier.weight.detach().cpu().numpy().astype(np.float32)  # (labels, H)
+    bias = classifier.bias.detach().cpu().numpy().astype(np.float32)
+    count, width = weight.shape
+    builder = NeuralNetworkBuilder([(POOLED, datatypes.Array(width))], [(PROBS, datatypes.Array(count))],
+                                   mode="classifier")
+    builder.add_inner_product(HEAD, W=weight, b=bias, input_channels=width, output_channels=count,
+                              has_bias=True, input_name=POOLED, output_name="head_logits")
+    builder.add_softmax("softmax", "head_logits", PROBS)
+    builder.set_class_labels(list(labels), predicted_feature_name=LABEL, prediction_blob=PROBS)
+    builder.make_updatable([HEAD])
+    builder.set_categorical_cross_entropy_loss(LOSS, input=PROBS)  # adds the training input "label"
+    sgd = SgdParams(lr=learning_rate, batch=batch_size)
+    sgd.set_lr(learning_rate, 0.0, 1.0)
+    sgd.set_batch(batch_size, sorted({1, batch_size}))
+    builder.set_sgd_optimizer(sgd)
+    builder.set_epochs(epochs, sorted({1, epochs}))
+    return builder.spec
+
+
+#: what Xcode shows for each input and output
+DESCRIPTIONS = {
+    "input_ids": "token ids from the bundled tokenizer (vocab.txt or tokenizer.json), with its start and end "
+                 "tokens, (1, T), T <= max_length",
+    "attention_mask": "1 for each real token, 0 for padding, (1, T)",
+    LABEL: "the predicted label",
+    PROBS: "each label's probability",
+}
+
+
+def describe(model: Any, metadata: Mapping[str, Any]) -> None:
+    """Author, license, description, version, feature descriptions and user-defined metadata
+    (labels, max length, vocabulary file, ...) on an MLModel or a spec."""
+    spec = model if hasattr(model, "description") else None
+    if spec is None:  # an MLModel: its properties write through to its spec
+        model.author, model.license = str(metadata.get("author") or ""), str(metadata.get("license") or "")
+        model.short_description = str(metadata.get("description") or "")
+        model.version = str(metadata.get("version") or "")
+        user = model.user_defined_metadata
+        for name in (*INPUTS, LABEL, PROBS):
+            where = model.input_description if name in INPUTS else model.output_description
+            where[name] = DESCRIPTIONS[name]
+    else:
+        described = spec.description.metadata
+        described.author, described.license = str(metadata.get("author") or ""), str(metadata.get("license") or "")
+        described.shortDescription = str(metadata.get("description") or "")
+        described.versionString = str(metadata.get("version") or "")
+        user = described.userDefined
+        for feature in (*spec.description.input, *spec.description.output):
+            feature.shortDescription = DESCRIPTIONS.get(feature.name, "")
+    for key, value in (metadata.get("user") or {}).items():
+        user[key] = value if isinstance(value, str) else json.dumps(value, ensure_ascii=False)
+
+
+def save_spec(spec: Any, path: str | os.PathLike[str]) -> Path:
+    """Write a neural-network spec as a ``.mlmodel`` file (no weights folder: all in the spec)."""
+    with quiet() as ct:
+        ct.utils.save_spec(spec, str(path))
+    return Path(path)
+
+
+def package_bytes(path: str | os.PathLike[str]) -> int:
+    """Bytes of a ``.mlmodel`` file or of every file in a ``.mlpackage`` folder."""
+    path = Path(path)
+    return sum(f.stat().st_size for f in path.rglob("*") if f.is_file()) if path.is_dir() else path.stat().st_size
+
+
+# --- checks ---------------------------------------------------------------------------------
+
+
+def load_spec(path: str | os.PathLike[str]) -> Any:
+    """The spec of a saved model through ``MLModel(path, skip_model_load=True)``: the file is read
+    and parsed as Core ML tools do, nothing is compiled or run (no Core ML runtime on Linux)."""
+    with quiet() as ct:
+        return ct.models.MLModel(str(path), skip_model_load=True).get_spec()
+
+
+def input_description(feature: Any) -> dict[str, Any]:
+    """{name, type, dtype, shape ranges} of a feature description."""
+    kind = feature.type.WhichOneof("Type")
+    found: dict[str, Any] = {"name": feature.name, "type": kind}
+    if kind == "multiArrayType":
+        array = feature.type.multiArrayType
+        found["dtype"] = array.DESCRIPTOR.fields_by_name["dataType"].enum_type.values_by_number[array.dataType].name
+        ranges = array.shapeRange.sizeRanges
+        found["shape"] = [[r.lowerBound, r.upperBound] for r in ranges] if ranges else list(array.shape)
+    return found
+
+
+def io_spec(spec: Any) -> dict[str, Any]:
+    return {"inputs": [input_description(f) for f in spec.description.input],
+            "outputs": [input_description(f) for f in spec.description.output],
+            "training_inputs": [input_description(f) for f in spec.description.trainingInput]}
+
+
+def _interface_checks(spec: Any, dtype: str, max_length: int) -> list[Check]:
+    found = io_spec(spec)
+    shape = [[1, 1], [1, max_length]]  # batch 1, length 1..max_length
+    want_in = [{"name": n, "type": "multiArrayType", "dtype": dtype, "shape": shape} for n in INPUTS]
+    outputs = [(o["name"], o["type"]) for o in found["outputs"]]
+    return [Check("inputs input_ids, attention_mask", found["inputs"] == want_in,
+                  f"{dtype} (1, 1..{max_length})", {"inputs": found["inputs"]}),
+            Check("outputs label, label_probs", outputs == [(LABEL, "stringType"), (PROBS, "dictionaryType")],
+                  ", ".join(f"{n}: {t}" for n, t in outputs), {"outputs": found["outputs"]})]
+
+
+def _metadata_check(spec: Any) -> Check:
+    user = spec.description.metadata.userDefined
+    found = {k: user[k] for k in ("labels", "max_length", "vocabulary") if k in user}
+    return Check("metadata: labels, max length, vocabulary", len(found) == 3,
+                 ", ".join(f"{k}={v}" for k, v in found.items())[:120], found)
+
+
+def check_classifier(path: str | os.PathLike[str], max_length: int, int8: bool) -> list[Check]:
+    """The ML Program loads as a spec, takes int32 (1, 1..max_length) and outputs label + probs."""
+    spec = load_spec(path)
+    ops = _program_ops(spec)
+    checks = [Check("Classifier.mlpackage spec loads", spec.WhichOneof("Type") == "mlProgram",
+                    f"{spec.WhichOneof('Type')}, spec v{spec.specificationVersion}")]
+    checks += _interface_checks(spec, "INT32", max_length) + [_metadata_check(spec)]
+    # int8 weights are constexpr ops dequantizing at load (iOS16/17: affine; iOS18: blockwise)
+    quantized = sum(count for op, count in ops.items() if op.startswith("constexpr_"))
+    checks.append(Check("int8 weights" if int8 else "fp16 weights", quantized > 0 if int8 else None,
+                        f"{quantized} int8 weight tensors", {"ops": ops}))
+    return checks
+
+
+def _program_ops(spec: Any) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for function in spec.mlProgram.functions.values():
+        for block in function.block_specializations.values():
+            for op in block.operations:
+                counts[op.type] = counts.get(op.type, 0) + 1
+    return counts
+
+
+def updatable_layers(spec: Any) -> list[str]:
+    """Names of the updatable layers in every neural network of a (pipeline) spec."""
+    return [layer.name for network in _networks(spec) for layer in network.layers if layer.isUpdatable]
+
+
+def _networks(spec: Any) -> list[Any]:
+    kind = spec.WhichOneof("Type")
+    if kind in ("pipeline", "pipelineClassifier", "pipelineRegressor"):
+        pipeline = spec.pipeline if kind == "pipeline" else getattr(spec, kind).pipeline
+        return [n for model in pipeline.models for n in _networks(model)]
+    if kind in ("neuralNetwork", "neuralNetworkClassifier", "neuralNetworkRegressor"):
+        return [getattr(spec, kind)]
+    return []
+
+
+def check_updatable(path: str | os.PathLike[str], max_length: int) -> list[Check]:
+    """One updatable layer (the fp32 head), cross-entropy, SGD, epochs, training inputs, interface."""
+    spec = load_spec(path)
+    models = spec.pipelineClassifier.pipeline.models
+    layers = updatable_layers(spec)
+    head = models[-1].neuralNetworkClassifier if models else None
+    params = head.updateParams if head is not None else None
+    losses = [loss.WhichOneof("LossLayerType") for loss in params.lossLayers] if params else []
+    optimizer = params.optimizer.WhichOneof("OptimizerType") if params else None
+    sgd = params.optimizer.sgdOptimizer if optimizer == "sgdOptimizer" else None
+    weights = next((layer.innerProduct.weights for layer in head.layers if layer.name == HEAD), None) if head else None
+    training = [f.name for f in spec.description.trainingInput]
+    checks = [
+        Check("UpdatableClassifier.mlmodel pipeline updatable", spec.isUpdatable and models[-1].isUpdatable
+              and not any(m.isUpdatable for m in models[:-1]), f"{len(models)} models, last updatable"),
+        Check("exactly one updatable layer (the head)", layers == [HEAD], ", ".join(layers) or "none"),
+        Check("head weights fp32", weights is not None and len(weights.floatValue) > 0 and not weights.float16Value,
+              "fp32" if weights is not None and len(weights.floatValue) else "not fp32"),
+        Check("loss: categorical cross-entropy", losses == ["categoricalCrossEntropyLossLayer"], ", ".join(losses)),
+        Check("optimizer: SGD", sgd is not None,
+              f"lr {sgd.learningRate.defaultValue:g}, batch {sgd.miniBatchSize.defaultValue}, "
+              f"epochs {params.epochs.defaultValue}" if sgd is not None else "none",
+              {"learning_rate": sgd.learningRate.defaultValue, "batch_size": sgd.miniBatchSize.defaultValue,
+               "epochs": params.epochs.defaultValue} if sgd is not None else {}),
+        Check("training inputs", training == [*INPUTS, LABEL], ", ".join(training)),
+    ]
+    return checks + _interface_checks(spec, "FLOAT32", max_length) + [_metadata_check(spec)]
+
+
+def wrapper_parity(model: Any, dataset: Any, reference: np.ndarray, max_traced: int = 200) -> list[Check]:
+    """The export wrapper against the model's own logits (``reference``, rows in order) in PyTorch.
+
+    Eagerly on padded batches of every row; then the traced graphs (what is converted) row by row
+    at batch 1, every other row padded to the longest: as an app calls them.
+    """
+    import numpy as np
+    import torch
+
+    module = wrapper(model, "logits")
+    rows = dataset.select(range(min(len(dataset), len(reference))))
+    eager = np.concatenate([_wrapper_logits(module, rows[lo:lo + 64]) for lo in range(0, len(rows), 64)])
+    checks = [_parity("wrapper vs PyTorch model (eager, padded batches)", eager, reference)]
+    width = max(len(ids) for ids in rows["input_ids"])
+    traced = trace(module, width)
+    pooled = trace(wrapper(model, POOLED), width)
+    got, heads = [], []
+    count = min(len(rows), max_traced)
+    with torch.no_grad():
+        for i, ids in enumerate(rows.select(range(count))["input_ids"]):
+            pad = (width - len(ids)) if i % 2 else 0
+            batch = torch.tensor([list(ids) + [0] * pad], dtype=torch.int32)
+            mask = torch.tensor([[1] * len(ids) + [0] * pad], dtype=torch.int32)
+            got.append(traced(batch, mask).numpy()[0])
+            heads.append(model.classifier(pooled(batch, mask)[None]).numpy()[0])
+    checks.append(_parity("traced classifier vs PyTorch model (batch 1)", np.array(got), reference[:count]))
+    checks.append(_parity("traced encoder + head vs PyTorch model", np.array(heads), reference[:count]))
+    return checks
+
+
+def _wrapper_logits(module: Any, rows: Mapping[str, list]) -> np.ndarray:
+    import torch
+
+    width = max(len(ids) for ids in rows["input_ids"])
+    ids = torch.tensor([list(r) + [0] * (width - len(r)) for r in rows["input_ids"]], dtype=torch.int32)
+    mask = torch.tensor([[1] * len(r) + [0] * (width - len(r)) for r in rows["input_ids"]], dtype=torch.int32)
+    with torch.no_grad():
+        return module.logits(ids, mask).numpy()
+
+
+def _parity(name: str, got: np.ndarray, expected: np.ndarray, tolerance: float = 1e-4) -> Check:
+    import numpy as np
+
+    diff = float(np.abs(got - expected).max())
+    agreement = float((got.argmax(-1) == expected.argmax(-1)).mean())
+    return Check(name, diff <= tolerance and agreement == 1.0,
+                 f"max |diff| {diff:.2e}, argmax {agreement:.2%} of {len(got)}",
+                 {"max_abs_diff": diff, "argmax_agreement": agreement, "examples": len(got), "tolerance": tolerance})

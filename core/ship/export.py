@@ -1,0 +1,570 @@
+"""Export: turn a compress stage into a verified bundle an app ships (hf, onnx, coreml, ...).
+
+::
+
+    result = export_stage("artifacts/run/stages/<key>", "artifacts/run/export", ("hf", "onnx", "coreml"),
+                          test_split=raw_test, metadata={"author": "me", "license": "Apache-2.0"})
+    result.exported["onnx"].checks     # what was verified, each with its figure and ok
+    result.failed                      # {"coreml": Failure(op="new_ones", fallback="try --format onnx ...")}
+    format_verification(result)        # a rich table: max abs diff, argmax agreement, sizes
+    stage, recipe = resolve_stage(ctx.store, candidate="c12")   # or the selected candidate
+
+Each format is an exporter plugin (``alambic_register_exporters``): a class with an ``id``, a
+frozen ``Options`` dataclass and ``export(source, folder, options) -> Exported``, which writes its
+files into ``folder`` and verifies them. A format that raises is recorded (the error, the op that
+failed when the message names one, a fallback to try) and the others are still exported.
+
+The bundle is built in a scratch folder beside ``out_dir`` and renamed into place (the store's
+``build_artifact``), so a reader sees the previous export or the new one, whole::
+
+    export/hf/ onnx/ coreml/    one folder per format that exported
+    export/verification.json    every check, per format; the failed formats and their fallbacks
+    export/README.md            for the app developer: files, inputs/outputs, tokenization, labels
+    export/manifest.json        files (sha256, size), formats, input/output spec, metrics, recipe
+
+``test_split`` holds raw rows (``text``, ``label``), tokenized here with the stage's own
+tokenizer (a pruned vocabulary has its own), or already tokenized rows (``input_ids``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import re
+import shutil
+import uuid
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from functools import cached_property
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, ClassVar
+
+from alambic.errors import AlambicError, did_you_mean
+
+if TYPE_CHECKING:
+    import numpy as np
+    from rich.table import Table
+
+    from alambic.store import Manifest, Store
+
+log = logging.getLogger(__name__)
+
+DEFAULT_FORMATS = ("hf", "onnx", "coreml")
+EXPORT_DIR = "export"
+VERIFICATION_FILE = "verification.json"
+README_FILE = "README.md"
+#: an int8 file should be about a quarter of the fp32 weights (int8 + scales, norms, graph)
+MAX_INT8_RATIO = 0.3
+#: a quantized graph predicts as the fp32 model on at least this share of the test rows
+MIN_QUANTIZED_AGREEMENT = 0.995
+_OP = re.compile(r"\b(?:op|operator)\s+['\"]([\w.:]+)['\"]")
+
+
+# --- the plugin surface ---------------------------------------------------------------------
+
+
+@dataclass
+class Check:
+    """One verification: what, whether it passed (None: a figure, not a test), the figure shown."""
+
+    name: str
+    ok: bool | None
+    value: str
+    data: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class Exported:
+    """What an exporter wrote (paths inside its folder) and what it verified."""
+
+    files: list[Path]
+    spec: dict[str, Any] = field(default_factory=dict)  # inputs/outputs as the app sees them
+    checks: list[Check] = field(default_factory=list)
+    sizes: dict[str, int] = field(default_factory=dict)  # shipped file or package -> bytes
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return all(c.ok is not False for c in self.checks)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"ok": self.ok, "checks": [dataclasses.asdict(c) for c in self.checks], "sizes": self.sizes,
+                "notes": self.notes, "spec": self.spec}
+
+
+@dataclass(frozen=True)
+class Failure:
+    """A format that did not export: the error, the op that failed (if named), what to try."""
+
+    format: str
+    error: str
+    op: str | None
+    fallback: str
+
+    @property
+    def message(self) -> str:
+        at = f" at op '{self.op}'" if self.op else ""
+        return f"{self.format} export failed{at}: {self.error}; {self.fallback}"
+
+
+@dataclass(frozen=True)
+class NoOptions:
+    """An exporter without options."""
+
+
+class Exporter:
+    """Base of exporter plugins: set ``id``, a docstring, ``Options``; define ``export``.
+
+    ``export(source, folder, options)`` writes the format's files into ``folder`` (created, empty)
+    and returns an :class:`Exported` with the checks it ran; it raises when the format cannot be
+    made, naming the op in the message when one is to blame (``op 'new_ones'``), and ``fallback``
+    says what to try instead. The docstring's first line is what ``alambic plugins`` shows.
+    """
+
+    id: ClassVar[str] = ""
+    Options: ClassVar[type] = NoOptions
+
+    @classmethod
+    def options(cls, given: Any = None) -> Any:
+        """``given`` (None, a mapping, or an ``Options``) as a validated ``Options``."""
+        if isinstance(given, cls.Options):
+            return given
+        allowed = [f.name for f in dataclasses.fields(cls.Options)]
+        for key in dict(given or {}):
+            if key not in allowed:
+                raise AlambicError(f"exporter '{cls.id}': unknown option '{key}'{did_you_mean(key, allowed)}; "
+                                   f"allowed: {', '.join(allowed) or '(none)'}")
+        return cls.Options(**dict(given or {}))
+
+    @classmethod
+    def export(cls, source: ExportSource, folder: Path, options: Any) -> Exported:
+        raise NotImplementedError(f"{cls.__qualname__} must define export()")
+
+    @classmethod
+    def fallback(cls, error: BaseException, op: str | None) -> str:
+        """What to try when ``export`` raised ``error`` (shown with the failure)."""
+        return "export the other formats (--format onnx), or see the log (-v) for the cause"
+
+    @classmethod
+    def failure(cls, error: BaseException) -> Failure:
+        text = f"{type(error).__name__}: {str(error).strip().splitlines()[0] if str(error).strip() else ''}"
+        match = _OP.search(str(error))
+        op = match.group(1) if match else None
+        return Failure(cls.id, text[:500], op, cls.fallback(error, op))
+
+
+# --- the source -----------------------------------------------------------------------------
+
+
+@dataclass
+class ExportSource:
+    """A compress stage (or a save_pretrained folder) and the test rows to verify exports on."""
+
+    stage_dir: Path
+    model_dir: Path
+    record: dict[str, Any]  # record.json ({} for a plain model folder)
+    labels: list[str]
+    max_length: int
+    metadata: dict[str, Any]  # author, license, description (the run config's export section)
+    recipe: dict[str, Any]
+    test: Any = None  # tokenized rows (input_ids, attention_mask, token_type_ids, label, length)
+    texts: list[str] | None = None  # their text, for the Hugging Face pipeline
+    tokenizer: Any = None  # the stage's own (a pruned vocabulary has its own)
+
+    @cached_property
+    def model(self) -> Any:
+        """The fp32 PyTorch model, eval mode."""
+        from transformers import AutoModelForSequenceClassification
+
+        from alambic.train.models import load_pretrained
+
+        return load_pretrained(self.model_dir, AutoModelForSequenceClassification, config_key="--stage").eval()
+
+    @cached_property
+    def reference_logits(self) -> np.ndarray:
+        """The PyTorch model's logits on the test rows, in row order."""
+        import numpy as np
+
+        from alambic.train.loop import predict
+
+        rows, logits = predict(self.model, self.test, batch_size=64)
+        return logits[np.argsort(rows)]
+
+    @property
+    def runtime(self) -> str:
+        return self.record.get("runtime", "pytorch")
+
+    @property
+    def quantization(self) -> dict[str, Any]:
+        return self.record.get("quantization") or {}
+
+    @property
+    def int8(self) -> bool:
+        """Whether the candidate was quantized to int8 (weights), for any runtime."""
+        quant = self.quantization
+        options = quant.get("options") or {}
+        return "int8" in str(quant.get("quantizer", "")) or "int8" in options.values()
+
+    @property
+    def artifact(self) -> Path | None:
+        """The quantized file the candidate ships (an ONNX graph, a state dict), if any."""
+        name = self.record.get("artifact")
+        path = self.stage_path(name, "artifact") if name else None
+        return path if path is not None and path.is_file() else None
+
+    @property
+    def quantization_source(self) -> Path | None:
+        """The fp32 graph the candidate was quantized from, if the stage still holds it."""
+        name = self.quantization.get("source")
+        path = self.stage_path(name, "quantization.source") if name else None
+        return path if path is not None and path.is_file() else None
+
+    def stage_path(self, value: Any, key: str) -> Path:
+        """A path record.json gives at ``key``, checked to lie inside the stage folder."""
+        from alambic.compress.chain import RECORD_FILE
+        from alambic.store import inside
+
+        return inside(self.stage_dir, value, source=f"{self.stage_dir}/{RECORD_FILE}", key=key)
+
+
+def check_record_paths(stage_dir: Path, record: Mapping[str, Any]) -> None:
+    """Every path a compress record holds (``artifact``, ``quantization.source``, ``.files``) is
+    relative and inside ``stage_dir``; else UnsafePathError naming record.json, the key and the value."""
+    from alambic.compress.chain import RECORD_FILE
+    from alambic.store import inside
+
+    quant = record.get("quantization") or {}
+    named = [("artifact", record.get("artifact")), ("quantization.source", quant.get("source")),
+             *((f"quantization.files[{i}]", f) for i, f in enumerate(quant.get("files") or []))]
+    for key, value in named:
+        if value is not None:
+            inside(stage_dir, value, source=f"{stage_dir}/{RECORD_FILE}", key=key)
+
+
+def load_source(stage_dir: str | Path, *, test_split: Any = None, recipe: Mapping[str, Any] | None = None,
+                metadata: Mapping[str, Any] | None = None, max_length: int | None = None,
+                max_examples: int = 2000) -> ExportSource:
+    """Read a stage folder (``model/``, ``record.json``) and tokenize up to ``max_examples`` test rows."""
+    from alambic.compress.chain import MODEL_DIR, RECORD_FILE
+
+    stage = Path(stage_dir).expanduser().resolve()
+    model_dir = stage / MODEL_DIR if (stage / MODEL_DIR / "config.json").is_file() else stage
+    if not (model_dir / "config.json").is_file():
+        raise AlambicError(f"{stage} is not a compress stage folder: expected {MODEL_DIR}/config.json and "
+                           f"{RECORD_FILE} (as `alambic compress` writes them), or a save_pretrained folder")
+    record = json.loads((stage / RECORD_FILE).read_text(encoding="utf-8")) if (stage / RECORD_FILE).is_file() else {}
+    check_record_paths(stage, record)  # a tampered record fails here, before any work
+    config = json.loads((model_dir / "config.json").read_text(encoding="utf-8"))
+    labels = [str(name) for _, name in sorted((int(i), n) for i, n in (config.get("id2label") or {}).items())]
+    tokenizer = _tokenizer(model_dir)
+    positions = int(config.get("max_position_embeddings") or 512)
+    max_length = max_length or min(int(getattr(tokenizer, "model_max_length", positions) or positions), positions)
+    if max_length > positions:
+        raise AlambicError(f"max_length {max_length} exceeds the model's {positions} positions")
+    inputs = record.get("inputs") or {}
+    default_recipe = {"stage": record.get("key"), "model_dir": record.get("model_dir"),
+                      "prune_key": record.get("prune_key"), "steps": record.get("steps"),
+                      "quant": inputs.get("quant"), "quant_options": inputs.get("quant_options")}
+    source = ExportSource(stage, model_dir, record, labels, max_length, dict(metadata or {}),
+                          dict(recipe or default_recipe), tokenizer=tokenizer)
+    if test_split is not None:
+        source.test, source.texts = _tokenized(test_split, tokenizer, max_length, max_examples)
+    return source
+
+
+def _tokenizer(model_dir: Path) -> Any:
+    from transformers import AutoTokenizer
+
+    if not any((model_dir / n).is_file() for n in ("tokenizer.json", "vocab.txt")):
+        raise AlambicError(f"{model_dir} has no tokenizer (vocab.txt / tokenizer.json): an app cannot tokenize "
+                           f"as training did; save the tokenizer into the model folder")
+    return AutoTokenizer.from_pretrained(str(model_dir))
+
+
+def _tokenized(split: Any, tokenizer: Any, max_length: int, max_examples: int) -> tuple[Any, list[str] | None]:
+    from datasets import Dataset
+
+    rows = split.select(range(min(len(split), max_examples)))
+    if len(rows) == 0:
+        raise AlambicError("the test split given to export has no rows")
+    texts = [str(t) for t in rows["text"]] if "text" in rows.column_names else None
+    if "input_ids" in rows.column_names:  # tokenized already: give it what batching reads
+        if "length" not in rows.column_names:
+            rows = rows.add_column("length", [len(ids) for ids in rows["input_ids"]])
+        if "label" not in rows.column_names:
+            rows = rows.add_column("label", [-1] * len(rows))
+        return rows, texts
+    if texts is None:
+        raise AlambicError("the test split needs a 'text' column (raw rows) or 'input_ids' (tokenized rows)")
+    encoded = tokenizer(texts, truncation=True, max_length=max_length)
+    columns = {k: encoded[k] for k in ("input_ids", "attention_mask", "token_type_ids") if k in encoded}
+    columns["length"] = [len(ids) for ids in encoded["input_ids"]]
+    columns["label"] = list(rows["label"]) if "label" in rows.column_names else [-1] * len(rows)  # -1: unknown
+    return Dataset.from_dict(columns), texts
+
+
+# --- export ---------------------------------------------------------------------------------
+
+
+@dataclass
+class ExportResult:
+    path: Path
+    exported: dict[str, Exported]
+    failed: dict[str, Failure]
+    verification: dict[str, Any]
+    manifest: Manifest | None = None
+
+    @property
+    def ok(self) -> bool:
+        return not self.failed and all(e.ok for e in self.exported.values())
+
+
+def export_stage(stage_dir: str | Path, out_dir: str | Path, formats: Sequence[str] = DEFAULT_FORMATS, *,
+                 test_split: Any = None, recipe: Mapping[str, Any] | None = None,
+                 metadata: Mapping[str, Any] | None = None, options: Mapping[str, Mapping[str, Any]] | None = None,
+                 max_length: int | None = None, max_examples: int = 2000, registry: Any = None) -> ExportResult:
+    """Export a compress stage in each of ``formats`` into ``out_dir``, verify, write the bundle.
+
+    :param test_split: rows to verify on (raw ``text``/``label``, or tokenized); None = checks
+        that need data are skipped.
+    :param recipe: how the candidate was made (its results row); default: from record.json.
+    :param metadata: ``author``, ``license``, ``description`` (and ``version``) for the model files.
+    :param options: per format id, that exporter's options, e.g. ``{"coreml": {"epochs": 5}}``.
+    :param max_length: the longest input (tokens) the exported models take; default: the tokenizer's.
+    """
+    from alambic.store import Store, stable_hash
+
+    if registry is None:
+        from alambic.manager import build_registry
+
+        registry = build_registry()
+    formats = list(dict.fromkeys(formats))
+    exporters = [registry["exporters"].get(f) for f in formats]
+    for name in options or {}:
+        if name not in formats:
+            raise AlambicError(f"options given for format '{name}', which is not exported ({', '.join(formats)})")
+    chosen = {cls.id: cls.options((options or {}).get(cls.id)) for cls in exporters}
+    source = load_source(stage_dir, test_split=test_split, recipe=recipe, metadata=metadata,
+                         max_length=max_length, max_examples=max_examples)
+    out = Path(out_dir).expanduser().resolve()
+    inputs = {"stage": source.record.get("key", str(source.stage_dir)), "formats": formats,
+              "options": {k: dataclasses.asdict(v) for k, v in chosen.items()}, "metadata": source.metadata,
+              "max_length": source.max_length}
+    # a new hash every time: a re-export replaces the bundle (a content key would keep a stale one)
+    build = Store.open(out.parent).build_artifact(out.name, kind="export",
+                                                  config_hash=f"{stable_hash(inputs)[:16]}-{uuid.uuid4().hex[:8]}")
+    exported, failed = {}, {}
+    with build as tmp:
+        for cls in exporters:
+            folder = tmp / cls.id
+            folder.mkdir()
+            try:
+                exported[cls.id] = cls.export(source, folder, chosen[cls.id])
+            except Exception as exc:  # noqa: BLE001 - one format's failure must not stop the others
+                failed[cls.id] = cls.failure(exc)
+                log.warning("%s", failed[cls.id].message)
+                log.debug("%s export failed", cls.id, exc_info=True)
+                shutil.rmtree(folder, ignore_errors=True)
+        verification = _verification(source, exported, failed)
+        (tmp / VERIFICATION_FILE).write_text(json.dumps(verification, ensure_ascii=False, indent=2, default=str)
+                                             + "\n", encoding="utf-8")
+        (tmp / README_FILE).write_text(bundle_readme(source, exported, failed), encoding="utf-8")
+        build.meta.update(_manifest_meta(source, exported, failed, inputs))
+    return ExportResult(out, exported, failed, verification, build.manifest)
+
+
+def _verification(source: ExportSource, exported: Mapping[str, Exported], failed: Mapping[str, Failure]) -> dict:
+    found: dict[str, Any] = {"stage": str(source.stage_dir), "runtime": source.runtime,
+                             "quantizer": source.quantization.get("quantizer"), "max_length": source.max_length,
+                             "test_rows": 0 if source.test is None else len(source.test)}
+    if source.test is not None and min(source.test["label"]) >= 0:
+        labels = source.test["label"]
+        predicted = source.reference_logits.argmax(-1)
+        found["source_test_accuracy"] = float(sum(int(p == y) for p, y in zip(predicted, labels)) / len(labels))
+    found["formats"] = {name: e.to_dict() for name, e in exported.items()}
+    found["failed"] = {name: dataclasses.asdict(f) | {"message": f.message} for name, f in failed.items()}
+    return found
+
+
+def _manifest_meta(source: ExportSource, exported: Mapping[str, Exported], failed: Mapping[str, Failure],
+                   inputs: Mapping[str, Any]) -> dict[str, Any]:
+    record = source.record
+    return {"formats": list(exported), "failed": {k: f.message for k, f in failed.items()},
+            "io": {name: e.spec for name, e in exported.items()}, "labels": source.labels,
+            "max_length": source.max_length, "metadata": source.metadata, "inputs": dict(inputs),
+            "verified": {name: e.ok for name, e in exported.items()},
+            "metrics": {"before": record.get("before_headline"), "after": record.get("after_headline"),
+                        "validation_accuracy": record.get("validation_accuracy"),
+                        "quantized_agreement": record.get("agreement")},
+            "recipe": source.recipe,
+            "source": {"stage": str(source.stage_dir), "runtime": source.runtime,
+                       "artifact": record.get("artifact"), "quantization": record.get("quantization")}}
+
+
+def size_check(name: str, size: int, fp32: int, max_ratio: float = MAX_INT8_RATIO) -> Check:
+    """``size`` against the fp32 size: at most ``max_ratio`` of it (int8 is ~1/4)."""
+    ratio = size / fp32
+    return Check(f"{name} size vs fp32", ratio <= max_ratio,
+                 f"{size / 1e6:.2f} MB = {ratio:.2f}x fp32 {fp32 / 1e6:.2f} MB (<= {max_ratio})",
+                 {"bytes": size, "fp32_bytes": fp32, "ratio": round(ratio, 4), "max_ratio": max_ratio})
+
+
+# --- the bundle's README --------------------------------------------------------------------
+
+
+def tokenization_note(tokenizer: Any, max_length: int) -> str:
+    """How the app tokenizes, in the words of the model's own tokenizer (WordPiece or Unigram)."""
+    kind = json.loads(tokenizer.backend_tokenizer.to_str())["model"]["type"] if tokenizer is not None else "WordPiece"
+    pad = getattr(tokenizer, "pad_token_id", 0) or 0
+    tail = (f"truncated to {max_length} tokens; `attention_mask` is 1 for real tokens and 0 for padding "
+            f"(id {pad}). Segment ids (`token_type_ids`) are all 0.")
+    if kind == "Unigram":
+        return ("Every folder ships `tokenizer.json`: a SentencePiece Unigram vocabulary (XLM-R style: its "
+                "normalizer, `▁` for spaces), cut to the pieces the task uses; tokenize with it exactly as "
+                f"training did (Hugging Face tokenizers, swift-transformers), `<s> text </s>`, {tail}")
+    return ("Every folder ships `vocab.txt` and `tokenizer.json`: tokenize with them exactly as training did "
+            f"(BERT WordPiece, lower-cased, one token per Chinese character), `[CLS] text [SEP]`, {tail}")
+
+
+def bundle_readme(source: ExportSource, exported: Mapping[str, Exported], failed: Mapping[str, Failure]) -> str:
+    """The app developer's page: what each folder holds, the interface, tokenization, the checks."""
+    lines = [f"# {source.metadata.get('description') or 'Text classifier'}", "",
+             f"Labels ({len(source.labels)}): {', '.join(source.labels)}. Inputs up to {source.max_length} tokens.",
+             ""]
+    measured = measured_line(source)
+    lines += [measured, ""] if measured else []
+    lines += ["## Tokenization", "", tokenization_note(source.tokenizer, source.max_length), ""]
+    for name, result in exported.items():
+        lines += [f"## {name}/", ""]
+        lines += [f"- `{n}`: {size / 1e6:.2f} MB" for n, size in result.sizes.items()]
+        for kind in ("inputs", "outputs", "training_inputs"):
+            for model, spec in _specs(result.spec):
+                if spec.get(kind):
+                    described = ", ".join(f"`{f['name']}` {f.get('dtype', f.get('type', ''))} {_shape(f)}".strip()
+                                          for f in spec[kind])
+                    lines.append(f"- {model}{kind.replace('_', ' ')}: {described}")
+        lines += [f"- note: {n}" for n in result.notes] + [""]
+        lines += ["| check | result | ok |", "| --- | --- | --- |"]
+        lines += [f"| {_cell(c.name)} | {_cell(c.value)} | {_mark(c.ok)} |" for c in result.checks] + [""]
+    for failure in failed.values():
+        lines += [f"## {failure.format}: not exported", "", failure.message, ""]
+    if "coreml" in exported:
+        lines += ["See `examples/ios/README.md` in alambic for Swift: tokenization, prediction and an "
+                  "`MLUpdateTask` on `UpdatableClassifier.mlmodel`.", ""]
+    return "\n".join(lines)
+
+
+def measured_line(source: ExportSource) -> str:
+    """What the shipped artifact scored, each figure named by its split, and its latency where it
+    was timed (the search's timing pass, in the results row; else the compress stage's own)."""
+    after, row = source.record.get("after_headline") or {}, source.recipe
+    validation = source.record.get("validation") or {}
+    parts = [f"validation accuracy {validation['accuracy']:.4f}"] if validation.get("accuracy") is not None else []
+    parts += [f"test accuracy {after['accuracy']:.4f}"] if after.get("accuracy") is not None else []
+    parts += [f"{after['size_mb']:.2f} MB"] if after.get("size_mb") is not None else []
+    timed = row if row.get("latency_p50_ms") is not None else after
+    if timed.get("latency_p50_ms") is not None:
+        threads = timed.get("latency_threads") or timed.get("threads")
+        text = f"p50 latency {timed['latency_p50_ms']:.2f} ms" + (f" at {int(threads)} thread(s)" if threads else "")
+        parts.append(text + (f" on {row['latency_machine']}" if timed is row and row.get("latency_machine") else ""))
+    return f"Measured in {source.runtime}: {', '.join(parts)}." if parts else ""
+
+
+def _specs(spec: Mapping[str, Any]) -> list[tuple[str, Mapping[str, Any]]]:
+    """(label, spec) pairs: a format's spec, or one per model file (Core ML's two products)."""
+    if any(k in spec for k in ("inputs", "outputs")):
+        return [("", spec)]
+    return [(f"{name} ", s) for name, s in spec.items() if isinstance(s, Mapping)]
+
+
+def _shape(feature: Mapping[str, Any]) -> str:
+    """(batch, sequence) or, for Core ML's flexible shapes, (1, 1..64)."""
+    dims = feature.get("shape")
+    if not dims:
+        return ""
+    text = [f"{d[0]}..{d[1]}" if isinstance(d, list) and d[0] != d[1] else str(d[0] if isinstance(d, list) else d)
+            for d in dims]
+    return f"({', '.join(text)})"
+
+
+def _cell(text: str) -> str:
+    return text.replace("|", "\\|")
+
+
+def _mark(ok: bool | None) -> str:
+    return {True: "ok", False: "FAILED", None: ""}[ok]
+
+
+def format_verification(result: ExportResult) -> Table:
+    """A rich table of every check of every format, then the formats that failed."""
+    from rich.markup import escape
+    from rich.table import Table
+
+    table = Table("format", "check", "result", "", title=f"export verification: {result.path}")
+    for name, exported in result.exported.items():
+        for check in exported.checks:
+            mark = {True: "[green]ok[/green]", False: "[red]FAILED[/red]", None: ""}[check.ok]
+            table.add_row(name, escape(check.name), escape(check.value), mark)
+        for file, size in exported.sizes.items():
+            table.add_row(name, escape(f"size {file}"), f"{size / 1e6:.2f} MB", "")
+    for failure in result.failed.values():
+        table.add_row(failure.format, "[red]not exported[/red]", escape(failure.message), "[red]FAILED[/red]")
+    return table
+
+
+# --- which stage ----------------------------------------------------------------------------
+
+
+def resolve_stage(store: Store, *, candidate: str | None = None, stage: str | Path | None = None
+                  ) -> tuple[Path, dict[str, Any] | None]:
+    """The compress stage to export and the candidate's results row (None for ``--stage``).
+
+    ``stage``: that folder (relative paths are tried against the run directory too);
+    ``candidate``: its row of ``results.parquet``; neither: the one ``selected.json`` names.
+    """
+    if candidate is not None and stage is not None:
+        raise AlambicError("give --candidate or --stage, not both")
+    if stage is not None:
+        path = Path(stage).expanduser()
+        if not path.exists() and not path.is_absolute() and store.exists(path.as_posix()):
+            path = store.local_path(path.as_posix())
+        if not path.is_dir():
+            raise AlambicError(f"--stage: folder not found: {stage}")
+        return path, None
+    selected = None
+    if candidate is None:
+        if not store.exists("selected.json"):
+            raise AlambicError(f"run directory {store.uri} has no selected candidate (selected.json): run "
+                               f"`alambic search RUN` then `alambic select RUN`, or pass --candidate ID or --stage DIR")
+        selected = store.read_json("selected.json")
+        candidate = str(selected.get("candidate_id"))
+    row = _results_row(store, candidate)
+    if not row.get("stage"):
+        raise AlambicError(f"candidate {candidate} has status {row.get('status')!r} and no compress stage to export")
+    if selected is not None:  # why it was chosen belongs to how it was made
+        row["selected"] = {k: selected.get(k) for k in ("policy", "summary", "selected_at")}
+    return store.record_path(row["stage"], source=f"{store.uri}/results.parquet (candidate {candidate})",
+                             key="stage"), row
+
+
+def _results_row(store: Store, candidate: str) -> dict[str, Any]:
+    import io
+
+    import pyarrow.parquet as pq
+
+    if not store.exists("results.parquet"):
+        raise AlambicError(f"run directory {store.uri} has no search results yet (results.parquet): run "
+                           f"`alambic search RUN` (then `alambic select RUN`), or pass --stage DIR")
+    rows = pq.read_table(io.BytesIO(store.read_bytes("results.parquet"))).to_pylist()
+    found = [r for r in rows if str(r.get("candidate_id")) == str(candidate)]
+    if not found:
+        ids = [str(r.get("candidate_id")) for r in rows]
+        raise AlambicError(f"no candidate '{candidate}' in results.parquet{did_you_mean(candidate, ids)} "
+                           f"({len(ids)} candidates)")
+    return found[0]
+
+
+__all__ = ["Check", "DEFAULT_FORMATS", "ExportResult", "ExportSource", "Exported", "Exporter", "Failure",
+           "check_record_paths", "export_stage", "format_verification", "load_source", "resolve_stage",
+           "size_check"]

@@ -19,7 +19,8 @@ import logging
 import time
 
 from alambic import machine
-from alambic.compress.chain import MeasureSettings, compress, parse_steps
+from alambic.compress.chain import compress
+from alambic.compress.records import MeasureSettings, parse_steps
 from alambic.train.distill import distill
 from alambic.compress.guard import final_outcome
 from alambic.run import RunContext

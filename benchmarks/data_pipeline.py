@@ -16,7 +16,8 @@ from pathlib import Path
 
 from alambic.config import load_config
 from alambic import machine
-from alambic.data.dataset import load_data, prepare_tokenizer, tokenize_data
+from alambic.data.dataset import load_data
+from alambic.data.tokenize import prepare_tokenizer, tokenize_data
 from alambic.manager import build_registry
 
 
@@ -35,7 +36,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
 
-    logging.getLogger("alambic.data.dataset").setLevel(logging.ERROR)  # the duplicate warning, once per load
+    logging.getLogger("alambic.data").setLevel(logging.ERROR)  # the duplicate warning, once per load
     registry = build_registry()
     config = load_config(args.config, registry=registry)
     load_s, (dsd, report) = timed(lambda: load_data(config.data, registry), args.repeats)

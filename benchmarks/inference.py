@@ -32,7 +32,7 @@ the artifacts with the test accuracy of their stage's record.json and marks thei
 (accuracy max, size min, p50 min at length 32).
 
 A runtime that fails for a model gets its reason in the rows' note instead of figures. Each row:
-p50/p90 ms of ``--runs`` passes after ``--warmup`` (alambic.compress.measure.timed), ``--threads`` intra-op
+p50/p90 ms of ``--runs`` passes after ``--warmup`` (alambic.compress.latency.timed), ``--threads`` intra-op
 threads; size (ONNX: the file; PyTorch: the serialized state dict); speed-up against the teacher
 in PyTorch fp32 at the same length (needs ``teacher`` among the models); FLOPs of one inference;
 achieved GFLOP/s = FLOPs / p50; and that as a share of the machine's ceiling: fp32 rows against the
@@ -88,15 +88,11 @@ import onnxruntime
 import torch
 from alambic import machine
 from alambic.config import load_config
-from alambic.data.dataset import load_data, prepare_tokenizer, tokenize_data
+from alambic.data.dataset import load_data
+from alambic.data.tokenize import prepare_tokenizer, tokenize_data
 from alambic.manager import build_registry
-from alambic.compress.measure import (
-    REFERENCE_LENGTH,
-    latency_ms,
-    onnx_latency_ms,
-    timed,
-    torch_threads,
-)
+from alambic.compress.latency import latency_ms, onnx_latency_ms, timed, torch_threads
+from alambic.compress.measure import REFERENCE_LENGTH
 from alambic.train.models import teacher_config
 from alambic.ship.onnx_export import (
     attention_dims,
@@ -106,7 +102,8 @@ from alambic.ship.onnx_export import (
     optimize_onnx,
     ort_session,
 )
-from alambic.compress.quantization import int8_dynamic, int8_dynamic_torch, int8_static
+from alambic.compress.onnx_quant import int8_dynamic, int8_static
+from alambic.compress.quantization import int8_dynamic_torch
 from datasets import DatasetDict
 from onnx import TensorProto, helper, numpy_helper
 from transformers import BertForSequenceClassification
@@ -197,8 +194,8 @@ def build_model(name: str, registry: Any, vocab_size: int) -> Any:
 
 
 def headlines(config_path: str, work: Path) -> tuple[Any, Any, Any]:
-    """The first THUCNews training headlines, tokenized by alambic.data.dataset; the tokenizer; the registry."""
-    logging.getLogger("alambic.data.dataset").setLevel(logging.ERROR)
+    """The first THUCNews training headlines, tokenized by alambic.data.tokenize; the tokenizer; the registry."""
+    logging.getLogger("alambic.data").setLevel(logging.ERROR)
     registry = build_registry()
     config = load_config(config_path, registry=registry)
     dsd, _ = load_data(config.data, registry)

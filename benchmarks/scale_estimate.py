@@ -36,7 +36,8 @@ from pathlib import Path
 import numpy as np
 
 from alambic.config import load_config
-from alambic.data.dataset import load_data, prepare_tokenizer, tokenize_data
+from alambic.data.dataset import load_data
+from alambic.data.tokenize import prepare_tokenizer, tokenize_data
 from alambic.manager import build_registry
 from alambic.train.models import teacher_config
 from alambic.train.loop import global_batches
@@ -64,7 +65,7 @@ class Assumptions:
 
 def bucketed_lengths(config_path: str) -> list[int]:
     """Token lengths of the THUCNews training headlines, as alambic tokenizes them."""
-    logging.getLogger("alambic.data.dataset").setLevel(logging.ERROR)
+    logging.getLogger("alambic.data").setLevel(logging.ERROR)
     registry = build_registry()
     config = load_config(config_path, registry=registry)
     dsd, report = load_data(config.data, registry)

@@ -77,17 +77,17 @@ def rows_of(config: Path) -> tuple[list[dict[str, Any]], Any, Any]:
     """(results rows, the run context, the report's view of the teacher: metrics and timings)."""
     import pyarrow.parquet as pq
 
-    from alambic.report.build import _teacher
+    from alambic.report.teacher import timed_teacher
     from alambic.run import RunContext
 
     ctx = RunContext.open(config, quiet=True)
     rows = pq.read_table(io.BytesIO(ctx.store.read_bytes("results.parquet"))).to_pylist()
     threads = sorted({int(r["latency_threads"]) for r in rows if r.get("latency_threads")})
-    return rows, ctx, _teacher(ctx, threads)
+    return rows, ctx, timed_teacher(ctx, threads)
 
 
 def table(rows: list[dict[str, Any]], teacher: Any, selected: str | None) -> str:
-    from alambic.report.build import speed_up
+    from alambic.report.sections import speed_up
 
     def pt(a: Any, b: Any) -> str:
         return "-" if a is None or b is None else f"{100 * (a - b):+.2f}"

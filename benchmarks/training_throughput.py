@@ -388,7 +388,7 @@ def main() -> None:
                         help="seeds of --accuracy and --window-sweep")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
-    logging.getLogger("alambic.data.dataset").setLevel(logging.ERROR)
+    logging.getLogger("alambic.data").setLevel(logging.ERROR)
 
     ctx = RunContext.open(args.config, quiet=True)
     fast_cpu_math()  # as alambic's training loop does

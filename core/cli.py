@@ -5,15 +5,28 @@ from __future__ import annotations
 import json
 import logging
 import sys
-import time
 from pathlib import Path
 from typing import Annotated, Literal
 
 import typer
-from rich.console import Console
-from rich.table import Table
+from rich.markup import escape
 
 from alambic import __version__
+from alambic.console import (
+    SearchTable,
+    console,
+    errors,
+    plugin_listing,
+    plugins_table,
+    print_data_summary,
+    print_decision,
+    print_model_record,
+    print_plan,
+    print_run,
+    print_search_result,
+    spinner,
+    step_printer,
+)
 from alambic.errors import AlambicError
 
 app = typer.Typer(
@@ -27,16 +40,6 @@ config_app = typer.Typer(help="Validate a run config, or print its schema.", no_
 data_app = typer.Typer(help="Look at the data a config points to.", no_args_is_help=True)
 app.add_typer(config_app, name="config")
 app.add_typer(data_app, name="data")
-
-def _console(stderr: bool = False) -> Console:
-    """Rich's console on a terminal; written to a file (CI, nohup, a cluster job's log), tables at
-    their natural width rather than cut to 80 columns ("0.78…", "robe…")."""
-    found = Console(stderr=stderr)
-    return found if found.is_terminal else Console(stderr=stderr, width=1000)
-
-
-console = _console()
-errors = _console(stderr=True)
 
 
 class State:
@@ -70,29 +73,11 @@ def plugins(
     """List every registered plugin id by hook, with the package it comes from."""
     from alambic.manager import build_registry
 
-    registry = build_registry()
-    listing = {
-        kind: [
-            {"id": e.id, "plugin": e.source.name, "package": e.source.package,
-             "version": e.source.version, "module": e.source.module, "description": e.description}
-            for e in sorted(reg.entries.values(), key=lambda e: e.id)
-        ]
-        for kind, reg in registry.kinds.items()
-    }
-    failed = [{"plugin": s.name, "package": s.package, "error": err} for s, err in registry.failures]
+    listing, failed = plugin_listing(build_registry())
     if as_json:
         print(json.dumps({"plugins": listing, "failed": failed}, ensure_ascii=False, indent=2))
         return
-    table = Table(title="registered plugins")
-    for header in ("hook", "id", "from"):
-        table.add_column(header, no_wrap=True)
-    table.add_column("description")
-    for kind, entries in listing.items():
-        if not entries:
-            table.add_row(kind, "[dim](none)[/dim]", "", "")
-        for e in entries:
-            table.add_row(kind, e["id"], f"{e['package']} {e['version']} ({e['plugin']})", e["description"])
-    console.print(table)
+    console.print(plugins_table(listing))
     for f in failed:
         errors.print(f"[red]plugin '{f['plugin']}' ({f['package']}) failed to load:[/red] {f['error']}")
 
@@ -115,8 +100,8 @@ def config_schema(
     markdown: Annotated[bool, typer.Option("--markdown", help="Every key as a Markdown table instead.")] = False,
 ) -> None:
     """Print the JSON schema of a run config (or, --markdown, the reference table README shows)."""
-    from alambic.config import config_reference
-    from alambic.config import config_schema as schema
+    from alambic.config_reference import config_reference
+    from alambic.config_reference import config_schema as schema
 
     print(config_reference() if markdown else json.dumps(schema(), indent=2, ensure_ascii=False), end="" if markdown else "\n")
 
@@ -131,18 +116,19 @@ def data_inspect(
 ) -> None:
     """Splits, sizes, label distribution, token-length percentiles and bad rows of the data."""
     from alambic.config import load_config
-    from alambic.data.dataset import describe_data, load_data, prepare_tokenizer
+    from alambic.data.dataset import describe_data, load_data
+    from alambic.data.tokenize import prepare_tokenizer
     from alambic.manager import build_registry
 
     registry = build_registry()
     config = load_config(path, registry=registry)
     # Inspection lists every bad row instead of stopping at the first one.
     data_config = config.data.model_copy(update={"bad_rows": "skip"})
-    data_log = logging.getLogger("alambic.data.dataset")
+    data_log = logging.getLogger("alambic.data")
     level = data_log.level
     data_log.setLevel(logging.ERROR)  # its warnings are printed below; the level is put back after
     try:
-        with console.status("reading data", spinner="dots") if not State.quiet else _nothing():
+        with spinner("reading data", State.quiet):
             dsd, report = load_data(data_config, registry)
             tokenizer = prepare_tokenizer(config.tokenizer, dsd)
             summary = describe_data(dsd, report, tokenizer=tokenizer, max_length=config.tokenizer.max_length)
@@ -152,48 +138,7 @@ def data_inspect(
     if as_json:
         print(json.dumps(summary, ensure_ascii=False, indent=2))
         return
-    _print_data_summary(summary)
-
-
-def _print_data_summary(summary: dict) -> None:
-    splits = summary["splits"]
-    sizes = Table("split", "rows", *(["tokens p50", "p90", "p95", "p99", "max", "> max_length"]
-                  if "tokens" in next(iter(splits.values())) else []), title="splits")
-    for name, split in splits.items():
-        tokens = split.get("tokens")
-        extra = [str(tokens[k]) for k in ("p50", "p90", "p95", "p99", "max")] if tokens else []
-        if tokens:
-            extra.append(f"{tokens['over_max_length']:.2%}")
-        sizes.add_row(name, f"{split['rows']:,}", *extra)
-    console.print(sizes)
-    labels = Table("label", *splits, title=f"{len(summary['label_names'])} labels")
-    for i, name in enumerate(summary["label_names"]):
-        labels.add_row(f"{i} {name}", *(f"{s['labels'].get(name, 0):,}" for s in splits.values()))
-    console.print(labels)
-    bad = summary["bad_rows"]
-    # inspection reads past every bad row; say what a run does with them, as data.bad_rows says
-    if not bad["count"]:
-        console.print("bad rows: 0")
-    elif bad["policy"] == "error":
-        console.print(f"bad rows: {bad['count']}, the run stops at the first one (data.bad_rows is 'error'): "
-                      f"{bad['first'][0]}", highlight=False, markup=False)
-    else:
-        console.print(f"bad rows: {bad['count']} skipped (data.bad_rows is 'skip'), the first: {bad['first'][0]}",
-                      highlight=False, markup=False)
-    for row in bad["first"] if bad["count"] > 1 else []:  # one bad row is named above already
-        console.print(f"  {row}", highlight=False, markup=False)
-    if bad["count"] > len(bad["first"]) > 1:
-        console.print(f"  ... and {bad['count'] - len(bad['first']):,} more")
-    for warning in summary["warnings"]:
-        console.print(f"[yellow]warning:[/yellow] {_escape(warning)}")
-
-
-class _nothing:
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, *exc: object) -> None:
-        return None
+    print_data_summary(summary)
 
 
 # --- teacher & distillation -----------------------------------------------------------------
@@ -210,7 +155,7 @@ def teacher(path: Annotated[Path, typer.Argument(help="The run config (YAML).")]
 
     ctx = RunContext.open(path, quiet=State.quiet)
     record = train_teacher(ctx, local=local)
-    _print_model_record("teacher", record.path, record.metrics, record.reused)
+    print_model_record("teacher", record.path, record.metrics, record.reused)
 
 
 @app.command()
@@ -232,10 +177,7 @@ def distill(
 
     ctx = RunContext.open(path, quiet=State.quiet)
     record = run_distill(ctx, student, parse_set(settings or []), local=local, init=init)
-    teacher_accuracy = record.metrics.get("teacher_test_accuracy")
-    _print_model_record(f"student {student}", record.path, record.metrics, record.reused)
-    if teacher_accuracy:
-        console.print(f"{record.metrics['test']['accuracy'] / teacher_accuracy:.1%} of the teacher's test accuracy")
+    print_model_record(f"student {student}", record.path, record.metrics, record.reused)
 
 
 @app.command()
@@ -263,7 +205,7 @@ def compress(
     is retried at half strength (guard.retries times), then reverted. The result, its guard
     decisions and its measurements are stored as a stage, reused when the same call is made again.
     """
-    from alambic.compress.chain import MeasureSettings, format_record, parse_lengths, parse_steps
+    from alambic.compress.records import MeasureSettings, format_record, parse_lengths, parse_steps
     from alambic.compress.chain import compress as run_compress
     from alambic.run import RunContext
 
@@ -274,12 +216,8 @@ def compress(
     from alambic.train.distill import parse_set
 
     options = parse_set(quant_options or [], "--quant-option", "per_channel=true")
-    def show(d) -> None:  # each guard decision as it is made
-        if not as_json:
-            console.print(f"guard {d.step} (try {d.attempt}): validation accuracy {d.accuracy_before:.4f} -> "
-                          f"{d.accuracy_after:.4f}, {d.note}", highlight=False, markup=False)
-
-    record = run_compress(ctx, model, pruning, quant, options or None, measure=settings, on_decision=show)
+    record = run_compress(ctx, model, pruning, quant, options or None, measure=settings,
+                          on_decision=None if as_json else print_decision)
     if as_json:
         print(json.dumps(record.to_dict(), ensure_ascii=False, indent=2, default=str))
         return
@@ -309,117 +247,14 @@ def search_command(
     ctx = RunContext.open(path, quiet=State.quiet or as_json)
     if address:
         ctx.config = ctx.config.model_copy(update={"ray": ctx.config.ray.model_copy(update={"address": address})})
-    live = _SearchTable(quiet=State.quiet or as_json)
+    live = SearchTable(quiet=State.quiet or as_json)
     with live:
         result = search(ctx, resume=resume, on_row=live.add, on_start=live.start, on_timed=live.timed)
     if as_json:
         print(json.dumps({"results": result.path, "counts": result.counts, "rows": result.rows},
                          ensure_ascii=False, indent=2, default=str))
         return
-    console.print(_candidates_table(result.rows, title=f"{len(result.rows)} candidates ({result.seconds:.0f} s)"))
-    counts = result.counts
-    console.print("memoization: " + "; ".join(
-        f"{stage} {c['ran']} ran, {c['reused']} reused" for stage, c in counts.items() if stage != "candidates")
-        + f"; candidates {counts['candidates']['ok']} ok, {counts['candidates']['failed']} failed", highlight=False)
-    console.print(f"results: {result.path}  (alambic front {path})", highlight=False)
-
-
-def _candidates_table(rows: list[dict], title: str) -> Table:
-    table = Table(title=title, caption="val acc: validation, what every choice uses; test acc: reported only; "
-                  "latency: timed after the search, one candidate at a time")
-    for column in ("candidate", "student", "settings", "pruning", "quant", "val acc", "test acc", "size MB",
-                   "p50 ms", "front", "status"):
-        table.add_column(column)
-    for r in rows:
-        ok = r["status"] == "ok"
-        table.add_row(r["candidate_id"], r["student"], r["settings"], r["pruning"], r["quantization"],
-                      _figure(r.get("val_accuracy"), ".4f"), _figure(r.get("test_accuracy"), ".4f"),
-                      _figure(r.get("size_mb"), ".2f"), _figure(r.get("latency_p50_ms"), ".2f"),
-                      "*" if r.get("on_front") else "",
-                      "ok" if ok else f"[red]failed[/red]: {_escape(str(r.get('error'))[:80])}")
-    return table
-
-
-def _figure(value: object, spec: str) -> str:
-    return "-" if value is None else format(value, spec)
-
-
-class _SearchTable:
-    """Finished candidates while the search runs: a live table on a terminal; written to a file, one
-    line per candidate (a log shows progress, not an hour of silence). Nothing when quiet."""
-
-    def __init__(self, quiet: bool) -> None:
-        self.quiet, self.rows, self.live, self.plan = quiet, [], None, {}
-        self.lines = not console.is_terminal
-        self.started = time.monotonic()
-
-    def __enter__(self) -> _SearchTable:
-        if not self.quiet and not self.lines:
-            from rich.live import Live
-
-            self.live = Live(self._render(), console=console, refresh_per_second=2, transient=True)
-            self.live.__enter__()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        if self.live is not None:
-            self.live.__exit__(*exc)
-
-    def start(self, plan: dict) -> None:
-        self.plan = plan
-        self.started = time.monotonic()
-        if not self.quiet:
-            console.print(f"search {plan['name']}: {plan['algorithm']}, {plan['candidates']} candidate(s), "
-                          f"{plan['max_concurrent'] or 'as many as the cluster grows to'} at a time, each trial {plan['trial_resources']}"
-                          f"{' (resuming)' if plan['resume'] else ''}; Tune state in {plan['storage']}",
-                          highlight=False)
-            for note in plan.get("notes", []):
-                console.print(f"  {note}", highlight=False, markup=False)
-        self._refresh()
-
-    def add(self, row: dict) -> None:
-        self.rows.append(row)
-        if self.lines and not self.quiet:
-            console.print(progress_line(len(self.rows), self.plan.get("candidates", "?"), row,
-                                        time.monotonic() - self.started), highlight=False, markup=False)
-        self._refresh()
-
-    def timed(self, n: int, total: int, row: dict) -> None:
-        """A candidate timed in the serial pass after the trials."""
-        if self.quiet:
-            return
-        if self.live is not None:
-            self.live.__exit__(None, None, None)  # the trials are done: the live table gives way to lines
-            self.live = None
-        console.print(f"timed {n}/{total} {row['candidate_id']}: p50 {_figure(row.get('latency_p50_ms'), '.2f')} ms, "
-                      f"p90 {_figure(row.get('latency_p90_ms'), '.2f')} ms @ {row.get('latency_threads')} thread(s), "
-                      f"model memory {_figure(row.get('model_mem_mb'), ',.1f')} MB", highlight=False, markup=False)
-
-    def _render(self) -> Table:
-        total = self.plan.get("candidates", "?")
-        return _candidates_table(self.rows[-15:], title=f"finished {len(self.rows)} / {total}")
-
-    def _refresh(self) -> None:
-        if self.live is not None:
-            self.live.update(self._render())
-def progress_line(n: int, total: object, row: dict, elapsed: float) -> str:
-    """One finished candidate as a log line: n/N, id, student, pruning, quantizer, validation
-    accuracy, size, status, time since the search started."""
-    status = "ok" if row["status"] == "ok" else f"failed: {str(row.get('error'))[:200]}"
-    return (f"candidate {n}/{total} {row['candidate_id']} {row['student']} pruning={row['pruning']} "
-            f"quant={row['quantization']} val_acc={_figure(row.get('val_accuracy'), '.4f')} "
-            f"size={_figure(row.get('size_mb'), '.2f')}MB {status} elapsed={elapsed:.0f}s")
-
-
-def _print_model_record(what: str, path: Path, metrics: dict, reused: bool) -> None:
-    table = Table(title=f"{what} ({'reused from the store' if reused else 'trained'})")
-    for column in ("split", "accuracy", "macro-F1"):
-        table.add_column(column)
-    for split in ("validation", "test"):
-        table.add_row(split, f"{metrics[split]['accuracy']:.4f}", f"{metrics[split]['macro_f1']:.4f}")
-    console.print(table)
-    console.print(f"params {metrics['params']:,}  wall time {metrics['wall_time_s']} s  ->  {path}",
-                  highlight=False)
+    print_search_result(result, path)
 
 
 # --- compare --------------------------------------------------------------------------------
@@ -438,7 +273,7 @@ def compare(
     from alambic.report.compare import compare_dirs, format_report
 
     quiet = State.quiet or as_json
-    with console.status("comparing", spinner="dots") if not quiet else _nothing():
+    with spinner("comparing", quiet):
         result = compare_dirs(model_a, model_b, config, split=split, max_examples=max_examples)
     if as_json:
         print(json.dumps(result, ensure_ascii=False, indent=2))
@@ -477,8 +312,8 @@ def front(
     marks the knee (the best compromise, where accuracies within the tolerance count as equal, as
     in select) and crowding says how isolated a point is on its front.
     """
-    from alambic.search.front import format_front, front_rows, front_tolerance, load_results, mark_front, plot_front
-    from alambic.search.front import resolve_run
+    from alambic.search.front import format_front, front_rows, front_tolerance, load_results, mark_front, resolve_run
+    from alambic.search.plot import plot_front
 
     target = resolve_run(run)
     tolerance = target.select.accuracy_tolerance if accuracy_tolerance is None else accuracy_tolerance
@@ -523,8 +358,9 @@ def select(
     <run dir>/selected.json. Exit code 2 when nothing qualifies, with the three nearest candidates
     and what each misses.
     """
-    from alambic.search.front import format_selection, load_results, resolve_run, write_selected
-    from alambic.search.front import select as choose
+    from alambic.search.front import load_results, resolve_run
+    from alambic.search.select import format_selection, write_selected
+    from alambic.search.select import select as choose
 
     target = resolve_run(run)
     limits = {k: v for k, v in (("max_size_mb", max_size_mb), ("max_latency_ms", max_latency_ms),
@@ -582,7 +418,7 @@ def export(
         if not dot or not option:
             raise AlambicError(f"--option {key}: expected format.key=value, e.g. --option coreml.epochs=5")
         per_format.setdefault(name, {})[option] = value
-    with console.status("exporting", spinner="dots") if not (State.quiet or as_json) else _nothing():
+    with spinner("exporting", State.quiet or as_json):
         result = export_selected(ctx, candidate=candidate, stage=stage, formats=chosen, options=per_format,
                                  out=out, max_examples=max_examples)
     if as_json:
@@ -591,7 +427,7 @@ def export(
         console.print(format_verification(result))
         console.print(f"bundle: {result.path} (README.md, manifest.json, verification.json)", highlight=False)
     for failure in result.failed.values():
-        errors.print(f"[red]{_escape(failure.message)}[/red]", highlight=False, soft_wrap=True)
+        errors.print(f"[red]{escape(failure.message)}[/red]", highlight=False, soft_wrap=True)
     if result.failed:
         raise typer.Exit(1)
 
@@ -614,11 +450,11 @@ def report(
     """
     from alambic.report.build import build_report, save_report
 
-    with console.status("writing the report", spinner="dots") if not State.quiet else _nothing():
+    with spinner("writing the report", State.quiet):
         written = build_report(run, quiet=State.quiet)
         paths = save_report(written)
     for line in written.missing:
-        console.print(f"[yellow]not in the report yet[/yellow] {_escape(line)}", highlight=False)
+        console.print(f"[yellow]not in the report yet[/yellow] {escape(line)}", highlight=False)
     console.print(f"report: {paths['markdown']}\n        {paths['html']}", highlight=False)
 
 
@@ -632,65 +468,20 @@ def run(path: Annotated[Path, typer.Argument(help="The run config (YAML).")], lo
     Each step reuses what the store already holds (and says so): a second run of the same config
     trains nothing. Ctrl-C leaves a resumable run: run it again (or `alambic search --resume`).
     """
-    from alambic.pipeline import STEPS, estimate_minutes, run_pipeline
+    from alambic.pipeline import estimate_minutes, planned_steps, run_pipeline
     from alambic.run import RunContext
 
     ctx = RunContext.open(path, quiet=State.quiet)
-    search = ctx.config.search
-    plan = " -> ".join(STEPS if search else STEPS[:2])
-    students = ", ".join(search.students) if search else "none"
-    console.print(f"run '{ctx.config.name}': {plan}; students: {students}; artifacts in {ctx.store.uri}",
-                  highlight=False)
-    live = _SearchTable(quiet=State.quiet)
-    with console.status("starting", spinner="dots") if not State.quiet else _nothing() as status:
-        def on_step(name: str, index: int, total: int) -> None:
-            if name == "search" and status is not None:
-                status.stop()  # the live table of candidates takes the screen
-            elif name == "front" and live.live is not None:
-                live.__exit__(None, None, None)
-                live.live = None
-            if name == "teacher" and index == 1 and search is not None:
-                console.print(f"roughly {estimate_minutes(ctx):.0f} min on this machine when nothing is "
-                              "built yet (a rough estimate from the model sizes and the data)", highlight=False)
-            if name == "search":
-                live.__enter__()
-            if status is not None and name != "search":
-                status.update(f"step {index + 1}/{total}: {name}")
-            console.print(f"[bold]step {index + 1}/{total}[/bold]: {name}")
-
+    print_plan(ctx, planned_steps(ctx))
+    live = SearchTable(quiet=State.quiet)
+    with spinner("starting", State.quiet) as status:
+        estimate = (lambda: estimate_minutes(ctx)) if ctx.config.search is not None else None
+        on_step = step_printer(status, live, estimate=estimate)
         result = run_pipeline(ctx, local=local, on_step=on_step, on_row=live.add, on_search_start=live.start,
                               on_timed=live.timed)
-    if live.live is not None:
-        live.__exit__(None, None, None)
-    _print_run(ctx, result)
-
-
-def _print_run(ctx: object, result: object) -> None:
-    teacher = result.teacher.metrics["test"]
-    console.print(f"teacher: test accuracy {teacher['accuracy']:.4f}, macro-F1 {teacher['macro_f1']:.4f}"
-                  f"{' (reused)' if result.teacher.reused else ''}", highlight=False)
-    if result.search is not None:
-        console.print(_candidates_table(result.search.rows, title=f"{len(result.search.rows)} candidates"))
-        counts = result.search.counts
-        console.print("memoization: " + "; ".join(f"{stage} {c['ran']} ran, {c['reused']} reused"
-                      for stage, c in counts.items() if stage != "candidates"), highlight=False)
-    if result.selection is not None and result.selection.row is not None:
-        row = result.selection.row
-        console.print(f"selected {row['candidate_id']} ({row['student']}, {row['pruning']}, {row['quantization']}): "
-                      f"{result.selection.summary}", highlight=False)
-    if result.export is not None:
-        from alambic.ship.export import format_verification
-
-        console.print(format_verification(result.export))
-    for name, where in result.report.items():
-        console.print(f"{name}: {where}", highlight=False)
-    for note in result.notes:
-        errors.print(f"[yellow]{_escape(note)}[/yellow]", highlight=False)
-    reused = f"; reused: {', '.join(result.skipped)}" if result.skipped else ""
-    console.print(f"done in {result.seconds:.0f} s{reused}; artifacts in {ctx.store.uri}", highlight=False)
+    live.close()
+    print_run(ctx, result)
     if result.export is not None and result.export.failed:
-        for failure in result.export.failed.values():
-            errors.print(f"[red]{_escape(failure.message)}[/red]", highlight=False, soft_wrap=True)
         raise typer.Exit(1)
 
 
@@ -699,11 +490,5 @@ def main() -> None:
     try:
         app()
     except AlambicError as exc:
-        errors.print(f"[bold red]error:[/bold red] {_escape(str(exc))}", highlight=False, soft_wrap=True)
+        errors.print(f"[bold red]error:[/bold red] {escape(str(exc))}", highlight=False, soft_wrap=True)
         sys.exit(2)
-
-
-def _escape(text: str) -> str:
-    from rich.markup import escape
-
-    return escape(text)

@@ -8,6 +8,8 @@ Every problem is reported at once, each naming its key path, the bad value and w
 
 Relative paths in ``data`` and ``tokenizer`` are resolved against the config file's folder;
 ``store`` is resolved against the current working directory (like any output folder).
+The problems are worded in :mod:`alambic.config_problems`; the reference of every key is
+:mod:`alambic.config_reference`.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from typing import TYPE_CHECKING, Annotated, Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from alambic.config_problems import check_plugin_ids, describe_errors
 from alambic.errors import ConfigError, did_you_mean
 
 if TYPE_CHECKING:
@@ -403,7 +406,7 @@ def load_config(path: str | Path, registry: Registry | None = None) -> RunConfig
     try:
         config = RunConfig.model_validate(raw)
     except ValidationError as exc:
-        raise ConfigError(str(path), describe_errors(exc.errors()) + id_problems) from None
+        raise ConfigError(str(path), describe_errors(exc.errors(), root=RunConfig) + id_problems) from None
     config = _resolve_paths(config, path.parent)
     problems = _missing_files(config) + id_problems
     if problems:
@@ -429,83 +432,6 @@ def _read_yaml(path: Path) -> dict[str, Any]:
         got = "an empty file" if raw is None else type(raw).__name__
         raise ConfigError(str(path), [f"expected a mapping of sections (name, data, ...), got {got}"])
     return raw
-
-
-def key_path(loc: tuple[Any, ...]) -> str:
-    """('search', 'students', 1) -> 'search.students[1]'."""
-    out = ""
-    for part in loc:
-        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
-    return out or "(top level)"
-
-
-def describe_errors(errs: list[dict[str, Any]], root: type[BaseModel] | None = None) -> list[str]:
-    """One line per key (relative to ``root``, default the whole run config); the members of a
-    union that all failed are merged into one message."""
-    by_key: dict[tuple[Any, ...], list[dict[str, Any]]] = {}
-    for err in errs:
-        by_key.setdefault(tuple(p for p in err["loc"] if not _is_union_tag(p)), []).append(err)
-    lines = []
-    for loc, group in by_key.items():
-        if len(group) == 1:
-            lines.append(_describe(loc, group[0], root or RunConfig))
-        else:
-            wanted = " or ".join(e["msg"].removeprefix("Input should be ") for e in group)
-            lines.append(f"{key_path(loc)}: Input should be {wanted}; got {group[0]['input']!r}")
-    return lines
-
-
-def _describe(loc: tuple[Any, ...], err: dict[str, Any], root: type[BaseModel]) -> str:
-    where = key_path(loc)
-    if err["type"] == "extra_forbidden":
-        allowed = _allowed_keys(loc[:-1], root)
-        return (
-            f"{where}: unknown key{did_you_mean(str(loc[-1]), allowed)}; "
-            f"allowed keys: {', '.join(allowed)}"
-        )
-    if err["type"] == "missing":
-        return f"{where}: required key is missing"
-    if err["type"] == "value_error":  # our own validators already quote the bad value
-        return f"{where}: {err['msg'].removeprefix('Value error, ')}"
-    message = err["msg"]
-    if err["type"] == "literal_error":
-        choices = err.get("ctx", {}).get("expected", "")
-        message += did_you_mean(str(err["input"]), [c.strip(" '") for c in choices.replace(" or ", ",").split(",")])
-    return f"{where}: {message}; got {err['input']!r}"
-
-
-def _is_union_tag(part: Any) -> bool:
-    # pydantic names the union member tried (e.g. 'str', 'int', 'list[str]') in the location
-    return isinstance(part, str) and (part in {"str", "int", "float", "bool"} or "[" in part
-                                      or part.startswith(("literal", "constrained-")))
-
-
-def _allowed_keys(loc: tuple[Any, ...], root: type[BaseModel]) -> list[str]:
-    """The field names of the section at ``loc`` (for unknown-key messages)."""
-    model: Any = root
-    keyed = False  # the previous field is a dict of sections: this part is one of its keys
-    for part in loc:
-        if isinstance(part, int) or keyed:
-            keyed = False
-            continue
-        field = model.model_fields.get(part) if hasattr(model, "model_fields") else None
-        if field is None:
-            return []
-        model = _section_type(field.annotation)
-        if model is None:
-            return []
-        keyed = getattr(field.annotation, "__origin__", None) is dict
-    return list(model.model_fields)
-
-
-def _section_type(annotation: Any) -> type[Section] | None:
-    if isinstance(annotation, type) and issubclass(annotation, Section):
-        return annotation
-    for arg in getattr(annotation, "__args__", ()):
-        found = _section_type(arg)
-        if found is not None:
-            return found
-    return None
 
 
 def _resolve_paths(config: RunConfig, base: Path) -> RunConfig:
@@ -541,154 +467,3 @@ def _missing_files(config: RunConfig) -> list[str]:
     if data.source == "files" and data.train is None:
         problems.append("data.train: required when data.source is 'files'")
     return problems
-
-
-def check_plugin_ids(raw: dict[str, Any], registry: Registry) -> list[str]:
-    """Every plugin id the config file names must be registered; one problem per unknown id.
-
-    Works on the raw mapping, so unknown ids are reported together with structural problems,
-    and ids left to their defaults (built-ins of later stages) are not checked.
-    """
-    problems = []
-    for where, kind, plugin_id in _named_plugin_ids(raw):
-        known = registry[kind].ids()
-        if plugin_id not in known:
-            allowed = ", ".join(known) or "(none registered)"
-            problems.append(
-                f"{where}: unknown {kind} id {plugin_id!r}{did_you_mean(plugin_id, known)}; "
-                f"allowed: {allowed}"
-            )
-    return problems
-
-
-def _packaged_names(teacher_model: Any, inits: Any) -> list[tuple[str, str]]:
-    """(key, name) for each ``<source>:<model>`` the config names as weights."""
-    from alambic.train.model_sources import parse_packaged
-
-    inits = inits if isinstance(inits, dict) else {}
-    named = [("teacher.model", teacher_model)] + [(f"search.student_init.{k}", v) for k, v in inits.items()]
-    return [(where, name) for where, name in named
-            if isinstance(name, str) and parse_packaged(name) and not Path(name).expanduser().exists()]
-
-
-def _named_plugin_ids(raw: dict[str, Any]) -> list[tuple[str, str, str]]:
-    """(key path, kind, id) for every plugin id written in the config; wrong shapes are skipped
-    (the structural validation reports them)."""
-
-    def section(*keys: str) -> Any:
-        value: Any = raw
-        for key in keys:
-            value = value.get(key) if isinstance(value, dict) else None
-        return value
-
-    def strings(where: str, kind: str, value: Any, skip: tuple[str, ...] = ()) -> list[tuple[str, str, str]]:
-        items = value if isinstance(value, list) else []
-        return [(f"{where}[{i}]", kind, v) for i, v in enumerate(items) if isinstance(v, str) and v not in skip]
-
-    found = []
-    if isinstance(section("data", "source"), str):
-        found.append(("data.source", "datasets", section("data", "source")))
-    if isinstance(section("select", "policy"), str):
-        found.append(("select.policy", "selection_policies", section("select", "policy")))
-    found += strings("export.formats", "exporters", section("export", "formats"))
-    found += strings("search.students", "students", section("search", "students"))
-    sizes = section("search", "student_sizes")
-    found += [(f"search.student_sizes.{s}", "students", s) for s in sizes or {} if isinstance(s, str)]
-    inits = section("search", "student_init")
-    found += [(f"search.student_init.{s}", "students", s) for s in (inits if isinstance(inits, dict) else {})
-              if isinstance(s, str)]
-    found += [(f"{where}: {name}", "model_sources", name.split(":", 1)[0])
-              for where, name in _packaged_names(section("teacher", "model"), inits)]
-    found += strings("search.quantization", "quantizers", section("search", "quantization"), skip=("none",))
-    for i, steps in enumerate(section("search", "pruning") or []):
-        for j, step in enumerate(steps if isinstance(steps, list) else []):
-            if isinstance(step, dict) and isinstance(step.get("pruner"), str):
-                found.append((f"search.pruning[{i}][{j}].pruner", "pruners", step["pruner"]))
-    found += strings("distill.losses", "distill_losses", section("distill", "losses"))
-    losses = _domain_values(section("search", "space", "losses") or [])
-    found += [(f"search.space.losses[{i}]", "distill_losses", loss) for i, loss in enumerate(losses)]
-    return found
-
-
-def _domain_values(value: Any) -> list[str]:
-    """The plugin ids named by a setting, whether given plainly or as a choice/grid domain."""
-    if isinstance(value, dict):
-        value = next(iter(value.values()), [])
-    flat: list[str] = []
-    for item in value if isinstance(value, list) else [value]:
-        flat += item if isinstance(item, list) else [item]
-    return [str(v) for v in flat]
-
-
-def config_schema() -> dict[str, Any]:
-    """The JSON schema of a run config (``alambic config schema``)."""
-    return RunConfig.model_json_schema()
-
-
-def config_reference() -> str:
-    """Every key of a run config as a Markdown table (key, type, default, description), from the
-    schema: README's configuration reference is this text (``alambic config schema --markdown``)."""
-    lines = ["| key | type | default | description |", "| --- | --- | --- | --- |"]
-
-    def walk(model: type[BaseModel], prefix: str) -> None:
-        for name, info in model.model_fields.items():
-            key = f"{prefix}{name}"
-            nested, container = _reference_section(info.annotation)
-            if nested is not None:
-                walk(nested, f"{key}{container}.")
-                continue
-            default = "required" if info.is_required() else _show(info.get_default(call_default_factory=True))
-            kind = _type_name(info.annotation).replace("|", "\\|")
-            description = (info.description or "").replace("|", "\\|")
-            lines.append(f"| `{key}` | {kind} | {default} | {description} |")
-
-    walk(RunConfig, "")
-    return "\n".join(lines) + "\n"
-
-
-def _reference_section(annotation: Any) -> tuple[type[BaseModel] | None, str]:
-    """The Section class of a field whose type is a section, an optional one, or a list or dict of
-    them; and how its keys read in a path ("", "[]" or ".<id>")."""
-    import typing
-
-    args = typing.get_args(annotation)
-    origin = typing.get_origin(annotation)
-    for candidate in (annotation, *args):
-        if isinstance(candidate, type) and issubclass(candidate, Section):
-            suffix = "[]" if origin is list else ".<id>" if origin is dict else ""
-            return candidate, suffix
-    return None, ""
-
-
-def _type_name(annotation: Any) -> str:
-    """A field's type as a reader wants it: ``float | "auto"``, ``list[str]``, ``null``."""
-    import types
-    import typing
-
-    origin, args = typing.get_origin(annotation), typing.get_args(annotation)
-    if origin is typing.Annotated:
-        return _type_name(args[0])
-    if origin in (typing.Union, types.UnionType):
-        return " | ".join(_type_name(a) for a in args)
-    if origin is Literal:
-        return " | ".join(json_repr(a) for a in args)
-    if origin in (list, dict, tuple):
-        return f"{origin.__name__}[{', '.join(_type_name(a) for a in args)}]"
-    if annotation is type(None):
-        return "null"
-    return getattr(annotation, "__name__", str(annotation))
-
-
-def json_repr(value: Any) -> str:
-    import json
-
-    return json.dumps(value, ensure_ascii=False)
-
-
-def _show(value: Any) -> str:
-    import json
-
-    if isinstance(value, BaseModel):
-        value = value.model_dump()
-    text = json.dumps(value, ensure_ascii=False, default=str)
-    return f"`{text}`" if len(text) <= 60 else f"`{text[:57]}...`"

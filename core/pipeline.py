@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from alambic.errors import AlambicError
-from alambic.store import stable_hash
+from alambic.fingerprint import stable_hash
 
 log = logging.getLogger(__name__)
 
@@ -39,12 +39,17 @@ SEARCH_FILE = "search.json"  # which search results.parquet holds (its key), so 
 class PipelineResult:
     teacher: Any
     search: Any = None  # SearchResult
-    selection: Any = None  # front.Selection
+    selection: Any = None  # select.Selection
     export: Any = None  # export.ExportResult, or None when reused / not reached
     report: dict[str, str] = field(default_factory=dict)
     skipped: list[str] = field(default_factory=list)  # steps whose artifacts were reused
     notes: list[str] = field(default_factory=list)
     seconds: float = 0.0
+
+
+def planned_steps(ctx: Any) -> tuple[str, ...]:
+    """The steps a run takes: all of them, or data and teacher only when the config has no search."""
+    return STEPS if ctx.config.search is not None else STEPS[:2]
 
 
 def run_pipeline(ctx: Any, local: bool = False, on_step: Callable[[str, int, int], None] | None = None,
@@ -55,7 +60,7 @@ def run_pipeline(ctx: Any, local: bool = False, on_step: Callable[[str, int, int
     from alambic.train.teacher import train_teacher
 
     start = time.perf_counter()
-    steps = STEPS if ctx.config.search is not None else STEPS[:2]
+    steps = planned_steps(ctx)
 
     def step(name: str) -> None:
         if on_step:
@@ -95,7 +100,8 @@ def _search(ctx: Any, result: PipelineResult, on_row: Any, on_start: Any, on_tim
     """The search, or the results of this very search, timed on this machine, when they are
     complete already."""
     from alambic.machine import identity
-    from alambic.search.tune import SearchResult, memo_counts, search, search_key
+    from alambic.search.results import memo_counts
+    from alambic.search.tune import SearchResult, search, search_key
 
     key = stable_hash([search_key(ctx, result.teacher.key), identity()])[:12]
     done = _finished_search(ctx, key)
@@ -124,7 +130,8 @@ def _finished_search(ctx: Any, key: str) -> list[dict[str, Any]] | None:
 
 
 def _front(ctx: Any) -> None:
-    from alambic.search.front import Run, load_results, mark_front, plot_front
+    from alambic.search.front import Run, load_results, mark_front
+    from alambic.search.plot import plot_front
 
     run = Run(ctx.store, ctx.config, ctx.registry)
     df = mark_front(load_results(run), run.objectives, run.select.accuracy_tolerance)
@@ -133,7 +140,8 @@ def _front(ctx: Any) -> None:
 
 
 def _select(ctx: Any) -> Any:
-    from alambic.search.front import Run, load_results, select, write_selected
+    from alambic.search.front import Run, load_results
+    from alambic.search.select import select, write_selected
 
     run = Run(ctx.store, ctx.config, ctx.registry)
     selection = select(load_results(run), ctx.config.select, objectives=run.objectives, registry=ctx.registry)

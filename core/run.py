@@ -16,7 +16,8 @@ from typing import Any
 
 from alambic.config import RunConfig, load_config
 from alambic.registry import Registry
-from alambic.store import Store, stable_hash
+from alambic.fingerprint import stable_hash
+from alambic.store import Store
 
 log = logging.getLogger(__name__)
 
@@ -50,7 +51,7 @@ class RunContext:
     @classmethod
     def from_config(cls, config: RunConfig, quiet: bool = False, config_path: str | Path = "config") -> RunContext:
         """Plugins are loaded and the config's plugin ids checked against them."""
-        from alambic.config import check_plugin_ids
+        from alambic.config_problems import check_plugin_ids
         from alambic.errors import ConfigError
         from alambic.manager import build_registry, get_plugin_manager
 
@@ -69,13 +70,14 @@ class RunContext:
 
     @cached_property
     def prepared(self) -> PreparedData:
-        from alambic.data.dataset import load_data, tokenize_data
+        from alambic.data.dataset import load_data
+        from alambic.data.tokenize import tokenize_data
 
         dsd, report = load_data(self.config.data, self.registry)
         tokenizer, tokenizer_path = self._tokenizer(dsd, report.fingerprint)
         tokenized = tokenize_data(dsd, tokenizer, self.config.tokenizer.max_length, self.cache_dir,
                                   report.fingerprint, progress=not self.quiet)
-        from alambic.data.dataset import tokenized_key
+        from alambic.data.tokenize import tokenized_key
 
         return PreparedData(
             raw=dsd, report=report, tokenizer=tokenizer, tokenized=tokenized,
@@ -87,7 +89,7 @@ class RunContext:
         """The run's splits tokenized by ``tokenizer`` (a model's own), cached like the run's; and
         their key. Row ``i`` of each split is the same text whichever tokenizer made it, so
         per-row teacher logits serve students that tokenize differently."""
-        from alambic.data.dataset import tokenize_data, tokenized_key
+        from alambic.data.tokenize import tokenize_data, tokenized_key
 
         data = self.prepared
         if tokenizer is data.tokenizer:
@@ -99,7 +101,7 @@ class RunContext:
 
     def _tokenizer(self, dsd: Any, data_fp: str) -> tuple[Any, Path | None]:
         """The configured tokenizer; a trained one is saved as a stage so every step shares it."""
-        from alambic.data.dataset import load_tokenizer, train_tokenizer
+        from alambic.data.tokenize import load_tokenizer, train_tokenizer
 
         settings = self.config.tokenizer
         if settings.name_or_path is not None:

@@ -6,9 +6,10 @@ Layout (default root ``artifacts/``; any ``pyarrow.fs.FileSystem.from_uri`` URI 
         <artifact>/ manifest.json ...   an artifact: files, plus manifest.json written last
         stages/<hash>/ manifest.json    memoized stage outputs, keyed by stable_hash(inputs)
 
+(``stable_hash`` and the file hashes are in :mod:`alambic.fingerprint`.)
+
 API::
 
-    stable_hash(obj) -> str                       sha256 of canonical JSON (config hashes, stage keys)
     store = Store.open("artifacts" | "file:///..." | "s3://bucket/prefix", cache_dir=None)
     store.run(name) -> Store                       the run directory <root>/<name>/
     store.exists(rel) / read_bytes / read_json / list(rel)
@@ -37,8 +38,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import datetime
-import enum
-import hashlib
 import json
 import logging
 import os
@@ -46,10 +45,11 @@ import shutil
 import tempfile
 import uuid
 from collections.abc import Callable, Iterator
-from pathlib import Path, PurePath, PurePosixPath
+from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING, Any
 
 from alambic.errors import StoreError
+from alambic.fingerprint import hash_stream, stable_hash
 
 try:
     import fcntl
@@ -63,27 +63,7 @@ log = logging.getLogger(__name__)
 
 DEFAULT_ROOT = "artifacts"
 MANIFEST = "manifest.json"
-_CHUNK = 1 << 20
-
-
-def _to_jsonable(obj: Any) -> Any:
-    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
-        return dataclasses.asdict(obj)
-    if hasattr(obj, "model_dump"):  # pydantic v2 model
-        return obj.model_dump(mode="json")
-    if isinstance(obj, PurePath):
-        return obj.as_posix()
-    if isinstance(obj, enum.Enum):
-        return obj.value
-    if isinstance(obj, (set, frozenset)):
-        return sorted(obj)
-    raise TypeError(f"stable_hash cannot encode {type(obj).__name__}: {obj!r}")
-
-
-def stable_hash(obj: Any) -> str:
-    """sha256 hex of the canonical JSON of `obj`: equal for equal values, whatever the dict order."""
-    text = json.dumps(obj, default=_to_jsonable, sort_keys=True, separators=(",", ":"))
-    return hashlib.sha256(text.encode()).hexdigest()
+_CHUNK = 1 << 20  # copy buffer
 
 
 def _safe_rel(rel: str) -> str:
@@ -169,14 +149,6 @@ class Manifest:
         return manifest
 
 
-def _hash_stream(stream: Any) -> tuple[str, int]:
-    digest, size = hashlib.sha256(), 0
-    while chunk := stream.read(_CHUNK):
-        digest.update(chunk)
-        size += len(chunk)
-    return digest.hexdigest(), size
-
-
 def _hash_local_dir(root: Path) -> tuple[FileEntry, ...]:
     """Hash every file the caller wrote, fsyncing each so the rename below publishes durable data."""
     entries = []
@@ -187,7 +159,7 @@ def _hash_local_dir(root: Path) -> tuple[FileEntry, ...]:
         if path.is_symlink() or not path.is_file() or rel == MANIFEST:
             raise StoreError(f"{path}: artifacts hold regular files only, and '{MANIFEST}' is reserved")
         with open(path, "rb") as f:
-            sha, size = _hash_stream(f)
+            sha, size = hash_stream(f)
             os.fsync(f.fileno())
         entries.append(FileEntry(rel, sha, size))
     return tuple(entries)
@@ -358,7 +330,7 @@ class Store:
             path = f"{_safe_rel(rel)}/{entry.path}"
             try:
                 with self.fs.open_input_stream(self._abs(path)) as f:
-                    sha, size = _hash_stream(f)
+                    sha, size = hash_stream(f)
             except FileNotFoundError as exc:
                 raise StoreError(f"{self._where(path)}: missing (listed in {MANIFEST})") from exc
             if (sha, size) != (entry.sha256, entry.size):

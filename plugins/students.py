@@ -64,7 +64,7 @@ class MobileBertAdapter(Student):
     hub_id = None  # built from config, then initialised from a trained roberta-l4 student
     # hidden = the inter-block width; attention and the FFNs run inside the bottleneck (hidden // 4)
     size = Size(layers=4, hidden=512, heads=4, ffn=512)
-    donor = "roberta-l4"  # distilled first, then transferred in (plugins/mobilebert_transfer.py)
+    donor = "roberta-l4"  # distilled first, then transferred in (core/train/mobilebert.py)
 
     @classmethod
     def prepare_from_donor(
@@ -76,7 +76,7 @@ class MobileBertAdapter(Student):
         Both steps log what they did: the SVD's energy kept and each layer's transfer losses.
         ``settings`` (the distillation's) give the transfer's epochs, step cap, learning rate, seed.
         """
-        from alambic.plugins.mobilebert_transfer import init_from_donor, layerwise_transfer
+        from alambic.train.mobilebert import init_from_donor, layerwise_transfer
 
         init_from_donor(student, donor)
         layerwise_transfer(student, donor, train, context, epochs_per_layer=settings.transfer_epochs,

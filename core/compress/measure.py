@@ -25,30 +25,27 @@ What each figure means:
   imports, before loading: the difference is what the model costs.
 * **accuracy / macro-F1**: on the split given (the test split), through the artifact's runtime.
 
-Every measurement carries the machine (CPU model, cores, memory) and the thread count.
+Every measurement carries the machine (CPU model, cores, memory) and the thread count. Latency
+is timed by :mod:`alambic.compress.latency`, peak RSS taken by :mod:`alambic.compress.memory`.
 torch, onnx and onnxruntime are imported inside the functions: ``import alambic.compress.measure`` is light.
 """
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
-import subprocess
-import sys
-import time
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from alambic.compress.latency import RUNTIMES, latency_ms, load_model, onnx_latency_ms, torch_threads
+from alambic.compress.memory import peak_rss
 from alambic.errors import AlambicError
 
 if TYPE_CHECKING:
     from rich.table import Table
-    from torch import Tensor
 
-RUNTIMES = ("pytorch", "onnxruntime")
 DEFAULT_LENGTHS = (16, 32, 64, 128)
 #: the length whose latency is the headline (THUCNews headlines are ~20 tokens, [CLS]/[SEP] added)
 REFERENCE_LENGTH = 32
@@ -56,7 +53,6 @@ REFERENCE_LENGTH = 32
 DEFAULT_THREADS = 1
 WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
 VOCAB_FILES = ("vocab.txt", "tokenizer.json")  # the first one present is what a phone ships
-_RSS_MARK = "ALAMBIC_RSS "
 
 
 @dataclass
@@ -167,161 +163,11 @@ def onnx_params(path: str | os.PathLike[str]) -> int:
     return sum(math.prod(t.dims) for t in graph.initializer)
 
 
-# --- latency --------------------------------------------------------------------------------
-
-
-def timed(run: Callable[[], Any], runs: int = 50, warmup: int = 10) -> dict[str, float]:
-    """p50/p90 milliseconds of ``run()`` over ``runs`` calls, after ``warmup`` untimed ones."""
-    import numpy as np
-
-    if runs < 1 or warmup < 0:
-        raise AlambicError(f"latency needs runs >= 1 and warmup >= 0, got runs={runs}, warmup={warmup}")
-    for _ in range(warmup):
-        run()
-    times = []
-    for _ in range(runs):
-        start = time.perf_counter()
-        run()
-        times.append((time.perf_counter() - start) * 1000)
-    return {"p50": float(np.percentile(times, 50)), "p90": float(np.percentile(times, 90))}
-
-
-def fixed_input(vocab_size: int, length: int) -> dict[str, Tensor]:
-    """A batch-1 input of ``length`` tokens, the same for every model and process (seeded ids)."""
-    import torch
-
-    gen = torch.Generator().manual_seed(0)
-    ids = torch.randint(1, max(2, vocab_size), (1, length), generator=gen)  # (1, T); 0 is padding
-    return {"input_ids": ids, "attention_mask": torch.ones_like(ids), "token_type_ids": torch.zeros_like(ids)}
-
-
-def latency_ms(model: Any, length: int = 32, runs: int = 50, warmup: int = 10) -> dict[str, float]:
-    """p50/p90 milliseconds of one PyTorch forward pass at batch 1, current torch threads."""
-    import torch
-
-    batch = fixed_input(model.get_input_embeddings().num_embeddings, length)
-    model.eval()
-    with torch.inference_mode():
-        return timed(lambda: model(**batch), runs, warmup)
-
-
-def onnx_input(vocab_size: int, length: int) -> dict[str, Any]:
-    """:func:`fixed_input` for ONNX Runtime: numpy int64, seeded, without importing torch."""
-    import numpy as np
-
-    ids = np.random.default_rng(0).integers(1, max(2, vocab_size), (1, length), dtype=np.int64)  # (1, T)
-    return {"input_ids": ids, "attention_mask": np.ones_like(ids), "token_type_ids": np.zeros_like(ids)}
-
-
-def onnx_latency_ms(session: Any, vocab_size: int, length: int = 32, runs: int = 50,
-                    warmup: int = 10) -> dict[str, float]:
-    """p50/p90 milliseconds of one ONNX Runtime run at batch 1 (the session's threads)."""
-    from alambic.ship.onnx_export import ort_logits
-
-    batch = onnx_input(vocab_size, length)
-    return timed(lambda: ort_logits(session, batch), runs, warmup)
-
-
-def load_model(folder: str | os.PathLike[str], weights: str | os.PathLike[str] | None = None) -> Any:
-    """A save_pretrained folder's classifier in eval mode, with a quantized state dict (torchao
-    int8) loaded over it when ``weights`` is given."""
-    import torch
-    from transformers import AutoModelForSequenceClassification
-
-    from alambic.train.models import load_pretrained
-
-    model = load_pretrained(folder, AutoModelForSequenceClassification)
-    if weights is not None:
-        import torchao.quantization  # noqa: F401 - registers the int8 tensor classes for loading
-
-        model.load_state_dict(torch.load(weights, weights_only=True, mmap=True), assign=True)
-    return model.eval()
-
-
-@contextlib.contextmanager
-def torch_threads(threads: int) -> Iterator[None]:
-    """torch's intra-op threads pinned to ``threads`` inside the block, restored after it."""
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(threads)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
-
-
-# --- peak memory ----------------------------------------------------------------------------
-
-
-def peak_rss(path: str | os.PathLike[str], length: int = 32, threads: int | None = None, *,
-             runtime: str = "pytorch", vocab_size: int | None = None,
-             weights: str | os.PathLike[str] | None = None, timeout: float = 600) -> dict[str, int]:
-    """Peak RSS of a fresh Python process that loads an artifact and runs one batch-1 inference.
-
-    :param path: a save_pretrained folder (``runtime="pytorch"``) or an ONNX file (``"onnxruntime"``).
-    :param threads: intra-op threads in the child; None = this process's torch threads.
-    :param vocab_size: token ids of the ONNX input are drawn below it (PyTorch reads the model's).
-    :param weights: a state dict (e.g. a torchao int8 one) loaded over the folder's model.
-    :return: ``peak_rss_bytes``, and ``baseline_rss_bytes``, the child's peak after its imports.
-    """
-    if runtime not in RUNTIMES:
-        raise AlambicError(f"unknown runtime {runtime!r}; measurable: {', '.join(RUNTIMES)}")
-    if threads is None:
-        import torch
-
-        threads = torch.get_num_threads()
-    cmd = [sys.executable, "-m", "alambic.compress.measure", runtime, os.fspath(path), str(length), str(threads),
-           str(vocab_size or 0), os.fspath(weights) if weights else ""]
-    try:
-        done = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, check=False)
-    except subprocess.TimeoutExpired:
-        raise AlambicError(f"measuring memory of {path}: no answer in {timeout:.0f} s") from None
-    for line in reversed(done.stdout.splitlines()):
-        if line.startswith(_RSS_MARK):
-            return json.loads(line[len(_RSS_MARK):])
-    tail = (done.stderr.strip().splitlines() or ["(no output)"])[-1]
-    raise AlambicError(f"measuring memory of {path}: the child process failed (exit {done.returncode}): {tail}")
-
-
-def _memory_child(runtime: str, path: str, length: int, threads: int, vocab_size: int, weights: str) -> None:
-    """In the child that :func:`peak_rss` starts: import, load, infer once, print the peaks."""
-    if runtime == "onnxruntime":
-        import numpy  # noqa: F401 - the imports count in the baseline, not in the model's cost
-        import onnxruntime  # noqa: F401
-
-        from alambic.ship.onnx_export import ort_logits, ort_session
-
-        baseline = own_peak_rss()
-        session = ort_session(path, threads)
-        ort_logits(session, onnx_input(vocab_size, length))
-    else:
-        import torch
-        import transformers  # noqa: F401 - the imports count in the baseline, not in the model's cost
-
-        import alambic.train.models  # noqa: F401
-
-        if weights:
-            import torchao.quantization  # noqa: F401
-        torch.set_num_threads(threads)
-        baseline = own_peak_rss()
-        model = load_model(path, weights or None)
-        with torch.inference_mode():
-            model(**fixed_input(model.get_input_embeddings().num_embeddings, length))
-    print(_RSS_MARK + json.dumps({"peak_rss_bytes": own_peak_rss(), "baseline_rss_bytes": baseline}))
-
-
-def own_peak_rss() -> int:
-    """This process's peak RSS in bytes. On Linux it is VmHWM: ``ru_maxrss`` carries the parent's
-    high-water mark across fork + exec, so a child of a big process would report the parent's."""
-    import resource
-
-    try:
-        with open("/proc/self/status", encoding="ascii") as status:
-            return next(int(line.split()[1]) * 1024 for line in status if line.startswith("VmHWM:"))
-    except (OSError, StopIteration):
-        rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-        return rss if sys.platform == "darwin" else rss * 1024  # bytes on macOS, KiB elsewhere
+def weight_bytes(model: Any) -> dict[str, int]:
+    """Bytes of the parameters (shared tensors once) and buffers of a torch module."""
+    param = sum(p.numel() * p.element_size() for p in model.parameters())
+    buffer = sum(b.numel() * b.element_size() for b in model.buffers())
+    return {"param_bytes": param, "buffer_bytes": buffer, "total_bytes": param + buffer}
 
 
 # --- accuracy -------------------------------------------------------------------------------
@@ -530,8 +376,3 @@ def _model_rss(memory: Mapping[str, int]) -> int | None:
     if "peak_rss_bytes" not in memory or "baseline_rss_bytes" not in memory:
         return None
     return memory["peak_rss_bytes"] - memory["baseline_rss_bytes"]
-
-
-if __name__ == "__main__":  # the memory child: python -m alambic.compress.measure RUNTIME PATH LENGTH THREADS VOCAB WEIGHTS
-    _memory_child(sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5]),
-                  sys.argv[6] if len(sys.argv) > 6 else "")

@@ -47,7 +47,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from alambic.errors import AlambicError, did_you_mean
+from alambic.errors import AlambicError
+from alambic.options import NoOptions, check_names
 from alambic.train.models import params
 from alambic.train.loop import MODEL_INPUTS, iterate
 
@@ -72,7 +73,7 @@ class PruneContext:
     """What a pruner may read besides the model: data for importance, the tokenizer, a device.
 
     The splits are tokenized ``datasets.Dataset`` s (``input_ids``, ``attention_mask``,
-    ``token_type_ids``, ``label``, ``length``), as :func:`alambic.data.dataset.tokenize_data` makes them.
+    ``token_type_ids``, ``label``, ``length``), as :func:`alambic.data.tokenize.tokenize_data` makes them.
     """
 
     validation: Dataset | None = None  # importance batches, and the vocabulary check
@@ -124,11 +125,6 @@ class PruneResult:
 # --- the plugin base class ------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class NoOptions:
-    """A pruner without options."""
-
-
 class Pruner:
     """Base of pruner plugins: set ``id``, a docstring, ``Options``; define :meth:`prune`.
 
@@ -145,15 +141,9 @@ class Pruner:
     @classmethod
     def options(cls, amount: Any = None, /, **options: Any) -> Any:
         """``Options`` from a step's amount and options; unknown options raise (did-you-mean)."""
-        allowed = [f.name for f in fields(cls.Options)]
-        for key in options:
-            if key not in allowed:
-                raise AlambicError(
-                    f"pruner '{cls.id}': unknown option '{key}'{did_you_mean(key, allowed)}; "
-                    f"allowed: {', '.join(allowed) or '(none)'}"
-                )
+        check_names(f"pruner '{cls.id}'", cls.Options, options)
         if amount is not None:
-            if "amount" not in allowed:
+            if "amount" not in {f.name for f in fields(cls.Options)}:
                 raise AlambicError(f"pruner '{cls.id}' has no strength: leave amount out")
             if "amount" in options:
                 raise AlambicError(f"pruner '{cls.id}': amount given twice (step and options)")

@@ -31,8 +31,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from alambic.errors import AlambicError
-# batch-1 latency and the peak RSS of a child process: shared with alambic.compress.measure
-from alambic.compress.measure import latency_ms, peak_rss
+# batch-1 latency, the peak RSS of a child process and the weights' bytes: alambic.compress's
+from alambic.compress.latency import latency_ms
+from alambic.compress.measure import weight_bytes
+from alambic.compress.memory import peak_rss
+from alambic.train.metrics import macro_f1
 
 if TYPE_CHECKING:
     from datasets import Dataset
@@ -107,30 +110,22 @@ def attention_kl(p_att: Tensor, q_att: Tensor, attention_mask: Tensor) -> float:
 
 
 def layer_pairs(layers_a: int, layers_b: int) -> list[tuple[int, int]]:
-    """(layer of A, layer of B) by the uniform map, 1-based, embeddings (0, 0) first."""
+    """(layer of A, layer of B) by the uniform map, 1-based, embeddings (0, 0) first.
+
+    The map is distillation's (:func:`alambic.train.losses.uniform_layer_map`, 0-based), the
+    deeper model in the teacher's place.
+    """
+    from alambic.train.losses import uniform_layer_map  # imports torch
+
     small, big = min(layers_a, layers_b), max(layers_a, layers_b)
-    mapped = [math.floor(i * big / small + 0.5) for i in range(1, small + 1)]  # round half up
-    pairs = list(zip(range(1, small + 1), mapped, strict=True))
+    mapped = uniform_layer_map(big, small) if small else []  # halves round up; no layers: embeddings only
+    pairs = [(i + 1, layer + 1) for i, layer in enumerate(mapped)]
     if layers_a > layers_b:
         pairs = [(b, a) for a, b in pairs]
     return [(0, 0), *pairs]
 
 
 # --- predictions ------------------------------------------------------------------------------
-
-
-def macro_f1(labels: Sequence[int], preds: Sequence[int]) -> float:
-    """Macro-averaged F1 over the classes that occur in ``labels`` or ``preds`` (as sklearn does)."""
-    import numpy as np
-
-    y, p = np.asarray(labels), np.asarray(preds)
-    scores = []
-    for c in np.union1d(y, p):
-        tp = np.sum((p == c) & (y == c))
-        fp = np.sum((p == c) & (y != c))
-        fn = np.sum((p != c) & (y == c))
-        scores.append(2 * tp / (2 * tp + fp + fn))  # never 0/0: c occurs somewhere
-    return float(np.mean(scores)) if scores else 0.0
 
 
 def compare_predictions(labels: Sequence[int], preds_a: Sequence[int], preds_b: Sequence[int],
@@ -153,13 +148,6 @@ def compare_predictions(labels: Sequence[int], preds_a: Sequence[int], preds_b: 
 
 
 # --- models -----------------------------------------------------------------------------------
-
-
-def weight_bytes(model: Any) -> dict[str, int]:
-    """Bytes of the parameters (shared tensors once) and buffers of a torch module."""
-    param = sum(p.numel() * p.element_size() for p in model.parameters())
-    buffer = sum(b.numel() * b.element_size() for b in model.buffers())
-    return {"param_bytes": param, "buffer_bytes": buffer, "total_bytes": param + buffer}
 
 
 @contextlib.contextmanager
@@ -333,7 +321,8 @@ def compare_dirs(path_a: str | os.PathLike[str], path_b: str | os.PathLike[str],
     from transformers import AutoModelForSequenceClassification
 
     from alambic.config import load_config
-    from alambic.data.dataset import SPLITS, load_data, prepare_tokenizer
+    from alambic.data.dataset import SPLITS, load_data
+    from alambic.data.tokenize import prepare_tokenizer
     from alambic.errors import did_you_mean
     from alambic.manager import build_registry
     from alambic.train.models import check_vocab, load_pretrained

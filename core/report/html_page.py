@@ -1,10 +1,11 @@
-"""How the report looks: its blocks, report.md, report.html (one self-contained page), its pictures.
+"""How the report looks: report.md, report.html (one self-contained page), its pictures; the blocks
+it draws are :mod:`alambic.report.document`'s.
 
 ::
 
     Section("front", "Pareto front", ["a paragraph, `code` kept", Table(headers, rows), Image(name, png, alt)])
     render_markdown(report, "report_images")       # pictures as files beside report.md
-    render_html(report)                            # an alambic.report.build.Report, as one page
+    render_html(report)                            # an alambic.report.document.Report, as one page
     png = confusion_png(confusion, label_names)    # rows = true labels, columns = predictions
     png = distribution_png({"teacher": [...], "selected": [...]}, label_names)
 
@@ -21,13 +22,12 @@ import html
 import io
 import re
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
+
+from alambic.report.document import Image, Items, Report, Section, Table
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
-
-    from alambic.report.build import Report
 
 #: fonts that draw Chinese label names in the pictures; the first one installed is used
 CJK_FONTS = ("Noto Sans CJK SC", "Noto Sans CJK JP", "Source Han Sans SC", "WenQuanYi Zen Hei",
@@ -56,39 +56,6 @@ caption { caption-side: bottom; text-align: left; color: #6b7385; font-size: 12p
 code { background: #eef1f6; padding: 0 4px; border-radius: 3px; font-size: 90%; }
 img { max-width: 100%; height: auto; display: block; margin: 10px 0; }
 """
-
-
-# --- blocks ---------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Table:
-    headers: list[str]  # all empty: a table of facts, shown without a header row
-    rows: list[list[str]]
-    caption: str = ""
-    emphasis: tuple[int, ...] = ()  # rows to highlight (the selected candidate)
-
-
-@dataclass(frozen=True)
-class Image:
-    name: str  # its file name beside report.md
-    png: bytes
-    alt: str
-
-
-@dataclass(frozen=True)
-class Items:
-    lines: list[str]
-
-
-@dataclass
-class Section:
-    """A titled list of blocks: str (a paragraph; `code` spans kept), Table, Image, Items."""
-
-    id: str  # the page's anchor
-    title: str
-    blocks: list[Any] = field(default_factory=list)
-    missing: str | None = None  # why its content is absent, said as its only paragraph
 
 
 # --- report.md ------------------------------------------------------------------------------
@@ -258,5 +225,4 @@ def distribution_png(series: Mapping[str, Sequence[float]], names: Sequence[str]
         return _png(fig)
 
 
-__all__ = ["Image", "Items", "Section", "Table", "confusion_png", "distribution_png", "draws_names", "render_html",
-           "render_markdown", "shares"]
+__all__ = ["confusion_png", "distribution_png", "draws_names", "render_html", "render_markdown", "shares"]

@@ -23,7 +23,8 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 from alambic.errors import AlambicError
-from alambic.store import inside, stable_hash
+from alambic.fingerprint import stable_hash
+from alambic.store import inside
 
 log = logging.getLogger(__name__)
 

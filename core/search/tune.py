@@ -38,7 +38,6 @@ during the search, and NSGA-II's population is derived from ``trials``: alambic.
 from __future__ import annotations
 
 import contextlib
-import io
 import json
 import logging
 import math
@@ -46,155 +45,29 @@ import os
 import shutil
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from alambic.search.algorithms import search_algorithm, tune_metrics
-from alambic.compress.chain import MeasureSettings, relative_path, step_label
-from alambic.config import PruningStep, RunConfig
+from alambic.compress.chain import relative_path
+from alambic.compress.records import MeasureSettings
+from alambic.config import RunConfig
 from alambic.errors import AlambicError, ConfigError
-from alambic.store import stable_hash
+from alambic.fingerprint import stable_hash
+from alambic.search.results import COLUMNS, mark_front, memo_counts, write_results
+from alambic.search.space import Candidate, Space, check_space
 from alambic.search.timing import time_candidates
 
 log = logging.getLogger(__name__)
 
-RESULTS_FILE = "results.parquet"
 CANDIDATES_DIR = "candidates"
 TUNE_DIR = "tune"
-PRIMITIVE = (str, int, float, bool, type(None))
-#: the columns of results.parquet, in order (``distill.<setting>`` columns follow ``settings``)
-#: val_*: the shipped artifact on validation, in its runtime: every choice is made on these.
-#: test_*: the same artifact on test, measured once and only reported. student_*: the distilled
-#: student before the chain. Latency and memory: the serial pass after the search (alambic.search.timing).
-COLUMNS = ("candidate_id", "trial_id", "node_id", "student", "settings", "pruning", "quantization",
-           "val_accuracy", "val_macro_f1", "val_examples", "test_accuracy", "test_macro_f1", "test_examples",
-           "student_val_accuracy", "student_test_accuracy", "size_mb", "latency_p50_ms", "latency_p90_ms",
-           "peak_mem_mb", "model_mem_mb", "params", "runtime", "latency_threads", "latency_machine", "status",
-           "error", "distill_key", "prune_key", "compress_key", "stage", "artifact", "distill_reused",
-           "prune_reused", "compress_reused", "seconds", "on_front")
+
+
 class CandidateFailed(AlambicError):
     """A candidate's own error (recorded in its row); raised so that Tune marks the trial failed."""
-
-
-# --- candidates -----------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Candidate:
-    """One point of the search space, resolved: what a trial builds."""
-
-    student: str
-    settings: dict[str, Any]  # distillation settings that differ from the config's distill section
-    pruning: tuple[PruningStep, ...]
-    quantization: str  # a quantizer id or "none"
-    init: str = ""  # search.student_init's entry for the student; "" = its default
-
-    @property
-    def id(self) -> str:
-        fields = {"student": self.student, "settings": self.settings,
-                  "pruning": [s.model_dump() for s in self.pruning], "quant": self.quantization}
-        if self.init:  # only when given: candidates without an init keep the ids they had
-            fields["init"] = self.init
-        return stable_hash(fields)[:12]
-
-    @property
-    def pruning_label(self) -> str:
-        return ",".join(step_label(s) for s in self.pruning) or "none"
-
-
-def _domain(value: Any) -> tuple[str, Any] | None:
-    """``{"choice": [...]}`` -> ("choice", [...]); a plain value -> None."""
-    from alambic.config import DOMAINS
-
-    if isinstance(value, dict) and len(value) == 1 and next(iter(value)) in DOMAINS:
-        return next(iter(value.items()))
-    return None
-
-
-def _values_as_tune(values: list[Any], as_grid: bool) -> Any:
-    """Values as a Tune grid axis (algorithm grid) or choice (the others: Optuna knows no grid).
-    Values Optuna cannot take as categories (lists, dicts) are chosen by index, looked up in the trial."""
-    from ray import tune
-
-    options = values if all(isinstance(v, PRIMITIVE) for v in values) else list(range(len(values)))
-    return tune.grid_search(options) if as_grid else tune.choice(options)
-
-
-@dataclass(frozen=True)
-class Space:
-    """The search config as a Tune param space, and the way back from a trial's params."""
-
-    search: Any  # SearchConfig
-
-    def param_space(self, algorithm: str) -> dict[str, Any]:
-        from ray import tune
-
-        grid = algorithm == "grid"
-        space: dict[str, Any] = {
-            "student": _values_as_tune(list(self.search.students), grid),
-            "pruning": _values_as_tune(list(range(len(self.search.pruning))), grid),
-            "quantization": _values_as_tune(list(self.search.quantization), grid),
-        }
-        distill = {}
-        for name, value in self.search.space.items():
-            found = _domain(value)
-            if found is None:
-                continue  # a fixed value: part of every candidate's settings, not a dimension
-            kind, args = found
-            if kind in ("choice", "grid"):
-                distill[name] = _values_as_tune(args, grid)
-            elif grid:
-                raise ConfigError("search", [f"search.space.{name}: algorithm 'grid' needs choice or grid "
-                                             f"values, got {kind} {args}; use algorithm random, nsga2 or tpe"])
-            else:
-                low, high = args
-                distill[name] = {"uniform": tune.uniform, "loguniform": tune.loguniform,
-                                 "randint": lambda lo, hi: tune.randint(int(lo), int(hi) + 1)}[kind](low, high)
-        if distill:
-            space["distill"] = distill
-        return space
-
-    def candidate(self, params: Mapping[str, Any]) -> Candidate:
-        """The candidate a trial's params stand for (indices looked up, fixed values added)."""
-        settings = {}
-        chosen = params.get("distill", {})
-        for name, value in self.search.space.items():
-            found = _domain(value)
-            if found is None:
-                settings[name] = value
-            elif found[0] in ("choice", "grid"):
-                values = found[1]
-                pick = chosen[name]
-                primitive = all(isinstance(v, PRIMITIVE) for v in values)
-                settings[name] = pick if primitive else values[int(pick)]
-            else:
-                settings[name] = int(chosen[name]) if found[0] == "randint" else float(chosen[name])
-        steps = tuple(self.search.pruning[int(params["pruning"])])
-        return Candidate(student=params["student"], settings=settings, pruning=steps,
-                         quantization=params["quantization"],
-                         init=self.search.student_init.get(params["student"], ""))
-
-    def size(self) -> int:
-        """How many candidates the grid holds (students x pruning x quantization x choices)."""
-        n = len(self.search.students) * len(self.search.pruning) * len(self.search.quantization)
-        for value in self.search.space.values():
-            found = _domain(value)
-            if found and found[0] in ("choice", "grid"):
-                n *= len(found[1])
-        return n
-
-
-def check_space(ctx: Any) -> None:
-    """Every value a domain may take is a valid distillation setting: fail before any trial."""
-    from alambic.train.distill import distill_settings
-
-    for name, value in ctx.config.search.space.items():
-        found = _domain(value)
-        values = [value] if found is None else found[1]
-        for v in values:
-            distill_settings(ctx.config.distill, {name: v}, where=f"search.space.{name}")
 
 
 # --- one trial ------------------------------------------------------------------------------
@@ -275,7 +148,8 @@ def run_candidate(ctx: Any, candidate: Candidate, job: SearchJob, trial_id: str 
     memoized candidate costs a fraction of a second). Errors of the candidate's own stages (a
     plugin that raises, a setting that cannot work) make a failed row.
     """
-    from alambic.compress.chain import SCORES_ONLY, compress
+    from alambic.compress.chain import compress
+    from alambic.compress.records import SCORES_ONLY
     from alambic.train.distill import distill
 
     rel = f"{CANDIDATES_DIR}/{candidate.id}.json"
@@ -555,62 +429,5 @@ def _short(error: BaseException) -> str:
     return text[-1] if text else type(error).__name__
 
 
-def mark_front(rows: list[dict[str, Any]], objectives: Sequence[Any]) -> list[dict[str, Any]]:
-    """``on_front`` for the non-dominated ok rows over the objectives (alambic.search.pareto)."""
-    from alambic.search.pareto import pareto_mask
-
-    ok = [r for r in rows if r["status"] == "ok" and all(r.get(o.metric) is not None for o in objectives)]
-    mask = pareto_mask([[r[o.metric] for o in objectives] for r in ok], [o.mode for o in objectives]) if ok else []
-    for r in rows:
-        r["on_front"] = False
-    for r, on in zip(ok, mask, strict=True):
-        r["on_front"] = bool(on)
-    return rows
-
-
-def memo_counts(rows: Sequence[Mapping[str, Any]]) -> dict[str, dict[str, int]]:
-    """How many distillations, prunings and quantize+measure stages ran, and how many were reused."""
-    counts = {}
-    for stage, key in (("distill", "distill_key"), ("prune", "prune_key"), ("compress", "compress_key")):
-        done = [r for r in rows if r.get(key)]  # a candidate without pruning has no prune stage
-        ran = sum(1 for r in done if not r.get(f"{stage}_reused"))
-        counts[stage] = {"ran": ran, "reused": len(done) - ran}
-    counts["candidates"] = {"ok": sum(r["status"] == "ok" for r in rows),
-                            "failed": sum(r["status"] != "ok" for r in rows)}
-    return counts
-
-
-def write_results(store: Any, rows: Sequence[Mapping[str, Any]]) -> str:
-    """results.parquet in the run directory, atomically; columns as :data:`COLUMNS`."""
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    extra = sorted({k for r in rows for k in r if k.startswith("distill.")})
-    names = [*COLUMNS[:4], *extra, *COLUMNS[4:]]
-    types = _arrow_types()
-    columns = {name: [_cell(r.get(name)) for r in rows] for name in names}
-    table = pa.table({name: pa.array(values, type=types.get(name)) for name, values in columns.items()})
-    buffer = io.BytesIO()
-    pq.write_table(table, buffer)
-    store.write_bytes(RESULTS_FILE, buffer.getvalue())
-    return store._where(RESULTS_FILE)  # noqa: SLF001 - the URI users see
-
-
-def _cell(value: Any) -> Any:
-    return json.dumps(value) if isinstance(value, (list, dict)) else value
-
-
-def _arrow_types() -> dict[str, Any]:
-    import pyarrow as pa
-
-    floats = ("val_accuracy", "val_macro_f1", "test_accuracy", "test_macro_f1", "student_val_accuracy",
-              "student_test_accuracy", "size_mb", "latency_p50_ms", "latency_p90_ms", "peak_mem_mb", "model_mem_mb",
-              "seconds")
-    bools = ("distill_reused", "prune_reused", "compress_reused", "on_front")
-    ints = ("params", "latency_threads", "val_examples", "test_examples")
-    return ({k: pa.float64() for k in floats} | {k: pa.bool_() for k in bools} | {k: pa.int64() for k in ints}
-            | {k: pa.string() for k in COLUMNS if k not in floats + bools + ints})
-
-
-__all__ = ["COLUMNS", "Candidate", "CandidateFailed", "RESULTS_FILE", "SearchResult", "Space", "mark_front",
-           "max_concurrent", "memo_counts", "run_candidate", "search", "trial_resources", "write_results"]
+__all__ = ["CandidateFailed", "SearchJob", "SearchResult", "max_concurrent", "run_candidate", "search", "search_key",
+           "trial_resources"]

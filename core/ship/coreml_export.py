@@ -45,7 +45,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from alambic.errors import AlambicError
-from alambic.ship.export import Check
+from alambic.ship.exporter import Check
 
 if TYPE_CHECKING:
     import numpy as np

@@ -20,9 +20,10 @@ from typing import Any
 import yaml
 from pydantic import ValidationError
 
-from alambic.config import DistillConfig, describe_errors
+from alambic.config import DistillConfig
+from alambic.config_problems import describe_errors
 from alambic.errors import AlambicError, ConfigError
-from alambic.store import stable_hash
+from alambic.fingerprint import model_digest, stable_hash
 from alambic.train.loop import TrainSettings
 
 log = logging.getLogger(__name__)
@@ -77,7 +78,7 @@ def train_settings(settings: DistillConfig) -> TrainSettings:
 def build_losses(loss_classes: Sequence[type], settings: DistillConfig, teacher_config: Any,
                  student_config: Any) -> list[Any]:
     """One module per loss id; each gets the settings its options name (kd: temperature, alpha)."""
-    from alambic.train.losses import NoOptions
+    from alambic.options import NoOptions
 
     losses = []
     for cls in loss_classes:
@@ -224,8 +225,7 @@ class StudentInit:
 def student_init(ctx: Any, student_class: type, init: str | None, teacher: Any, sizes: dict[str, int]) -> StudentInit:
     """Resolve a student's initialisation: ``init`` (``--init``), else ``search.student_init``,
     else the student's default; random init is said in the log."""
-    from alambic.compress.chain import model_digest
-    from alambic.data.dataset import tokenizer_fingerprint
+    from alambic.data.tokenize import tokenizer_fingerprint
     from alambic.train.model_sources import resolve_model
     from alambic.train.models import own_tokenizer, weights_folder
 
@@ -267,7 +267,7 @@ def student_init(ctx: Any, student_class: type, init: str | None, teacher: Any, 
 def check_tokenizers(loss_classes: Sequence[type], init: StudentInit, teacher_tokenizer: Any) -> None:
     """Losses beyond the cached logits run the teacher on the student's batch: that needs one
     tokenizer. Cached logits are per example, so any two tokenizers distill through them."""
-    from alambic.data.dataset import tokenizer_fingerprint
+    from alambic.data.tokenize import tokenizer_fingerprint
     from alambic.train.losses import needs_online_teacher
 
     if not needs_online_teacher(loss_classes):

@@ -27,6 +27,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from alambic.train.metrics import per_class_scores
+
 log = logging.getLogger(__name__)
 
 MODEL_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
@@ -137,12 +139,8 @@ def confusion_matrix(labels: np.ndarray, predictions: np.ndarray, num_labels: in
 def classification_metrics(confusion: np.ndarray, label_names: Sequence[str] | None = None) -> dict[str, Any]:
     """Accuracy, macro-F1 and a per-class report from a confusion matrix (rows = true labels)."""
     confusion = np.asarray(confusion, dtype=np.float64)
-    true_positive = np.diag(confusion)
-    support, predicted = confusion.sum(axis=1), confusion.sum(axis=0)
-    precision = np.divide(true_positive, predicted, out=np.zeros_like(true_positive), where=predicted > 0)
-    recall = np.divide(true_positive, support, out=np.zeros_like(true_positive), where=support > 0)
-    denominator = precision + recall
-    f1 = np.divide(2 * precision * recall, denominator, out=np.zeros_like(denominator), where=denominator > 0)
+    true_positive, support = np.diag(confusion), confusion.sum(axis=1)
+    precision, recall, f1 = per_class_scores(confusion)
     names = list(label_names) if label_names else [str(i) for i in range(len(confusion))]
     total = confusion.sum()
     return {
@@ -294,7 +292,7 @@ def fit(model: torch.nn.Module, train: Any, validation: Any, settings: TrainSett
             scaler.scale(loss / settings.gradient_accumulation).backward()
             if step % settings.gradient_accumulation == 0 or step == steps_per_epoch:
                 scaler.unscale_(optimizer)
-                _average_gradients(extra_parameters, world_size)
+                average_gradients(extra_parameters, world_size)
                 torch.nn.utils.clip_grad_norm_(trainable, settings.max_grad_norm)
                 scaler.step(optimizer)
                 scaler.update()
@@ -372,8 +370,9 @@ def restore_training_state(state: dict[str, Any], model: torch.nn.Module, optimi
     return state["epoch"] + 1, state["stale"]
 
 
-def _average_gradients(parameters: Sequence[tuple[str, torch.nn.Parameter]], world_size: int) -> None:
-    """DDP syncs the model's gradients; parameters outside it (loss projections) are synced here."""
+def average_gradients(parameters: Sequence[tuple[str, torch.nn.Parameter]], world_size: int) -> None:
+    """DDP syncs the model's gradients; parameters outside it (loss projections, a model not
+    DDP-wrapped yet) are averaged over the workers here, by hand."""
     if world_size == 1 or not torch.distributed.is_initialized():
         return
     for _, p in parameters:

@@ -22,13 +22,13 @@ torch is imported inside the functions: plugin discovery (``alambic plugins``) s
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, fields
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
 import torch.nn.functional as F
 
-from alambic.errors import AlambicError, did_you_mean
+from alambic.errors import AlambicError
+from alambic.options import NoOptions, validated
 
 if TYPE_CHECKING:
     from transformers import PretrainedConfig
@@ -162,11 +162,6 @@ def _check_index(model: str, index: Any, layers: int, where: str) -> None:
 # --- the plugin base class ------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class NoOptions:
-    """A loss without options."""
-
-
 class DistillLoss(torch.nn.Module):
     """Base of distillation-loss plugins: set ``id``, ``needs``, a docstring, maybe ``Options``.
 
@@ -192,7 +187,7 @@ class DistillLoss(torch.nn.Module):
         if isinstance(weight, bool) or not isinstance(weight, (int, float)) or weight < 0:
             raise AlambicError(f"distill loss '{self.id}': weight must be a number >= 0, got {weight!r}")
         self.weight = float(weight)
-        self.options = _options(self.id, self.Options, options)
+        self.options = validated(f"distill loss '{self.id}'", self.Options, options)
         self.layer_map = parse_layer_map(
             layer_map, teacher_config.num_hidden_layers, student_config.num_hidden_layers
         )
@@ -203,17 +198,6 @@ class DistillLoss(torch.nn.Module):
 
     def forward(self, student_out: Any, teacher_out: Any, batch: Mapping[str, Any]) -> torch.Tensor:
         raise NotImplementedError(f"{type(self).__qualname__} must define forward()")
-
-
-def _options(loss_id: str, options_class: type, given: Mapping[str, Any]) -> Any:
-    allowed = [f.name for f in fields(options_class)]
-    for key in given:
-        if key not in allowed:
-            raise AlambicError(
-                f"distill loss '{loss_id}': unknown option '{key}'{did_you_mean(key, allowed)}; "
-                f"allowed: {', '.join(allowed) or '(none)'}"
-            )
-    return options_class(**given)
 
 
 def projection(student_width: int, teacher_width: int) -> torch.nn.Module:

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from alambic.errors import AlambicError, did_you_mean
-from alambic.store import stable_hash
+from alambic.fingerprint import stable_hash
 
 log = logging.getLogger(__name__)
 

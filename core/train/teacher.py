@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from alambic.config import TeacherConfig
-from alambic.store import stable_hash
+from alambic.fingerprint import model_digest, stable_hash
 from alambic.train.loop import TrainSettings
 
 if TYPE_CHECKING:
@@ -53,7 +53,6 @@ class TeacherSource:
 
 def teacher_source(ctx: Any) -> TeacherSource:
     """Resolve ``teacher.model`` (hub id, folder, packaged model) and its own tokenizer."""
-    from alambic.compress.chain import model_digest
     from alambic.train.model_sources import resolve_model
     from alambic.train.models import own_tokenizer
 
@@ -76,7 +75,7 @@ def pruned_vocab_source(ctx: Any, source: TeacherSource) -> TeacherSource:
     stage of its own: a 250k-piece embedding would be most of what the optimizer carries."""
     from transformers import AutoModel
 
-    from alambic.data.dataset import tokenizer_fingerprint
+    from alambic.data.tokenize import tokenizer_fingerprint
     from alambic.train.models import check_vocab, load_pretrained
     from alambic.compress.pruning import PruneContext
 
@@ -193,7 +192,7 @@ def teacher_key(config: TeacherConfig, tokenized_key: str, label_names: list[str
 
 def current_teacher_key(ctx: Any, source: TeacherSource | None = None) -> str:
     """The key of the run's teacher stage (trained or not yet): nothing is trained."""
-    from alambic.data.dataset import tokenizer_fingerprint
+    from alambic.data.tokenize import tokenizer_fingerprint
 
     source = source or teacher_source(ctx)
     data = ctx.prepared

@@ -122,14 +122,6 @@ def test_data_inspect_on_thucnews():
     assert "45,000" in human.stdout and "财经" in human.stdout
 
 
-def test_readme_configuration_reference_is_the_schema():
-    from alambic.config import config_reference
-
-    readme = (PROJECT / "README.md").read_text(encoding="utf-8")
-    assert config_reference() in readme, "README is out of date: paste `alambic config schema --markdown`"
-    assert alambic("config", "schema", "--markdown").stdout == config_reference()
-
-
 def test_distill_init_starts_a_student_from_a_folder(write_config, minimal_config, tmp_path):
     """`alambic distill --init DIR`: the hub path through a local folder, from the command line."""
     import json
@@ -161,7 +153,7 @@ def inspect_data(monkeypatch, path, *options: str):
     from rich.console import Console
     from typer.testing import CliRunner
 
-    monkeypatch.setattr(cli, "console", Console(width=300))
+    monkeypatch.setattr("alambic.console.console", Console(width=300))
     return CliRunner().invoke(cli.app, ["--quiet", "data", "inspect", str(path), *options])
 
 

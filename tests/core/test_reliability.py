@@ -25,8 +25,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from pydantic import BaseModel
 
-from alambic.config import DataConfig, RunConfig, Section, TeacherConfig, TokenizerConfig, key_path, load_config
-from alambic.data.dataset import DataReport, column, describe_data, load_data, load_tokenizer, tokenize_data
+from alambic.config import DataConfig, RunConfig, Section, TeacherConfig, TokenizerConfig, load_config
+from alambic.config_problems import key_path
+from alambic.data.dataset import column, describe_data, load_data
+from alambic.data.report import DataReport
+from alambic.data.tokenize import load_tokenizer, tokenize_data
 from alambic.errors import AlambicError, ConfigError, DataError, StoreError
 from alambic.plugins.data_sources import FilesSource
 from alambic.registry import Registry
@@ -164,14 +167,14 @@ def test_emoji_only_text_is_kept_and_warned_about_as_unknown(tmp_path: Path, cap
     dsd, report = load(train=write(tmp_path, "t.tsv", rows_tsv() + "😀😂🎉\t1\n"), **TSV, split={"seed": 1})
     tokenizer = tiny_tokenizer(tmp_path)
     assert tokenizer.convert_ids_to_tokens(tokenizer("😀😂🎉")["input_ids"]) == ["[CLS]", "[UNK]", "[SEP]"]
-    with caplog.at_level(logging.WARNING, logger="alambic.data.dataset"):
+    with caplog.at_level(logging.WARNING, logger="alambic.data.tokenize"):
         tokenized = tokenize_data(dsd, tokenizer, 32, tmp_path / "cache", report.fingerprint)
     split = next(name for name, ds in dsd.items() if "😀😂🎉" in column(ds, "text"))
     warned = [r.getMessage() for r in caplog.records if "no character in the tokenizer's vocabulary" in r.getMessage()]
     assert len(warned) == 1 and f"split '{split}': 1 text(s)" in warned[0] and "'😀😂🎉'" in warned[0]
     assert len(tokenized[split]) == len(dsd[split])  # kept: a warning, not an error
     caplog.clear()
-    with caplog.at_level(logging.WARNING, logger="alambic.data.dataset"):  # a cache hit warns too
+    with caplog.at_level(logging.WARNING, logger="alambic.data.tokenize"):  # a cache hit warns too
         tokenize_data(dsd, tokenizer, 32, tmp_path / "cache", report.fingerprint)
     assert any("no character in the tokenizer's vocabulary" in r.getMessage() for r in caplog.records)
 

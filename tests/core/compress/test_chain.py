@@ -1,4 +1,4 @@
-"""core/compress/chain.py: parse the steps, prune and quantize a trained model under the guard, measure
+"""core/compress/chain.py: prune and quantize a trained model under the guard, measure
 before and after, store the result and its record, reuse it."""
 
 from __future__ import annotations
@@ -10,64 +10,15 @@ import yaml
 from rich.console import Console
 
 from alambic.compress import chain as compress_module
-from alambic.compress.chain import (
-    MeasureSettings,
-    compress,
-    format_record,
-    model_digest,
-    parse_lengths,
-    parse_steps,
-    step_label,
-)
+from alambic.compress.chain import compress
+from alambic.compress.records import MeasureSettings, format_record, parse_steps
 from alambic.config import PruningStep
 from alambic.errors import AlambicError
-from alambic.manager import build_registry
+from alambic.fingerprint import model_digest
 from alambic.compress.pruning import Pruner
 from tests.core.compress.test_guard import Scramble
 
 FAST = MeasureSettings(lengths=(8, 16), threads=1, runs=3, warmup=1)
-
-
-# --- steps ----------------------------------------------------------------------------------
-
-
-def test_steps_are_parsed_in_order():
-    steps = parse_steps(" heads:0.25, ffn:0.3 ,vocab", build_registry())
-    assert steps == [PruningStep(pruner="heads", amount=0.25), PruningStep(pruner="ffn", amount=0.3),
-                     PruningStep(pruner="vocab")]
-    assert [step_label(s) for s in steps] == ["heads:0.25", "ffn:0.3", "vocab"]
-    assert parse_steps("") == parse_steps(None) == parse_steps("none") == []
-
-
-@pytest.mark.parametrize(("text", "message"), [
-    ("heads:0.25,,vocab", r"step 2 is empty"),
-    ("heads:lots", r"step 'heads:lots': amount 'lots' is not a number"),
-    ("ffn:1.5", r"step 'ffn:1.5': amount must be a fraction in \[0, 1\]"),
-    ("ffn:nan", r"amount must be a fraction"),
-    (":0.3", r"no pruner id"),
-    ("head:0.25", r"step 'head:0.25': unknown pruners id 'head' \(did you mean 'heads'\?\)"),
-    ("vocab:0.5", r"step 'vocab:0.5': pruner 'vocab' has no strength"),
-])
-def test_bad_steps_name_the_bad_part(text, message):
-    with pytest.raises(AlambicError, match=message):
-        parse_steps(text, build_registry())
-
-
-def test_lengths_are_parsed():
-    assert parse_lengths("64, 16,32,16") == (16, 32, 64)
-    for bad in ("16,x", "", "1,16"):
-        with pytest.raises(AlambicError, match="--lengths"):
-            parse_lengths(bad)
-
-
-def test_model_digest_follows_the_content(tmp_path):
-    (tmp_path / "config.json").write_text("{}")
-    first = model_digest(tmp_path)
-    assert model_digest(tmp_path) == first
-    (tmp_path / "config.json").write_text('{"a": 1}')
-    assert model_digest(tmp_path) != first
-    (tmp_path / "manifest.json").write_text(json.dumps({"files": [{"path": "x", "sha256": "0" * 64, "size": 1}]}))
-    assert model_digest(tmp_path) != first  # a store stage: its manifest's hashes
 
 
 # --- end to end -----------------------------------------------------------------------------
@@ -271,7 +222,7 @@ def test_a_step_without_recovery_keeps_its_stage_key(recovering):
     """Stages made before recover_epochs existed stay valid: a step without recovery hashes as then."""
     from alambic.compress.chain import prune
     from alambic.run import RunContext
-    from alambic.store import stable_hash
+    from alambic.fingerprint import stable_hash
 
     root, folder = recovering
     ctx = RunContext.open(root / "run.yaml", quiet=True)
@@ -289,16 +240,6 @@ def test_recovery_after_magnitude_pruning_is_refused(recovering):
     ctx = RunContext.open(root / "run.yaml", quiet=True)
     with pytest.raises(AlambicError, match="magnitude.*regrow the zeroed weights"):
         prune(ctx, folder, [PruningStep(pruner="magnitude", amount=0.5, recover_epochs=1)])
-
-
-def test_a_plus_n_suffix_asks_for_recovery_epochs():
-    steps = parse_steps("vocab,layers:0.5+1,ffn+2")
-    assert [(s.pruner, s.amount, s.recover_epochs) for s in steps] == [
-        ("vocab", None, 0), ("layers", 0.5, 1), ("ffn", None, 2)]
-    assert [step_label(s) for s in steps] == ["vocab", "layers:0.5+1", "ffn+2"]
-    for bad in ("layers:0.5+", "layers:0.5+x", "layers:0.5+0", "layers+101"):
-        with pytest.raises(AlambicError, match="recovery epochs from 1 to 100"):
-            parse_steps(bad)
 
 
 def test_cli_compress_recovers_a_step_with_a_progress_bar(recovering):

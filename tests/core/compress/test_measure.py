@@ -19,7 +19,6 @@ from alambic.compress.measure import (
     measure_pytorch,
     model_files,
     size_on_disk,
-    timed,
     vocab_files,
 )
 
@@ -68,12 +67,6 @@ def test_size_is_the_bytes_of_the_files_a_phone_ships(folder):
         model_files(folder / "nowhere")
     with pytest.raises(AlambicError, match="no such file"):
         size_on_disk([folder / "missing.onnx"])
-
-
-def test_latency_needs_timed_runs():
-    assert set(timed(lambda: None, runs=2, warmup=0)) == {"p50", "p90"}
-    with pytest.raises(AlambicError, match="runs >= 1"):
-        timed(lambda: None, runs=0)
 
 
 def test_pytorch_measurement(folder, test_split):

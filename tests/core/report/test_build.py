@@ -14,8 +14,10 @@ import pytest
 import yaml
 
 from alambic.report import build as report_module
+from alambic.report import teacher as teacher_module
 from alambic.data.dataset import load_golden
 from alambic.errors import DataError
+from alambic.report.document import Items, Table
 
 LABELS = ("体育", "财经")
 
@@ -31,11 +33,15 @@ def run(tmp_path_factory):
     twice (vocabulary pruned + dynamic INT8 for ONNX Runtime; as it is, PyTorch), scored and timed as
     a search does (its rows, then the serial timing pass), results.parquet with those two candidates
     and a failed one, and selected.json."""
-    from alambic.compress.chain import SCORES_ONLY, MeasureSettings, compress, parse_steps, relative_path
-    from alambic.search.front import load_results, select, write_selected
+    from alambic.compress.chain import compress, relative_path
+    from alambic.compress.records import SCORES_ONLY, MeasureSettings, parse_steps
+    from alambic.search.front import load_results
     from alambic.search.front import mark_front as rank
     from alambic.run import RunContext
-    from alambic.search.tune import Candidate, _base_row, mark_front, scores, write_results
+    from alambic.search.results import mark_front, write_results
+    from alambic.search.select import select, write_selected
+    from alambic.search.space import Candidate
+    from alambic.search.tune import _base_row, scores
     from alambic.train.teacher import train_teacher
     from alambic.search.timing import time_candidates
 
@@ -92,7 +98,7 @@ def section(report, id):
 
 
 def tables(report, id):
-    return [b for b in section(report, id).blocks if isinstance(b, report_module.Table)]
+    return [b for b in section(report, id).blocks if isinstance(b, Table)]
 
 
 def test_every_section_is_written_and_only_the_export_is_missing(written):
@@ -152,7 +158,7 @@ def test_data_teacher_selection_and_guard_sections(written, run):
     assert [r[0] for r in teacher.rows] == ["validation", "test", "golden"]
     assert f"`{selection.candidate_id}`" in tables(report, "selected")[0].rows[0][1]
     blocks = section(report, "selected").blocks
-    assert any(isinstance(b, report_module.Items) and any("meets size" in line for line in b.lines) for b in blocks)
+    assert any(isinstance(b, Items) and any("meets size" in line for line in b.lines) for b in blocks)
     decisions = tables(report, "guard")
     record = json.loads((ctx.store.local_path(selection.row["stage"]) / "record.json").read_text())
     if record["decisions"]:
@@ -209,7 +215,7 @@ def test_a_second_report_measures_and_evaluates_nothing_and_shows_the_export(run
                  max_length=16, registry=ctx.registry)
     monkeypatch.setattr(measure, "measure_pytorch", lambda *a, **k: pytest.fail("the teacher was measured again"))
     monkeypatch.setattr(measure, "measure_onnx", lambda *a, **k: pytest.fail("the teacher was timed again"))
-    monkeypatch.setattr(report_module, "_evaluate", lambda *a, **k: pytest.fail("evaluated again"))
+    monkeypatch.setattr(teacher_module, "_evaluate", lambda *a, **k: pytest.fail("evaluated again"))
     report = report_module.build_report(ctx)
     assert report.missing == []
     export = section(report, "export")
@@ -287,23 +293,12 @@ def test_speed_up_is_against_the_teacher_in_its_fastest_runtime_split_exactly(wr
     # over the teacher in the candidate's runtime, that over the candidate; the total against the
     # baseline, not against PyTorch fp32 by default
     path, threads = ctx.store.local_path(f"stages/{key}"), int(row["latency_threads"])
-    p50 = {rt: report_module.teacher_measurement(ctx, key, path, runtime=rt, threads=threads).headline()[
+    p50 = {rt: teacher_module.teacher_measurement(ctx, key, path, runtime=rt, threads=threads).headline()[
         "latency_p50_ms"] for rt in ("pytorch", "onnxruntime")}
     assert fastest[2] == {"pytorch": "PyTorch fp32", "onnxruntime": "ONNX Runtime fp32"}[min(p50, key=p50.get)]
     assert runtime_share == pytest.approx(min(p50.values()) / p50[row["runtime"]], abs=0.006)  # 2 decimals shown
     assert compression == pytest.approx(p50[row["runtime"]] / row["latency_p50_ms"], abs=0.006)
     assert total == pytest.approx(min(p50.values()) / row["latency_p50_ms"], abs=0.006)
-
-
-def test_speed_up_split_is_exact():
-    s = report_module.speed_up({"pytorch": 46.0, "onnxruntime": 28.5}, "onnxruntime", 1.33)
-    assert (s.baseline, s.runtime, s.runtime_share) == ("onnxruntime", "onnxruntime", 1.0)
-    assert s.total == s.runtime_share * s.compression_share == pytest.approx(28.5 / 1.33)
-    s = report_module.speed_up({"pytorch": 46.0, "onnxruntime": 28.5}, "pytorch", 9.0)  # a slower runtime costs
-    assert s.baseline == "onnxruntime" and s.runtime_share == pytest.approx(28.5 / 46.0)
-    assert s.compression_share == pytest.approx(46.0 / 9.0) and s.total == pytest.approx(28.5 / 9.0)
-    assert report_module.speed_up({"pytorch": 46.0}, "onnxruntime", 1.0) is None  # no teacher in that runtime
-    assert report_module.speed_up({"pytorch": 46.0}, "pytorch", None) is None
 
 
 def test_accuracy_drops_against_the_student_and_the_teacher_use_the_same_split(written, run):

@@ -25,13 +25,12 @@ from alambic.report.compare import (
     format_report,
     layer_pairs,
     linear_cka,
-    macro_f1,
     mean_pool,
 )
 from alambic.errors import AlambicError
 from alambic.manager import build_registry
 
-VOCAB = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "bert-base-chinese" / "vocab.txt"
+from tests.conftest import VOCAB  # noqa: E402
 needs_vocab = pytest.mark.skipif(not VOCAB.is_file(), reason=f"shared data not found at {VOCAB}")
 BERT_TINY = {"layers": 2, "hidden": 32, "heads": 2, "ffn": 64}
 ADAPTER_TINY = {"layers": 2, "hidden": 64, "heads": 2, "ffn": 128}
@@ -159,12 +158,6 @@ def test_layer_pairs_use_the_uniform_map():
     assert layer_pairs(4, 6) == [(0, 0), (1, 2), (2, 3), (3, 5), (4, 6)]  # halves round up
     assert layer_pairs(6, 4) == [(0, 0), (2, 1), (3, 2), (5, 3), (6, 4)]
     assert layer_pairs(12, 4) == [(0, 0), (3, 1), (6, 2), (9, 3), (12, 4)]
-
-
-def test_macro_f1_matches_a_hand_computation():
-    labels, preds = [0, 0, 1, 1, 2, 2], [0, 1, 1, 1, 0, 2]
-    # class 0: tp 1 fp 1 fn 1 -> 0.5; class 1: tp 2 fp 1 fn 0 -> 0.8; class 2: tp 1 fn 1 -> 2/3
-    assert macro_f1(labels, preds) == pytest.approx((0.5 + 0.8 + 2 / 3) / 3)
 
 
 @pytest.mark.parametrize(("extra_right", "flag"), [(10, False), (11, True), (-11, True), (0, False)])

@@ -15,45 +15,11 @@ import pytest
 import yaml
 
 from alambic.config import PruningStep, SearchConfig
-from alambic.errors import AlambicError, ConfigError
+from alambic.errors import AlambicError
 from alambic.compress.pruning import Pruner
-from alambic.search.tune import Space, max_concurrent, memo_counts, trial_resources
+from alambic.search.tune import max_concurrent, trial_resources
 
-# --- the space (no Ray) -----------------------------------------------------------------------
-
-
-def space_of(**search) -> Space:
-    return Space(SearchConfig.model_validate({"students": ["roberta-l4", "tinybert-4l"], **search}))
-
-
-def test_grid_is_the_product_and_params_map_back_to_candidates():
-    space = space_of(space={"temperature": {"choice": [2.0, 4.0]}, "alpha": 0.5,
-                            "losses": {"choice": [["kd"], ["kd", "hidden-mse"]]}},
-                     pruning=[[], [{"pruner": "ffn", "amount": 0.3}]], quantization=["none", "dynamic-int8"])
-    params = space.param_space("grid")
-    assert params["student"] == {"grid_search": ["roberta-l4", "tinybert-4l"]}
-    assert params["pruning"] == {"grid_search": [0, 1]}
-    assert params["distill"]["losses"] == {"grid_search": [0, 1]}  # lists go by index (Optuna takes no lists)
-    assert "alpha" not in params["distill"]  # a fixed value is no dimension
-    assert space.size() == 2 * 2 * 2 * 2 * 2
-    candidate = space.candidate({"student": "tinybert-4l", "pruning": 1, "quantization": "dynamic-int8",
-                                 "distill": {"temperature": 4.0, "losses": 1}})
-    assert candidate.settings == {"temperature": 4.0, "alpha": 0.5, "losses": ["kd", "hidden-mse"]}
-    assert candidate.pruning == (PruningStep(pruner="ffn", amount=0.3),) and candidate.pruning_label == "ffn:0.3"
-    again = space.candidate({"student": "tinybert-4l", "pruning": 1, "quantization": "dynamic-int8",
-                             "distill": {"temperature": 4.0, "losses": 1}})
-    assert again.id == candidate.id and len(candidate.id) == 12
-
-
-def test_random_and_optuna_spaces_sample_and_grid_refuses_ranges():
-    from ray.tune.search.sample import Categorical, Float
-
-    space = space_of(space={"learning_rate": {"loguniform": [1e-4, 1e-2]}, "temperature": {"grid": [1.0, 2.0]}})
-    params = space.param_space("nsga2")
-    assert isinstance(params["distill"]["learning_rate"], Float)
-    assert isinstance(params["distill"]["temperature"], Categorical)  # Optuna knows no grid
-    with pytest.raises(ConfigError, match=r"search.space.learning_rate: algorithm 'grid' needs choice"):
-        space.param_space("grid")
+# --- the config and the cluster (no Ray) ----------------------------------------------------
 
 
 @pytest.mark.parametrize(("space", "message"), [
@@ -80,16 +46,6 @@ def test_concurrency_comes_from_the_cluster():
     assert max_concurrent(gpu, {"CPU": 4}) is None  # no GPU node up yet: Tune queues, the autoscaler adds
     fixed = SearchConfig.model_validate({"students": ["roberta-l4"], "resources": {"max_concurrent": 3}})
     assert max_concurrent(fixed, {"CPU": 1}) == 3
-
-
-def test_memo_counts_count_builds_and_reuses():
-    rows = [{"status": "ok", "distill_key": "a", "distill_reused": False, "prune_key": None,
-             "compress_key": "x", "compress_reused": False},
-            {"status": "ok", "distill_key": "a", "distill_reused": True, "prune_key": "p", "prune_reused": False,
-             "compress_key": "y", "compress_reused": False},
-            {"status": "failed", "distill_key": "a", "distill_reused": True}]
-    assert memo_counts(rows) == {"distill": {"ran": 0 + 1, "reused": 2}, "prune": {"ran": 1, "reused": 0},
-                                 "compress": {"ran": 2, "reused": 0}, "candidates": {"ok": 2, "failed": 1}}
 
 
 def test_a_trial_keys_its_stages_by_the_drivers_data_and_loads_the_data_only_to_build():
@@ -200,7 +156,7 @@ def test_a_candidate_whose_plugin_raises_fails_and_the_others_complete(searched)
 def test_results_parquet_has_one_row_per_candidate(searched):
     import pyarrow.parquet as pq
 
-    from alambic.search.tune import COLUMNS
+    from alambic.search.results import COLUMNS
 
     ctx, first, _, _ = searched
     table = pq.read_table(ctx.store.local_path("results.parquet"))
@@ -242,7 +198,7 @@ def run_candidates(path: Path, candidates: list) -> dict[str, dict]:
 def test_a_candidate_is_rebuilt_when_any_input_changes_and_reused_when_none_does(tmp_path, monkeypatch):
     """Before: a candidate's row was found by its point in the space alone, and a search after a
     change of data, teacher, distill settings, guard or student size reported the old rows."""
-    from alambic.search.tune import Candidate
+    from alambic.search.space import Candidate
 
     monkeypatch.chdir(tmp_path)
     path = tiny_run(tmp_path, name="inputs")
@@ -300,9 +256,9 @@ def test_latency_is_timed_after_the_search_keyed_by_settings_and_machine(tmp_pat
     """Trials score accuracy and size only; the serial pass times each artifact, reuses a timing
     made here with the same settings, and never one made on another machine."""
     import alambic.machine
-    from alambic.compress.chain import MeasureSettings
+    from alambic.compress.records import MeasureSettings
     from alambic.run import RunContext
-    from alambic.search.tune import Candidate
+    from alambic.search.space import Candidate
     from alambic.search.timing import time_candidates
 
     monkeypatch.chdir(tmp_path)

@@ -14,14 +14,16 @@ import pytest
 from rich.console import Console
 
 from alambic.errors import AlambicError, PluginError
-from alambic.ship.export import export_stage, format_verification, load_source, resolve_stage
+from alambic.ship.export import export_stage, format_verification, resolve_stage
+from alambic.ship.exporter import load_source
 
 
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
     """A run of 160 headlines whose label is their first character, a 2-layer roberta-l4 trained on
     them, and its compress stage (vocabulary pruned, dynamic INT8 for ONNX Runtime)."""
-    from alambic.compress.chain import MeasureSettings, compress, parse_steps
+    from alambic.compress.chain import compress
+    from alambic.compress.records import MeasureSettings, parse_steps
     from tests.conftest import train_tiny_run
 
     root = tmp_path_factory.mktemp("export-run")
@@ -317,7 +319,7 @@ def test_a_model_with_a_sentencepiece_tokenizer_exports_with_it(run, tmp_path):
     from transformers import BertForSequenceClassification
 
     from alambic.train.models import Size, bert_config
-    from tests.plugins.test_pruners import xlmr_like
+    from tests.plugins.test_vocabulary import xlmr_like
 
     root, ctx, _ = run
     texts = list(ctx.prepared.raw["train"]["text"])

@@ -149,7 +149,7 @@ def test_a_pretrained_teacher_reads_with_its_own_pruned_tokenizer(run_with_pretr
 def test_distillation_between_two_tokenizers_goes_through_the_cached_logits(run_with_pretrained_teacher):
     from transformers import AutoTokenizer
 
-    from alambic.data.dataset import tokenizer_fingerprint
+    from alambic.data.tokenize import tokenizer_fingerprint
 
     ctx = run_with_pretrained_teacher(student_sizes=SIZES)
     record = distill(ctx, "roberta-l4", local=True)

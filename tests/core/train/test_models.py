@@ -26,7 +26,7 @@ from alambic.train.models import (
     teacher_config,
 )
 
-VOCAB = Path(__file__).resolve().parents[3] / "shared" / "data" / "bert-base-chinese" / "vocab.txt"
+from tests.conftest import VOCAB  # noqa: E402
 TINY = {"layers": 2, "hidden": 64, "heads": 2, "ffn": 128}
 
 

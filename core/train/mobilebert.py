@@ -40,7 +40,7 @@ import torch
 
 from alambic.errors import AlambicError
 from alambic.train.losses import attention_kl, masked_mse, projection, uniform_layer_map
-from alambic.train.loop import MODEL_INPUTS, TrainSettings, iterate, make_optimizer
+from alambic.train.loop import MODEL_INPUTS, TrainSettings, average_gradients, iterate, make_optimizer
 
 log = logging.getLogger(__name__)
 
@@ -249,7 +249,7 @@ def _transfer_layer(adapter: Any, teacher: Any, layer: int, donor_layer: int, tr
             feature, attention = _stage_losses(student, proj, inputs, layer, target)
             optimizer.zero_grad(set_to_none=True)
             (feature + attention).backward()
-            _average_gradients(params, context.world_size)
+            average_gradients(named, context.world_size)  # the adapter is not DDP-wrapped yet
             torch.nn.utils.clip_grad_norm_(params, settings.max_grad_norm)
             optimizer.step()
             if probe is None:  # the first batch, kept to measure the stage's effect on the same data
@@ -303,16 +303,6 @@ def eager_twin(model: Any) -> Any:
     twin = type(model)(config)
     twin.load_state_dict(model.state_dict())
     return twin.to(next(model.parameters()).device)
-
-
-def _average_gradients(params: Sequence[torch.nn.Parameter], world_size: int) -> None:
-    """The adapter is not DDP-wrapped yet: average the trained parameters' gradients by hand."""
-    if world_size == 1 or not torch.distributed.is_initialized():
-        return
-    for p in params:
-        if p.grad is not None:
-            torch.distributed.all_reduce(p.grad)
-            p.grad /= world_size
 
 
 def _mean_over_ranks(values: torch.Tensor, world_size: int) -> list[float]:

@@ -1,4 +1,4 @@
-"""plugins/mobilebert_transfer.py: a tiny roberta-l4 donor transferred into a tiny MobileBERT adapter."""
+"""core/train/mobilebert.py: a tiny roberta-l4 donor transferred into a tiny MobileBERT adapter."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from datasets import Dataset
 from alambic.config import DistillConfig
 from alambic.train.distributed import WorkerContext
 from alambic.errors import AlambicError
-from alambic.plugins.mobilebert_transfer import eager_twin, init_from_donor, layerwise_transfer
+from alambic.train.mobilebert import eager_twin, init_from_donor, layerwise_transfer
 from alambic.plugins.students import MobileBertAdapter, RobertaL4
 
 VOCAB = 200

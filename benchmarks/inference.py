@@ -18,7 +18,7 @@ config; the others are the student plugins. Runtimes, one row per (model, runtim
                                      EmbedLayerNormalization), ORT's default session
   ... + dynamic int8                 int8_dynamic of that graph, ORT's default session
   ONNX Runtime fused                 alambic's graph and session: the same fusions but
-                                     SkipLayerNormalization (alambic.ship.onnx_export.SLOW_FUSIONS),
+                                     SkipLayerNormalization (alambic.compress.onnx_export.SLOW_FUSIONS),
                                      which the session does not re-create at load either
   ONNX Runtime fused + dynamic int8  int8_dynamic of alambic's fused graph, alambic's session: what
                                      the dynamic-int8 quantizer ships and measures by default
@@ -94,7 +94,7 @@ from alambic.manager import build_registry
 from alambic.compress.latency import latency_ms, onnx_latency_ms, timed, torch_threads
 from alambic.compress.measure import REFERENCE_LENGTH
 from alambic.train.models import teacher_config
-from alambic.ship.onnx_export import (
+from alambic.compress.onnx_export import (
     attention_dims,
     export_onnx,
     file_bytes,

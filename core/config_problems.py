@@ -117,7 +117,7 @@ def check_plugin_ids(raw: dict[str, Any], registry: Registry) -> list[str]:
 
 def _packaged_names(teacher_model: Any, inits: Any) -> list[tuple[str, str]]:
     """(key, name) for each ``<source>:<model>`` the config names as weights."""
-    from alambic.train.model_sources import parse_packaged
+    from alambic.model_sources import parse_packaged
 
     inits = inits if isinstance(inits, dict) else {}
     named = [("teacher.model", teacher_model)] + [(f"search.student_init.{k}", v) for k, v in inits.items()]

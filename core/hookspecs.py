@@ -54,7 +54,7 @@ def alambic_register_datasets(register: KindRegistry) -> None:
 @_hookspec
 def alambic_register_model_sources(register: KindRegistry) -> None:
     """Add sources of pretrained models other than the hub (a subclass of
-    :class:`alambic.train.model_sources.ModelSource`): ``<id>:<model>`` names one of its models in
+    :class:`alambic.model_sources.ModelSource`): ``<id>:<model>`` names one of its models in
     ``teacher.model`` or a student's ``init``, converted once into a transformers folder.
 
     :param register: call ``register.add(SourceClass)`` for each source.

@@ -202,7 +202,7 @@ def teacher_architecture(ctx: Any) -> dict[str, int]:
     import json
     from pathlib import Path
 
-    from alambic.train.model_sources import resolve_model
+    from alambic.model_sources import resolve_model
 
     teacher = ctx.config.teacher
     bert_base = {"layers": 12, "hidden": 768, "ffn": 3072}

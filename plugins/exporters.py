@@ -13,7 +13,7 @@ coreml  ``Classifier.mlpackage`` (ML Program, iOS16, fp16, int8 weights for   sp
         neural-network pipeline); vocab.txt + tokenizer.json                 layer, loss, optimizer
 ======  ===================================================================  ===========================
 
-Each class adapts functions of :mod:`alambic.ship.onnx_export` and :mod:`alambic.ship.coreml_export`.
+Each class adapts functions of :mod:`alambic.compress.onnx_export` and :mod:`alambic.ship.coreml_export`.
 """
 
 from __future__ import annotations
@@ -167,7 +167,7 @@ class Onnx(Exporter):
 
     @classmethod
     def export(cls, source: ExportSource, folder: Path, options: OnnxOptions) -> Exported:
-        from alambic.ship.onnx_export import SLOW_FUSIONS, export_onnx, file_bytes
+        from alambic.compress.onnx_export import SLOW_FUSIONS, export_onnx, file_bytes
 
         path, notes = folder / "model.onnx", []
         quantized = source.runtime == "onnxruntime" and source.artifact is not None \
@@ -230,7 +230,7 @@ def ort_checks(source: ExportSource, path: Path, quantized: bool) -> list[Check]
     name = "ONNX Runtime vs PyTorch (test split)"
     if source.test is None:
         return [Check(name, None, "no test split given: not run")]
-    from alambic.ship.onnx_export import compare_logits
+    from alambic.compress.onnx_export import compare_logits
 
     found = compare_logits(source.model, path, source.test, max_examples=len(source.test))
     need = MIN_QUANTIZED_AGREEMENT if quantized else 1.0

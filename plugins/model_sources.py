@@ -40,7 +40,7 @@ from typing import TYPE_CHECKING, Any
 import alambic
 from alambic.errors import AlambicError
 from alambic.fingerprint import file_sha256
-from alambic.train.model_sources import ModelSource
+from alambic.model_sources import ModelSource
 
 if TYPE_CHECKING:
     import numpy as np

@@ -2,6 +2,8 @@
 
 - no import cycles between alambic's modules, counting module-level, function-level and
   type-checking imports alike;
+- arrows run one way, down ``LAYERS``: the frame, then the phases in the order a run goes through
+  them, then the drivers (pipeline, console, CLI); the one arrow against the flow is named, with why;
 - core (``alambic.*``) never imports a plugin (``alambic.plugins.*``), and no plugin imports another;
 - a command module is nobody's library: ``alambic.cli`` is imported by no module, and
   ``alambic.report.compare`` (the ``compare`` command) by the CLI alone;
@@ -24,6 +26,15 @@ from tests.core.test_lean_import import LAZY
 
 MAX_LINES = 500
 ROOTS = {"core": "alambic", "plugins": "alambic.plugins"}  # source folder -> package (pyproject)
+#: a module imports only from its own layer or an earlier one (plugins sit outside: they import any of core)
+LAYERS = ("frame", "alambic.data", "alambic.run", "alambic.train", "alambic.compress", "alambic.search",
+          "alambic.ship", "alambic.report", "drivers")
+DRIVERS = {"alambic.pipeline", "alambic.console", "alambic.cli"}
+AGAINST_THE_FLOW = {
+    ("alambic.train.teacher", "alambic.compress.pruning"):
+        "a packaged teacher's 250k-piece vocabulary is cut to its train split by the vocabulary pruner, "
+        "which takes the pruners' context",
+}
 COMMANDS = {"alambic.cli": set(), "alambic.report.compare": {"alambic.cli"}}  # command -> who may import it
 
 
@@ -146,6 +157,18 @@ def find_cycle(graph: dict[str, set[str]]) -> list[str]:
     return []
 
 
+def layer(module: str) -> int | None:
+    """The index of ``module``'s layer in LAYERS; None for a plugin."""
+    if module.startswith("alambic.plugins"):
+        return None
+    if module in DRIVERS:
+        return LAYERS.index("drivers")
+    for index, name in enumerate(LAYERS):
+        if module == name or module.startswith(name + "."):
+            return index
+    return LAYERS.index("frame")
+
+
 def _where(i: Import) -> str:
     return f"{MODULES[i.source].relative_to(PROJECT)}:{i.line}"
 
@@ -153,6 +176,16 @@ def _where(i: Import) -> str:
 def test_no_import_cycles():
     cycle = find_cycle(_edges({"top", "typing", "function"}))
     assert not cycle, "import cycle: " + " -> ".join(cycle)
+
+
+def test_arrows_run_down_the_layers():
+    upward = {(i.source, i.target): i for i in IMPORTS if i.target in MODULES
+              and None not in (layer(i.source), layer(i.target)) and layer(i.target) > layer(i.source)}
+    wrong = [f"{_where(i)}: {i.source} ({LAYERS[layer(i.source)]}) imports {i.target} ({LAYERS[layer(i.target)]})"
+             for pair, i in upward.items() if pair not in AGAINST_THE_FLOW]
+    assert not wrong, "\n".join(wrong)
+    stale = set(AGAINST_THE_FLOW) - set(upward)
+    assert not stale, f"AGAINST_THE_FLOW names arrows that no longer exist: {sorted(stale)}"
 
 
 def test_core_never_imports_a_plugin_and_plugins_not_each_other():

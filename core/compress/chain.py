@@ -351,7 +351,7 @@ def artifact_scores(quantized: Any, split: Any, threads: int) -> dict[str, Any]:
     """Accuracy, macro-F1 and row count of a quantizer's result on ``split``, in its runtime."""
     if quantized.runtime == "onnxruntime":
         from alambic.compress.measure import onnx_evaluate
-        from alambic.ship.onnx_export import ort_session
+        from alambic.compress.onnx_export import ort_session
 
         return onnx_evaluate(ort_session(_onnx_file(quantized), threads), split)
     from alambic.train.loop import evaluate
@@ -376,7 +376,7 @@ def relative_path(path: Any, folder: Path) -> Any:
 
 def _agreement(source: Path, quantized: Path, test: Any, threads: int) -> dict[str, Any]:
     """Argmax agreement of the quantized graph with its fp32 ONNX source on the whole test split."""
-    from alambic.ship.onnx_export import compare_logits
+    from alambic.compress.onnx_export import compare_logits
 
     found = compare_logits(source, quantized, test, max_examples=len(test), threads=threads)
     found |= {"reference": source.name, "split": "test", "threshold": MIN_AGREEMENT,

@@ -64,7 +64,7 @@ def onnx_input(vocab_size: int, length: int) -> dict[str, Any]:
 def onnx_latency_ms(session: Any, vocab_size: int, length: int = 32, runs: int = 50,
                     warmup: int = 10) -> dict[str, float]:
     """p50/p90 milliseconds of one ONNX Runtime run at batch 1 (the session's threads)."""
-    from alambic.ship.onnx_export import ort_logits
+    from alambic.compress.onnx_export import ort_logits
 
     batch = onnx_input(vocab_size, length)
     return timed(lambda: ort_logits(session, batch), runs, warmup)

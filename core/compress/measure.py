@@ -140,7 +140,7 @@ def file_sizes(files: Iterable[str | os.PathLike[str]]) -> dict[str, int]:
         if not path.is_file():
             raise AlambicError(f"cannot measure {path}: no such file")
         if path.suffix == ".onnx":
-            from alambic.ship.onnx_export import file_bytes
+            from alambic.compress.onnx_export import file_bytes
 
             sizes[path.name] = file_bytes(path)
         else:
@@ -177,7 +177,7 @@ def onnx_evaluate(session: Any, dataset: Any, batch_size: int = 64) -> dict[str,
     """Accuracy, macro-F1, per-class report of an ONNX Runtime session on a tokenized split."""
     import numpy as np
 
-    from alambic.ship.onnx_export import ort_logits
+    from alambic.compress.onnx_export import ort_logits
     from alambic.train.loop import classification_metrics, confusion_matrix, iterate
 
     names = dataset.features["label"].names
@@ -262,7 +262,7 @@ def measure_onnx(onnx_path: str | os.PathLike[str], dataset: Any, lengths: Seque
     import onnxruntime
 
     from alambic.machine import describe
-    from alambic.ship.onnx_export import ort_session
+    from alambic.compress.onnx_export import ort_session
 
     lengths = _check(dataset, lengths)
     threads = threads or DEFAULT_THREADS
@@ -301,7 +301,7 @@ def measure_speed(runtime: str, artifact: str | os.PathLike[str], lengths: Seque
     if runtime == "onnxruntime":
         import onnxruntime
 
-        from alambic.ship.onnx_export import ort_session
+        from alambic.compress.onnx_export import ort_session
 
         if not vocab_size:
             raise AlambicError(f"timing {path}: no vocab_size to draw its inputs from (its model folder's config.json)")

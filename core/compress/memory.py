@@ -50,7 +50,7 @@ def _memory_child(runtime: str, path: str, length: int, threads: int, vocab_size
         import numpy  # noqa: F401 - the imports count in the baseline, not in the model's cost
         import onnxruntime  # noqa: F401
 
-        from alambic.ship.onnx_export import ort_logits, ort_session
+        from alambic.compress.onnx_export import ort_logits, ort_session
 
         baseline = own_peak_rss()
         session = ort_session(path, threads)

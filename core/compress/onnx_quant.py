@@ -100,7 +100,7 @@ def int8_static(source: str | os.PathLike[str], out: str | os.PathLike[str], cal
 @contextlib.contextmanager
 def _shapes_inferred(source: str | os.PathLike[str]) -> Iterator[Path]:
     """``source``, or a copy annotated by ONNX Runtime's symbolic shape inference if it holds ORT's
-    fused operators (a graph from :func:`~alambic.ship.onnx_export.optimize_onnx`).
+    fused operators (a graph from :func:`~alambic.compress.onnx_export.optimize_onnx`).
 
     The quantizer must know each tensor's type; ONNX's own shape inference stops at the contrib
     ops (Attention, SkipLayerNormalization, ...) and the quantizer then fails ("Unable to find

@@ -68,7 +68,7 @@ class QuantSource:
         if self.onnx is None:
             if self.model is None:
                 raise AlambicError("quantization needs a source: a PyTorch model or an ONNX file")
-            from alambic.ship.onnx_export import export_onnx
+            from alambic.compress.onnx_export import export_onnx
 
             self.onnx = export_onnx(self.model, context.work_dir / "fp32.onnx",
                                     use_token_type_ids=context.use_token_type_ids)

@@ -107,7 +107,7 @@ def _time_teacher(ctx: RunContext, path: Path, runtime: str, threads: int, setti
 
     from alambic.compress.measure import measure_onnx, measure_pytorch, vocab_files
     from alambic.train.models import load_pretrained
-    from alambic.ship.onnx_export import attention_dims, export_onnx, optimize_onnx
+    from alambic.compress.onnx_export import attention_dims, export_onnx, optimize_onnx
 
     tokenized, _ = ctx.tokenize(AutoTokenizer.from_pretrained(str(path)))  # the teacher's own tokenizer
     if runtime == "pytorch":
@@ -161,7 +161,7 @@ def _evaluate(ctx: RunContext, model_dir: Path, rows: Any, runtime: str, artifac
         tokenized = rows.map(encode, batched=True, remove_columns=["text"], new_fingerprint=uuid.uuid4().hex)
     if runtime == "onnxruntime":
         from alambic.compress.measure import onnx_evaluate
-        from alambic.ship.onnx_export import ort_session
+        from alambic.compress.onnx_export import ort_session
 
         return onnx_evaluate(ort_session(artifact, 1), tokenized)
     if runtime != "pytorch":

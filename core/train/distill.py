@@ -226,7 +226,7 @@ def student_init(ctx: Any, student_class: type, init: str | None, teacher: Any, 
     """Resolve a student's initialisation: ``init`` (``--init``), else ``search.student_init``,
     else the student's default; random init is said in the log."""
     from alambic.data.tokenize import tokenizer_fingerprint
-    from alambic.train.model_sources import resolve_model
+    from alambic.model_sources import resolve_model
     from alambic.train.models import own_tokenizer, weights_folder
 
     sid = student_class.id

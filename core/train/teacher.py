@@ -53,7 +53,7 @@ class TeacherSource:
 
 def teacher_source(ctx: Any) -> TeacherSource:
     """Resolve ``teacher.model`` (hub id, folder, packaged model) and its own tokenizer."""
-    from alambic.train.model_sources import resolve_model
+    from alambic.model_sources import resolve_model
     from alambic.train.models import own_tokenizer
 
     config, data = ctx.config.teacher, ctx.prepared

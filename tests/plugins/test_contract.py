@@ -24,9 +24,9 @@ def contract_datasets(cls: type) -> None:
 
 def contract_model_sources(cls: type) -> None:
     """Without converting anything: conversions are tested per source (they take seconds)."""
-    from alambic.train.model_sources import ModelSource, parse_packaged
+    from alambic.model_sources import ModelSource, parse_packaged
 
-    assert issubclass(cls, ModelSource), "a model source subclasses alambic.train.model_sources.ModelSource"
+    assert issubclass(cls, ModelSource), "a model source subclasses alambic.model_sources.ModelSource"
     assert cls.models, "a model source names at least one model"
     assert all(parse_packaged(f"{cls.id}:{model}") == (cls.id, model) for model in cls.models), \
         "'<id>:<model>' must parse as a packaged name"

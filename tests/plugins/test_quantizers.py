@@ -16,7 +16,7 @@ import pytest
 
 from alambic.errors import AlambicError
 from alambic.manager import build_registry, get_plugin_manager
-from alambic.ship.onnx_export import compare_logits, export_onnx
+from alambic.compress.onnx_export import compare_logits, export_onnx
 from alambic.plugins.quantizers import DynamicInt8, Fp16, Mixed, StaticInt8
 from alambic.compress.quantization import QuantContext, QuantSource
 from tests.core.ship.test_onnx_export import SIZE, tiny_classifier, tiny_data

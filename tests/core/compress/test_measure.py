@@ -102,7 +102,7 @@ def test_pytorch_measurement(folder, test_split):
 def test_onnx_measurement_and_the_table(folder, test_split, tmp_path):
     from transformers import AutoModelForSequenceClassification
 
-    from alambic.ship.onnx_export import export_onnx, file_bytes
+    from alambic.compress.onnx_export import export_onnx, file_bytes
 
     model = AutoModelForSequenceClassification.from_pretrained(folder)
     path = export_onnx(model, tmp_path / "model.onnx")

@@ -17,7 +17,7 @@ import pytest
 from onnx import TensorProto
 
 from alambic.errors import AlambicError
-from alambic.ship.onnx_export import compare_logits, export_onnx, file_bytes, optimize_onnx
+from alambic.compress.onnx_export import compare_logits, export_onnx, file_bytes, optimize_onnx
 from alambic.compress.onnx_quant import (
     int8_dynamic,
     int8_static,

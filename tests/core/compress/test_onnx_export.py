@@ -17,7 +17,7 @@ import pytest
 import torch
 
 from alambic.errors import AlambicError
-from alambic.ship.onnx_export import (
+from alambic.compress.onnx_export import (
     attention_dims,
     compare_logits,
     export_onnx,

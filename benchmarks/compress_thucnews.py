@@ -20,10 +20,10 @@ import time
 
 from alambic import machine
 from alambic.compress.chain import compress
-from alambic.compress.records import MeasureSettings, parse_steps
-from alambic.train.distill import distill
 from alambic.compress.guard import final_outcome
+from alambic.compress.records import MeasureSettings, parse_steps
 from alambic.run import RunContext
+from alambic.train.distill import distill
 from alambic.train.teacher import train_teacher
 
 #: name -> (pruning steps, quantizer, quantizer options); "step+N": N recovery epochs

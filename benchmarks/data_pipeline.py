@@ -14,8 +14,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from alambic.config import load_config
 from alambic import machine
+from alambic.config import load_config
 from alambic.data.dataset import load_data
 from alambic.data.tokenize import prepare_tokenizer, tokenize_data
 from alambic.manager import build_registry

@@ -86,14 +86,13 @@ import numpy as np
 import onnx
 import onnxruntime
 import torch
+from datasets import DatasetDict
+from onnx import TensorProto, helper, numpy_helper
+from transformers import BertForSequenceClassification
+
 from alambic import machine
-from alambic.config import load_config
-from alambic.data.dataset import load_data
-from alambic.data.tokenize import prepare_tokenizer, tokenize_data
-from alambic.manager import build_registry
 from alambic.compress.latency import latency_ms, onnx_latency_ms, timed, torch_threads
 from alambic.compress.measure import REFERENCE_LENGTH
-from alambic.train.models import teacher_config
 from alambic.compress.onnx_export import (
     attention_dims,
     export_onnx,
@@ -104,9 +103,11 @@ from alambic.compress.onnx_export import (
 )
 from alambic.compress.onnx_quant import int8_dynamic, int8_static
 from alambic.compress.quantization import int8_dynamic_torch
-from datasets import DatasetDict
-from onnx import TensorProto, helper, numpy_helper
-from transformers import BertForSequenceClassification
+from alambic.config import load_config
+from alambic.data.dataset import load_data
+from alambic.data.tokenize import prepare_tokenizer, tokenize_data
+from alambic.manager import build_registry
+from alambic.train.models import teacher_config
 
 MODELS = ("teacher", "roberta-l4", "tinybert-4l", "mobilebert-adapter")
 NUM_LABELS = 10

@@ -39,8 +39,8 @@ from alambic.config import load_config
 from alambic.data.dataset import load_data
 from alambic.data.tokenize import prepare_tokenizer, tokenize_data
 from alambic.manager import build_registry
-from alambic.train.models import teacher_config
 from alambic.train.loop import global_batches
+from alambic.train.models import teacher_config
 
 # the workload
 SAMPLES, CLASSES, EPOCHS = 42_000, 16, 3

@@ -74,8 +74,8 @@ def instrumented(clock: Clock) -> Iterator[None]:
     replacing the module attributes is enough; everything is put back on exit."""
     import ray.tune
 
-    import alambic.train.distributed
     import alambic.search.tune
+    import alambic.train.distributed
     import alambic.train.teacher
 
     patched: list[tuple[Any, str, Any]] = []

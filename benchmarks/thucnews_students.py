@@ -22,8 +22,8 @@ import time
 from typing import Any
 
 from alambic import machine
-from alambic.train.distill import distill
 from alambic.run import RunContext
+from alambic.train.distill import distill
 from alambic.train.teacher import train_teacher
 
 #: the THUCNews teacher examples/thucnews.yaml trained before the pretrained one (from scratch)

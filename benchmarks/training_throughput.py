@@ -65,15 +65,26 @@ import torch.nn.functional as F
 from transformers import AutoModelForSequenceClassification, BertForSequenceClassification
 
 from alambic import machine
+from alambic.data.tokenize import MODEL_INPUTS
+from alambic.run import RunContext
 from alambic.train.distill import kd_from_cache, train_settings
+from alambic.train.loop import (
+    BUCKET_WINDOW,
+    LossFn,
+    TrainSettings,
+    collate,
+    cross_entropy_loss,
+    evaluate,
+    fast_cpu_math,
+    fit,
+    global_batches,
+    make_optimizer,
+    predict,
+    seed_everything,
+)
 from alambic.train.losses import kd_loss
 from alambic.train.models import teacher_config
-from alambic.run import RunContext
 from alambic.train.teacher import train_teacher
-from alambic.train.loop import (
-    BUCKET_WINDOW, MODEL_INPUTS, LossFn, TrainSettings, collate, cross_entropy_loss, evaluate, fast_cpu_math,
-    fit, global_batches, make_optimizer, predict, seed_everything,
-)
 
 WARMUP_STEPS = 3
 

@@ -12,6 +12,11 @@ import typer
 from rich.markup import escape
 
 from alambic import __version__
+from alambic.compress.chain import compress as run_compress
+from alambic.compress.records import MeasureSettings, format_record, parse_lengths, parse_steps
+from alambic.config import load_config
+from alambic.config_reference import config_reference
+from alambic.config_reference import config_schema as schema
 from alambic.console import (
     SearchTable,
     console,
@@ -27,7 +32,21 @@ from alambic.console import (
     spinner,
     step_printer,
 )
+from alambic.data.dataset import describe_data, load_data
+from alambic.data.tokenize import prepare_tokenizer
 from alambic.errors import AlambicError
+from alambic.manager import build_registry
+from alambic.pipeline import estimate_minutes, export_selected, planned_steps, run_pipeline
+from alambic.report.build import build_report, save_report
+from alambic.report.compare import compare_dirs, format_report
+from alambic.run import RunContext
+from alambic.search.front import format_front, front_rows, front_tolerance, load_results, mark_front, resolve_run
+from alambic.search.plot import plot_front
+from alambic.search.select import format_selection, write_selected
+from alambic.search.select import select as choose
+from alambic.search.tune import search
+from alambic.ship.export import format_verification
+from alambic.train.distributed import quiet_ray_loggers
 
 app = typer.Typer(
     help="Compress Chinese BERT text classifiers for phones: distill, prune, quantize, "
@@ -58,7 +77,6 @@ def _main(
     State.quiet = quiet
     level = logging.DEBUG if verbose else (logging.ERROR if quiet else logging.WARNING)
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
-    from alambic.train.distributed import quiet_ray_loggers
 
     quiet_ray_loggers()  # the same third-party noise is silenced here as in Ray's workers
 
@@ -71,8 +89,6 @@ def plugins(
     as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
 ) -> None:
     """List every registered plugin id by hook, with the package it comes from."""
-    from alambic.manager import build_registry
-
     listing, failed = plugin_listing(build_registry())
     if as_json:
         print(json.dumps({"plugins": listing, "failed": failed}, ensure_ascii=False, indent=2))
@@ -88,9 +104,6 @@ def plugins(
 @config_app.command("check")
 def config_check(path: Annotated[Path, typer.Argument(help="The run config (YAML).")]) -> None:
     """Validate a run config without running anything: keys, types, ranges, files, plugin ids."""
-    from alambic.config import load_config
-    from alambic.manager import build_registry
-
     config = load_config(path, registry=build_registry())
     console.print(f"[green]ok[/green] {path}: run '{config.name}'")
 
@@ -100,9 +113,6 @@ def config_schema(
     markdown: Annotated[bool, typer.Option("--markdown", help="Every key as a Markdown table instead.")] = False,
 ) -> None:
     """Print the JSON schema of a run config (or, --markdown, the reference table README shows)."""
-    from alambic.config_reference import config_reference
-    from alambic.config_reference import config_schema as schema
-
     print(config_reference() if markdown else json.dumps(schema(), indent=2, ensure_ascii=False), end="" if markdown else "\n")
 
 
@@ -115,11 +125,6 @@ def data_inspect(
     as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
 ) -> None:
     """Splits, sizes, label distribution, token-length percentiles and bad rows of the data."""
-    from alambic.config import load_config
-    from alambic.data.dataset import describe_data, load_data
-    from alambic.data.tokenize import prepare_tokenizer
-    from alambic.manager import build_registry
-
     registry = build_registry()
     config = load_config(path, registry=registry)
     # Inspection lists every bad row instead of stopping at the first one.
@@ -150,7 +155,6 @@ LocalOption = Annotated[bool, typer.Option(
 @app.command()
 def teacher(path: Annotated[Path, typer.Argument(help="The run config (YAML).")], local: LocalOption = False) -> None:
     """Fine-tune the teacher (or build it from config and train it); reuse it if already trained."""
-    from alambic.run import RunContext
     from alambic.train.teacher import train_teacher
 
     ctx = RunContext.open(path, quiet=State.quiet)
@@ -173,7 +177,6 @@ def distill(
     """Distill a student from the run's teacher (trained first if needed); reuse identical runs."""
     from alambic.train.distill import distill as run_distill
     from alambic.train.distill import parse_set
-    from alambic.run import RunContext
 
     ctx = RunContext.open(path, quiet=State.quiet)
     record = run_distill(ctx, student, parse_set(settings or []), local=local, init=init)
@@ -205,10 +208,6 @@ def compress(
     is retried at half strength (guard.retries times), then reverted. The result, its guard
     decisions and its measurements are stored as a stage, reused when the same call is made again.
     """
-    from alambic.compress.records import MeasureSettings, format_record, parse_lengths, parse_steps
-    from alambic.compress.chain import compress as run_compress
-    from alambic.run import RunContext
-
     ctx = RunContext.open(path, quiet=State.quiet or as_json)
     settings = MeasureSettings(lengths=parse_lengths(lengths), threads=threads, runs=runs,
                                warmup=min(10, runs), memory=memory)
@@ -241,9 +240,6 @@ def search_command(
     Each candidate is one trial: distill -> prune -> quantize -> measure, every stage memoized in
     the store. Writes results.parquet in the run directory; `alambic front` shows the front.
     """
-    from alambic.run import RunContext
-    from alambic.search.tune import search
-
     ctx = RunContext.open(path, quiet=State.quiet or as_json)
     if address:
         ctx.config = ctx.config.model_copy(update={"ray": ctx.config.ray.model_copy(update={"address": address})})
@@ -270,8 +266,6 @@ def compare(
     as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
 ) -> None:
     """Accuracy, latency, memory and layer-by-layer similarity (CKA, attention KL) of two models."""
-    from alambic.report.compare import compare_dirs, format_report
-
     quiet = State.quiet or as_json
     with spinner("comparing", quiet):
         result = compare_dirs(model_a, model_b, config, split=split, max_examples=max_examples)
@@ -312,9 +306,6 @@ def front(
     marks the knee (the best compromise, where accuracies within the tolerance count as equal, as
     in select) and crowding says how isolated a point is on its front.
     """
-    from alambic.search.front import format_front, front_rows, front_tolerance, load_results, mark_front, resolve_run
-    from alambic.search.plot import plot_front
-
     target = resolve_run(run)
     tolerance = target.select.accuracy_tolerance if accuracy_tolerance is None else accuracy_tolerance
     df = mark_front(load_results(target), target.objectives, tolerance)
@@ -358,10 +349,6 @@ def select(
     <run dir>/selected.json. Exit code 2 when nothing qualifies, with the three nearest candidates
     and what each misses.
     """
-    from alambic.search.front import load_results, resolve_run
-    from alambic.search.select import format_selection, write_selected
-    from alambic.search.select import select as choose
-
     target = resolve_run(run)
     limits = {k: v for k, v in (("max_size_mb", max_size_mb), ("max_latency_ms", max_latency_ms),
                                 ("min_accuracy", min_accuracy)) if v is not None}
@@ -404,10 +391,6 @@ def export(
     it cannot predict on Linux). A format that fails is reported with the op that failed and a
     fallback to try; the others are still exported. Exit code 1 when a format failed.
     """
-    from alambic.ship.export import format_verification
-    from alambic.pipeline import export_selected
-    from alambic.run import RunContext
-
     ctx = RunContext.open(path, quiet=State.quiet or as_json)
     chosen = [f.strip() for f in formats.split(",") if f.strip()] if formats else None
     per_format: dict[str, dict[str, object]] = {}
@@ -448,8 +431,6 @@ def report(
     distribution on the test split, data.golden accuracy, export verification, the machine. A
     section whose inputs do not exist yet (no selection, no export) says so.
     """
-    from alambic.report.build import build_report, save_report
-
     with spinner("writing the report", State.quiet):
         written = build_report(run, quiet=State.quiet)
         paths = save_report(written)
@@ -468,9 +449,6 @@ def run(path: Annotated[Path, typer.Argument(help="The run config (YAML).")], lo
     Each step reuses what the store already holds (and says so): a second run of the same config
     trains nothing. Ctrl-C leaves a resumable run: run it again (or `alambic search --resume`).
     """
-    from alambic.pipeline import estimate_minutes, planned_steps, run_pipeline
-    from alambic.run import RunContext
-
     ctx = RunContext.open(path, quiet=State.quiet)
     print_plan(ctx, planned_steps(ctx))
     live = SearchTable(quiet=State.quiet)

@@ -14,6 +14,7 @@ The problems are worded in :mod:`alambic.config_problems`; the reference of ever
 
 from __future__ import annotations
 
+import codecs
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, Literal
 
@@ -38,6 +39,22 @@ class Section(BaseModel):
     """Base of every config section: unknown keys are errors, values are immutable."""
 
     model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
+
+    @field_validator("*", mode="after")
+    @classmethod
+    def _no_nul(cls, value: Any) -> Any:
+        """A NUL character fits no file name, id or setting, and makes path checks raise ValueError."""
+        if _holds_nul(value):
+            raise ValueError("contains a NUL character (\\x00)")
+        return value
+
+
+def _holds_nul(value: Any) -> bool:
+    if isinstance(value, str):
+        return "\x00" in value
+    if isinstance(value, dict):
+        return any(_holds_nul(k) or _holds_nul(v) for k, v in value.items())
+    return isinstance(value, (list, tuple)) and any(_holds_nul(v) for v in value)
 
 
 # --- data -----------------------------------------------------------------------------------
@@ -88,8 +105,6 @@ class DataConfig(Section):
     @field_validator("encoding")
     @classmethod
     def _text_encoding(cls, value: str) -> str:
-        import codecs
-
         try:
             text = getattr(codecs.lookup(value), "_is_text_encoding", True)  # not rot13, base64, ...
         except LookupError:

@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any
 from pydantic import BaseModel
 
 from alambic.errors import did_you_mean
+from alambic.model_sources import parse_packaged
 
 if TYPE_CHECKING:
     from alambic.registry import Registry
@@ -117,8 +118,6 @@ def check_plugin_ids(raw: dict[str, Any], registry: Registry) -> list[str]:
 
 def _packaged_names(teacher_model: Any, inits: Any) -> list[tuple[str, str]]:
     """(key, name) for each ``<source>:<model>`` the config names as weights."""
-    from alambic.model_sources import parse_packaged
-
     inits = inits if isinstance(inits, dict) else {}
     named = [("teacher.model", teacher_model)] + [(f"search.student_init.{k}", v) for k, v in inits.items()]
     return [(where, name) for where, name in named

@@ -14,6 +14,8 @@ from rich.live import Live
 from rich.markup import escape
 from rich.table import Table
 
+from alambic.ship.export import format_verification
+
 
 def make_console(stderr: bool = False) -> Console:
     """Rich's console on a terminal; written to a file (CI, nohup, a cluster job's log), tables at
@@ -263,8 +265,6 @@ def print_run(ctx: object, result: object) -> None:
         console.print(f"selected {row['candidate_id']} ({row['student']}, {row['pruning']}, {row['quantization']}): "
                       f"{result.selection.summary}", highlight=False)
     if result.export is not None:
-        from alambic.ship.export import format_verification
-
         console.print(format_verification(result.export))
     for name, where in result.report.items():
         console.print(f"{name}: {where}", highlight=False)

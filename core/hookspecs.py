@@ -1,4 +1,4 @@
-"""Every hook alambic calls, grouped by phase.
+"""Every hook alambic calls, grouped by the phase (sub-package of core/) that calls it.
 
 Two families:
 
@@ -37,7 +37,7 @@ if TYPE_CHECKING:
 _hookspec = pluggy.HookspecMarker("alambic")
 
 
-# --- data -----------------------------------------------------------------------------------
+# --- data: alambic.data ---------------------------------------------------------------------
 
 
 @_hookspec
@@ -48,7 +48,7 @@ def alambic_register_datasets(register: KindRegistry) -> None:
     """
 
 
-# --- teacher & distillation -----------------------------------------------------------------
+# --- train: alambic.train (teacher, distillation) -------------------------------------------
 
 
 @_hookspec
@@ -95,7 +95,7 @@ def alambic_after_distill(context: Any, student: Any) -> None:
     """
 
 
-# --- prune & quantize -----------------------------------------------------------------------
+# --- compress: alambic.compress (prune, quantize) -------------------------------------------
 
 
 @_hookspec
@@ -114,7 +114,7 @@ def alambic_register_quantizers(register: KindRegistry) -> None:
     """
 
 
-# --- measure & search -----------------------------------------------------------------------
+# --- search: alambic.search (measured candidates, selection) --------------------------------
 
 
 @_hookspec
@@ -143,7 +143,7 @@ def alambic_after_search(context: Any, results: Any) -> None:
     """
 
 
-# --- export ---------------------------------------------------------------------------------
+# --- ship: alambic.ship (export) ------------------------------------------------------------
 
 
 @_hookspec

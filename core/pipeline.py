@@ -19,15 +19,28 @@ selection's limits, the run stops before the export, naming the nearest candidat
 
 from __future__ import annotations
 
+import io
+import json
 import logging
+import math
 import os
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from alambic.errors import AlambicError
 from alambic.fingerprint import stable_hash
+from alambic.machine import identity
+from alambic.model_sources import resolve_model
+from alambic.report.build import write_report
+from alambic.search.front import Run, load_results, mark_front
+from alambic.search.plot import plot_front
+from alambic.search.results import memo_counts
+from alambic.search.select import select, write_selected
+from alambic.search.tune import SearchResult, search, search_key
+from alambic.ship.export import EXPORT_DIR, export_stage, resolve_stage
 
 log = logging.getLogger(__name__)
 
@@ -99,10 +112,6 @@ def run_pipeline(ctx: Any, local: bool = False, on_step: Callable[[str, int, int
 def _search(ctx: Any, result: PipelineResult, on_row: Any, on_start: Any, on_timed: Any) -> Any:
     """The search, or the results of this very search, timed on this machine, when they are
     complete already."""
-    from alambic.machine import identity
-    from alambic.search.results import memo_counts
-    from alambic.search.tune import SearchResult, search, search_key
-
     key = stable_hash([search_key(ctx, result.teacher.key), identity()])[:12]
     done = _finished_search(ctx, key)
     if done is not None:
@@ -117,8 +126,6 @@ def _search(ctx: Any, result: PipelineResult, on_row: Any, on_start: Any, on_tim
 
 def _finished_search(ctx: Any, key: str) -> list[dict[str, Any]] | None:
     """results.parquet's rows when it holds the search ``key`` with every candidate ok."""
-    import io
-
     import pyarrow.parquet as pq
 
     if not (ctx.store.exists(SEARCH_FILE) and ctx.store.exists("results.parquet")):
@@ -130,9 +137,6 @@ def _finished_search(ctx: Any, key: str) -> list[dict[str, Any]] | None:
 
 
 def _front(ctx: Any) -> None:
-    from alambic.search.front import Run, load_results, mark_front
-    from alambic.search.plot import plot_front
-
     run = Run(ctx.store, ctx.config, ctx.registry)
     df = mark_front(load_results(run), run.objectives, run.select.accuracy_tolerance)
     if ctx.store.is_local:
@@ -140,9 +144,6 @@ def _front(ctx: Any) -> None:
 
 
 def _select(ctx: Any) -> Any:
-    from alambic.search.front import Run, load_results
-    from alambic.search.select import select, write_selected
-
     run = Run(ctx.store, ctx.config, ctx.registry)
     selection = select(load_results(run), ctx.config.select, objectives=run.objectives, registry=ctx.registry)
     if selection.row is not None:
@@ -155,8 +156,6 @@ def export_selected(ctx: Any, *, candidate: str | None = None, stage: Any = None
                     out: Any = None, max_examples: int = 2000, skip_if_done: bool = False) -> Any:
     """Export the selected candidate (or ``candidate`` / ``stage``) with the config's export
     settings; with ``skip_if_done``, None when ``export/`` already holds that very candidate."""
-    from alambic.ship.export import EXPORT_DIR, export_stage, resolve_stage
-
     stage_dir, recipe = resolve_stage(ctx.store, candidate=candidate, stage=stage)
     chosen = list(formats or ctx.config.export.formats)
     per_format = {"onnx": {"opset": ctx.config.export.opset}} if "onnx" in chosen else {}
@@ -176,10 +175,6 @@ def export_selected(ctx: Any, *, candidate: str | None = None, stage: Any = None
 
 def _exported(ctx: Any, stage_dir: Any, formats: Sequence[str]) -> bool:
     """export/ is complete, made from ``stage_dir``, with every format asked for and none failed."""
-    from pathlib import Path
-
-    from alambic.ship.export import EXPORT_DIR
-
     manifest = ctx.store.load_manifest(EXPORT_DIR)
     meta = manifest.meta if manifest is not None else {}
     source = (meta.get("source") or {}).get("stage")
@@ -188,10 +183,6 @@ def _exported(ctx: Any, stage_dir: Any, formats: Sequence[str]) -> bool:
 
 
 def _report(ctx: Any) -> dict[str, str]:
-    try:
-        from alambic.report.build import write_report
-    except ImportError:  # the report arrives with its own module
-        return {}
     return write_report(ctx)
 
 
@@ -199,11 +190,6 @@ def teacher_architecture(ctx: Any) -> dict[str, int]:
     """The teacher's layers, width and FFN: from its config section, or read from the pretrained
     model's config.json (a packaged model is converted here: the teacher step needs it anyway);
     bert-base's for a hub id."""
-    import json
-    from pathlib import Path
-
-    from alambic.model_sources import resolve_model
-
     teacher = ctx.config.teacher
     bert_base = {"layers": 12, "hidden": 768, "ffn": 3072}
     if teacher.model is None:
@@ -220,8 +206,6 @@ def estimate_minutes(ctx: Any) -> float:
     """A rough wall-time estimate of a run from scratch on this kind of machine (2 CPU cores):
     training costs ~15 ms a step plus 6 x parameters x tokens at ~100 GFLOP/s (measured on
     THUCNews, see BENCHMARKS.md); a candidate's compression and measurement ~20 s; Ray ~20 s."""
-    import math
-
     config, data = ctx.config, ctx.prepared
     rows = len(data.tokenized["train"])
     tokens = float(sum(data.tokenized["train"]["length"])) if "length" in data.tokenized["train"].column_names \

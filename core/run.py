@@ -15,8 +15,13 @@ from pathlib import Path
 from typing import Any
 
 from alambic.config import RunConfig, load_config
-from alambic.registry import Registry
+from alambic.config_problems import check_plugin_ids
+from alambic.data.dataset import column, load_data
+from alambic.data.tokenize import load_tokenizer, tokenize_data, tokenized_key, train_tokenizer
+from alambic.errors import ConfigError
 from alambic.fingerprint import stable_hash
+from alambic.manager import build_registry, get_plugin_manager
+from alambic.registry import Registry
 from alambic.store import Store
 
 log = logging.getLogger(__name__)
@@ -51,10 +56,6 @@ class RunContext:
     @classmethod
     def from_config(cls, config: RunConfig, quiet: bool = False, config_path: str | Path = "config") -> RunContext:
         """Plugins are loaded and the config's plugin ids checked against them."""
-        from alambic.config_problems import check_plugin_ids
-        from alambic.errors import ConfigError
-        from alambic.manager import build_registry, get_plugin_manager
-
         pm = get_plugin_manager()
         registry = build_registry(pm)
         problems = check_plugin_ids(config.model_dump(exclude_defaults=True), registry)
@@ -70,14 +71,10 @@ class RunContext:
 
     @cached_property
     def prepared(self) -> PreparedData:
-        from alambic.data.dataset import load_data
-        from alambic.data.tokenize import tokenize_data
-
         dsd, report = load_data(self.config.data, self.registry)
         tokenizer, tokenizer_path = self._tokenizer(dsd, report.fingerprint)
         tokenized = tokenize_data(dsd, tokenizer, self.config.tokenizer.max_length, self.cache_dir,
                                   report.fingerprint, progress=not self.quiet)
-        from alambic.data.tokenize import tokenized_key
 
         return PreparedData(
             raw=dsd, report=report, tokenizer=tokenizer, tokenized=tokenized,
@@ -89,8 +86,6 @@ class RunContext:
         """The run's splits tokenized by ``tokenizer`` (a model's own), cached like the run's; and
         their key. Row ``i`` of each split is the same text whichever tokenizer made it, so
         per-row teacher logits serve students that tokenize differently."""
-        from alambic.data.tokenize import tokenize_data, tokenized_key
-
         data = self.prepared
         if tokenizer is data.tokenizer:
             return data.tokenized, data.tokenized_key
@@ -101,8 +96,6 @@ class RunContext:
 
     def _tokenizer(self, dsd: Any, data_fp: str) -> tuple[Any, Path | None]:
         """The configured tokenizer; a trained one is saved as a stage so every step shares it."""
-        from alambic.data.tokenize import load_tokenizer, train_tokenizer
-
         settings = self.config.tokenizer
         if settings.name_or_path is not None:
             tokenizer = load_tokenizer(settings)
@@ -111,8 +104,6 @@ class RunContext:
                            "min_frequency": settings.min_frequency})[:32]
 
         def build(folder: Path) -> dict[str, Any]:
-            from alambic.data.dataset import column
-
             trained = train_tokenizer(column(dsd["train"], "text"), settings.vocab_size, settings.min_frequency)
             trained.save_pretrained(folder)
             return {"vocab_size": len(trained)}

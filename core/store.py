@@ -6,7 +6,8 @@ Layout (default root ``artifacts/``; any ``pyarrow.fs.FileSystem.from_uri`` URI 
         <artifact>/ manifest.json ...   an artifact: files, plus manifest.json written last
         stages/<hash>/ manifest.json    memoized stage outputs, keyed by stable_hash(inputs)
 
-(``stable_hash`` and the file hashes are in :mod:`alambic.fingerprint`.)
+(``stable_hash`` and the file hashes are in :mod:`alambic.fingerprint`; the checks of paths read
+from records, ``inside``, in :mod:`alambic.paths`.)
 
 API::
 
@@ -20,8 +21,6 @@ API::
     store.verify(rel) -> Manifest                  re-hashes every file; StoreError names the bad one
     store.local_path(rel) -> Path                  remote artifacts are downloaded to a local cache
     store.record_path(row["stage"], source=, key=) local_path of a path read from a record, checked
-    inside(stage_dir, record["artifact"], source=, key=) -> Path   relative, inside stage_dir, or
-                                                   UnsafePathError naming the file, key and value
     Store.stage_key(**inputs), store.stage_path(key) -> "stages/<key>"
     store.get_or_build_stage(key, kind, build, verify=True) -> (Manifest, reused)
 
@@ -45,11 +44,13 @@ import shutil
 import tempfile
 import uuid
 from collections.abc import Callable, Iterator
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from alambic import __version__
 from alambic.errors import StoreError
 from alambic.fingerprint import hash_stream, stable_hash
+from alambic.paths import inside, record_rel, safe_rel
 
 try:
     import fcntl
@@ -64,50 +65,6 @@ log = logging.getLogger(__name__)
 DEFAULT_ROOT = "artifacts"
 MANIFEST = "manifest.json"
 _CHUNK = 1 << 20  # copy buffer
-
-
-def _safe_rel(rel: str) -> str:
-    """Normalize a store-relative path; refuse anything that could leave the store."""
-    path = PurePosixPath(rel)
-    if path.is_absolute() or "\\" in rel or ".." in path.parts or ":" in rel.split("/")[0]:
-        raise StoreError(f"unsafe path {rel!r}: must be relative, without '..'")
-    return "/".join(p for p in path.parts if p != ".")
-
-
-class UnsafePathError(StoreError):
-    """A path read from a stored record (record.json, a results row) that would leave its folder."""
-
-
-def inside(folder: str | os.PathLike[str], value: Any, *, source: str, key: str) -> Path:
-    """``folder / value`` for a path read from a stored record, as manifest paths are checked: it
-    must be relative, without '..', and still inside ``folder`` once symlinks are resolved.
-
-    A record is data anyone who can write the store may have changed: joined unchecked, an absolute
-    or '..' path would make export copy, or the report load, any file on the machine.
-
-    :param source: the file the path was read from (``.../record.json``), named in the error
-    :param key: where in it (``artifact``, ``quantization.source``)
-    """
-    base = Path(folder).resolve()
-    rel = _record_rel(value, source, key, base)
-    path = base / rel
-    if not path.resolve().is_relative_to(base):  # a symlink inside the folder leading out of it
-        raise UnsafePathError(f"{source}: {key} {value!r} leads outside {base} (through a symbolic link); "
-                              f"expected a path inside that folder")
-    return path
-
-
-def _record_rel(value: Any, source: str, key: str, base: Any) -> str:
-    expected = f"expected a path relative to {base}, inside it (as alambic writes it)"
-    if not isinstance(value, str) or not value.strip():
-        raise UnsafePathError(f"{source}: {key} is {value!r}; {expected}")
-    try:
-        rel = _safe_rel(value)
-    except StoreError:
-        raise UnsafePathError(f"{source}: {key} {value!r} is absolute or climbs out with '..'; {expected}") from None
-    if not rel:
-        raise UnsafePathError(f"{source}: {key} {value!r} names the folder itself; {expected}")
-    return rel
 
 
 def _is_scratch(name: str) -> bool:
@@ -144,7 +101,7 @@ class Manifest:
         except (KeyError, TypeError, ValueError) as exc:
             raise StoreError(f"{where}: not a valid manifest ({exc!r})") from exc
         for f in files:
-            if _safe_rel(f.path) in ("", MANIFEST):
+            if safe_rel(f.path) in ("", MANIFEST):
                 raise StoreError(f"{where}: invalid file path {f.path!r}")
         return manifest
 
@@ -196,8 +153,6 @@ class ArtifactBuild:
         return self.dir
 
     def __exit__(self, exc_type: type[BaseException] | None, *_: object) -> None:
-        from alambic import __version__
-
         try:
             if exc_type is None:
                 now = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
@@ -243,16 +198,16 @@ class Store:
 
     def run(self, name: str) -> Store:
         """The run directory `<root>/<name>/`, as a Store of its own."""
-        if "/" in name or _safe_rel(name) in ("", MANIFEST) or _is_scratch(name):
+        if "/" in name or safe_rel(name) in ("", MANIFEST) or _is_scratch(name):
             raise StoreError(f"invalid run name {name!r}: one plain directory name expected")
         return dataclasses.replace(self, base=self._abs(name), uri=f"{self.uri}/{name}")
 
     def _abs(self, rel: str) -> str:
-        rel = _safe_rel(rel)
+        rel = safe_rel(rel)
         return f"{self.base.rstrip('/')}/{rel}" if rel else self.base
 
     def _where(self, rel: str) -> str:
-        return f"{self.uri}/{_safe_rel(rel)}"
+        return f"{self.uri}/{safe_rel(rel)}"
 
     # -- files ---------------------------------------------------------------------------------
 
@@ -304,7 +259,7 @@ class Store:
     def build_artifact(self, rel: str, *, kind: str, config_hash: str = "",
                        meta: dict[str, Any] | None = None) -> ArtifactBuild:
         """`with store.build_artifact(rel, kind=...) as tmp:` write files into `tmp` (a local Path)."""
-        if not _safe_rel(rel):
+        if not safe_rel(rel):
             raise StoreError("an artifact needs a path inside the store")
         return ArtifactBuild(self, rel, kind, config_hash, meta or {})
 
@@ -313,7 +268,7 @@ class Store:
 
         Raises StoreError when the manifest parses but is invalid, e.g. a path escaping the store.
         """
-        path = f"{_safe_rel(rel)}/{MANIFEST}"
+        path = f"{safe_rel(rel)}/{MANIFEST}"
         try:
             with self.fs.open_input_stream(self._abs(path)) as f:
                 data = json.loads(f.read())
@@ -327,7 +282,7 @@ class Store:
         if manifest is None:
             raise StoreError(f"{self._where(rel)}: incomplete artifact (no valid {MANIFEST})")
         for entry in manifest.files:
-            path = f"{_safe_rel(rel)}/{entry.path}"
+            path = f"{safe_rel(rel)}/{entry.path}"
             try:
                 with self.fs.open_input_stream(self._abs(path)) as f:
                     sha, size = hash_stream(f)
@@ -346,7 +301,7 @@ class Store:
             raise StoreError(f"{self._where(rel)}: not a complete artifact, cannot download it")
         cache = Store.open(self.cache_dir / stable_hash(self.uri)[:16], cache_dir=self.cache_dir)
         # Keyed by the manifest's hash, so a rebuilt remote artifact never reuses a stale copy.
-        cached = f"{_safe_rel(rel)}@{stable_hash(want.to_dict())[:16]}"
+        cached = f"{safe_rel(rel)}@{stable_hash(want.to_dict())[:16]}"
         if cache._existing_copy(cached, want) != want:
             scratch = cache._new_scratch_dir(cached)
             try:
@@ -366,7 +321,7 @@ class Store:
         checked first as :func:`inside` checks it: relative, inside this store."""
         if self.is_local:
             return inside(self.base, value, source=source, key=key)
-        return self.local_path(_record_rel(value, source, key, self.uri))  # the cached copy has no links
+        return self.local_path(record_rel(value, source, key, self.uri))  # the cached copy has no links
 
     def _new_scratch_dir(self, rel: str) -> Path:
         if not self.is_local:
@@ -419,7 +374,7 @@ class Store:
         existing = self._existing_copy(rel, manifest)
         if existing is not None:
             return existing
-        rel = _safe_rel(rel)
+        rel = safe_rel(rel)
         if self.exists(f"{rel}/{MANIFEST}"):  # stale manifest first, so it never vouches for new files
             self.fs.delete_file(self._abs(f"{rel}/{MANIFEST}"))
         for entry in manifest.files:

@@ -25,12 +25,15 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import alambic
+from alambic.compress.onnx_export import SLOW_FUSIONS, compare_logits, export_onnx, file_bytes
 from alambic.errors import AlambicError
+from alambic.ship import coreml_export as cm
+from alambic.ship.coreml_export import TARGETS
 from alambic.ship.exporter import MAX_INT8_RATIO, MIN_QUANTIZED_AGREEMENT, Check, Exported, Exporter, size_check
 
 if TYPE_CHECKING:
-    from alambic.ship.exporter import ExportSource
     from alambic.registry import KindRegistry
+    from alambic.ship.exporter import ExportSource
 
 TOKENIZER_FILES = ("vocab.txt", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")
 
@@ -167,8 +170,6 @@ class Onnx(Exporter):
 
     @classmethod
     def export(cls, source: ExportSource, folder: Path, options: OnnxOptions) -> Exported:
-        from alambic.compress.onnx_export import SLOW_FUSIONS, export_onnx, file_bytes
-
         path, notes = folder / "model.onnx", []
         quantized = source.runtime == "onnxruntime" and source.artifact is not None \
             and source.artifact.suffix == ".onnx"
@@ -230,7 +231,6 @@ def ort_checks(source: ExportSource, path: Path, quantized: bool) -> list[Check]
     name = "ONNX Runtime vs PyTorch (test split)"
     if source.test is None:
         return [Check(name, None, "no test split given: not run")]
-    from alambic.compress.onnx_export import compare_logits
 
     found = compare_logits(source.model, path, source.test, max_examples=len(source.test))
     need = MIN_QUANTIZED_AGREEMENT if quantized else 1.0
@@ -254,8 +254,6 @@ class CoreMLOptions:
     epochs: int = 10
 
     def __post_init__(self) -> None:
-        from alambic.ship.coreml_export import TARGETS
-
         who = "exporter 'coreml'"
         if self.target not in TARGETS:
             raise AlambicError(f"{who}: target must be one of {', '.join(TARGETS)}, got {self.target!r}")
@@ -276,8 +274,6 @@ class CoreML(Exporter):
 
     @classmethod
     def export(cls, source: ExportSource, folder: Path, options: CoreMLOptions) -> Exported:
-        from alambic.ship import coreml_export as cm
-
         model, labels, length = source.model, source.labels, source.max_length
         int8 = (source.int8 and options.target != "iOS15") if options.int8 is None else options.int8
         meta = source.metadata | {"user": _user_metadata(source)}

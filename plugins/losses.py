@@ -20,6 +20,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+import torch
+
 import alambic
 from alambic.errors import AlambicError
 from alambic.train.losses import (
@@ -30,8 +32,6 @@ from alambic.train.losses import (
     masked_mse,
     projection,
 )
-
-import torch
 
 if TYPE_CHECKING:
     from alambic.registry import KindRegistry

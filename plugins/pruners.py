@@ -25,7 +25,6 @@ import numpy as np
 import torch
 
 import alambic
-from alambic.errors import AlambicError
 from alambic.compress.pruning import (
     Batch,
     PruneContext,
@@ -40,6 +39,7 @@ from alambic.compress.pruning import (
     layer_importance,
     neuron_importance,
 )
+from alambic.errors import AlambicError
 from alambic.options import set_fields
 
 if TYPE_CHECKING:

@@ -23,7 +23,8 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, ClassVar
 
 import alambic
-from alambic.errors import AlambicError
+from alambic.compress.measure import weight_bytes
+from alambic.compress.onnx_export import attention_dims, file_bytes, fused_operators, optimize_onnx
 from alambic.compress.onnx_quant import (
     CALIBRATION_METHODS,
     PRECISIONS,
@@ -35,6 +36,7 @@ from alambic.compress.onnx_quant import (
     to_fp16,
 )
 from alambic.compress.quantization import QuantContext, Quantized, Quantizer, QuantSource, int8_dynamic_torch
+from alambic.errors import AlambicError
 from alambic.options import choice
 
 if TYPE_CHECKING:
@@ -46,8 +48,6 @@ if TYPE_CHECKING:
 
 def _onnx_result(source: Path, out: Path, extra: dict | None = None) -> Quantized:
     """An ONNX Runtime result: the file, and its size against the fp32 graph's."""
-    from alambic.compress.onnx_export import file_bytes
-
     fp32, size = file_bytes(source), file_bytes(out)
     report = {"source": str(source), "fp32_bytes": fp32, "bytes": size, "size_ratio": round(size / fp32, 4),
               "ops": op_counts(out)} | (extra or {})
@@ -91,7 +91,6 @@ class DynamicInt8(Quantizer):
     def quantize(cls, source: QuantSource, options: DynamicInt8Options, context: QuantContext) -> Quantized:
         if options.runtime == "pytorch":
             return _torch_dynamic(source, context)
-        from alambic.compress.onnx_export import fused_operators
 
         fp32 = source.onnx_path(context)
         graph, extra = fp32, {"graph": "plain"}
@@ -106,16 +105,12 @@ class DynamicInt8(Quantizer):
 def fused_graph(fp32: Path, source: QuantSource, context: QuantContext) -> Path:
     """The fp32 graph fused by ONNX Runtime's transformer optimizer, heads and width from the model's
     config when there is a model (the optimizer infers them from an ONNX file alone)."""
-    from alambic.compress.onnx_export import attention_dims, optimize_onnx
-
     heads, width = attention_dims(source.model.config) if source.model is not None else (0, 0)
     return optimize_onnx(fp32, context.work_dir / "fp32.fused.onnx", heads, width)
 
 
 def _torch_dynamic(source: QuantSource, context: QuantContext) -> Quantized:
     import torch
-
-    from alambic.compress.measure import weight_bytes
 
     if source.model is None:
         raise AlambicError("quantizer 'dynamic-int8' with runtime pytorch needs the PyTorch model, not only ONNX")

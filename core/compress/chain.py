@@ -43,13 +43,23 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from alambic.compress.guard import GuardDecision, describe_options, final_outcome, guarded_step
+from alambic.compress.measure import (
+    Measurement,
+    config_vocab_size,
+    measure_onnx,
+    measure_pytorch,
+    onnx_evaluate,
+    vocab_files,
+)
+from alambic.compress.onnx_export import compare_logits, ort_session
+from alambic.compress.quantization import QuantContext, QuantSource
+from alambic.compress.records import CompressRecord, MeasureSettings, PruneRecord, step_label
 from alambic.config import PruningStep
 from alambic.errors import AlambicError
-from alambic.compress.guard import GuardDecision, describe_options, guarded_step
-from alambic.compress.measure import Measurement, config_vocab_size, vocab_files
-from alambic.compress.records import CompressRecord, MeasureSettings, PruneRecord, step_label
 from alambic.fingerprint import model_digest, stable_hash
-from alambic.store import inside
+from alambic.paths import inside
+from alambic.train.models import check_vocab, load_pretrained, own_tokenizer
 
 log = logging.getLogger(__name__)
 
@@ -79,8 +89,6 @@ def _check_model_dir(model_dir: Path) -> None:
 def _load_inputs(ctx: Any, model_dir: Path) -> tuple[Any, Any, Any, str, str]:
     """(model, tokenizer, tokenized splits, tokenized key, where the tokenizer came from)."""
     from transformers import AutoModelForSequenceClassification
-
-    from alambic.train.models import check_vocab, load_pretrained, own_tokenizer
 
     _check_model_dir(model_dir)
     model = load_pretrained(model_dir, AutoModelForSequenceClassification, config_key="--model").eval()
@@ -142,9 +150,8 @@ def prune(ctx: Any, model_dir: str | Path, steps: Sequence[PruningStep], *,
 def _prune(ctx: Any, folder: Path, model: Any, tokenizer: Any, tokenized: Any, steps: Sequence[PruningStep],
            pruners: Sequence[type], options: Sequence[Any], on_decision: Any) -> dict[str, Any]:
     """Each step under the guard, in order; the pruned model saved in ``folder/model``."""
-    from alambic.train.distill import recover
-    from alambic.compress.guard import final_outcome
     from alambic.compress.pruning import PruneContext
+    from alambic.train.distill import recover
     from alambic.train.loop import evaluate, progress_bar
 
     guard = ctx.config.guard
@@ -276,8 +283,6 @@ def compress(ctx: Any, model_dir: str | Path, steps: Sequence[PruningStep], quan
 def _quantize_and_measure(ctx: Any, folder: Path, model_dir: Path, pruned: PruneRecord, Quantizer: Any,
                           quant_opts: Any, measure: MeasureSettings, on_decision: Any) -> dict[str, Any]:
     """The pruned model copied in, quantized under the guard, both ends measured; the record."""
-    from alambic.compress.guard import final_outcome
-    from alambic.compress.quantization import QuantSource
     from alambic.train.loop import evaluate
 
     guard = ctx.config.guard
@@ -325,8 +330,6 @@ def _quantize(source: Any, Quantizer: Any, opts: Any, work_dir: Path, tokenized:
               ) -> tuple[Any, list[GuardDecision], dict[str, Any]]:
     """The quantization step under the guard: no half strength, so kept or reverted. Calibrated on
     train rows, judged on validation; returns the result, the decisions and its validation scores."""
-    from alambic.compress.quantization import QuantContext
-
     validation = tokenized["validation"]
     context = QuantContext(work_dir=work_dir, calibration=tokenized["train"])  # never the rows it is judged on
     scored: dict[str, Any] = {}
@@ -350,9 +353,6 @@ def _quantize(source: Any, Quantizer: Any, opts: Any, work_dir: Path, tokenized:
 def artifact_scores(quantized: Any, split: Any, threads: int) -> dict[str, Any]:
     """Accuracy, macro-F1 and row count of a quantizer's result on ``split``, in its runtime."""
     if quantized.runtime == "onnxruntime":
-        from alambic.compress.measure import onnx_evaluate
-        from alambic.compress.onnx_export import ort_session
-
         return onnx_evaluate(ort_session(_onnx_file(quantized), threads), split)
     from alambic.train.loop import evaluate
 
@@ -376,8 +376,6 @@ def relative_path(path: Any, folder: Path) -> Any:
 
 def _agreement(source: Path, quantized: Path, test: Any, threads: int) -> dict[str, Any]:
     """Argmax agreement of the quantized graph with its fp32 ONNX source on the whole test split."""
-    from alambic.compress.onnx_export import compare_logits
-
     found = compare_logits(source, quantized, test, max_examples=len(test), threads=threads)
     found |= {"reference": source.name, "split": "test", "threshold": MIN_AGREEMENT,
               "ok": found["argmax_agreement"] >= MIN_AGREEMENT}
@@ -390,8 +388,6 @@ def _agreement(source: Path, quantized: Path, test: Any, threads: int) -> dict[s
 def measure_input(ctx: Any, model_dir: Path, measure: MeasureSettings) -> Measurement:
     """The input folder measured in PyTorch on the test split, as a stage of its own (keyed by the
     folder's content, the data and the settings): candidates sharing a student measure it once."""
-    from alambic.compress.measure import measure_pytorch
-
     key = stable_hash({"stage": "measure", "model": model_digest(model_dir), "data": ctx.prepared.tokenized_key,
                        "measure": _timing(measure)})[:32]
 
@@ -418,8 +414,6 @@ def _measure(folder: Path, model_dir: Path, test_before: Any, test_after: Any, *
              quantized: Any, measure: MeasureSettings) -> tuple[Measurement, Measurement]:
     """Before (``test_before()``): the input folder in PyTorch. After: the artifact in its runtime.
     Both on the test split."""
-    from alambic.compress.measure import measure_onnx, measure_pytorch
-
     common = {"runs": measure.runs, "warmup": measure.warmup, "memory": measure.memory}
     before = test_before()  # memoized: every candidate of one student shares its "before"
     model_path = folder / MODEL_DIR

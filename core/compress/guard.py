@@ -26,10 +26,10 @@ import dataclasses
 import logging
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Literal, TypeVar
+from typing import Any, Literal, TypeVar
 
-if TYPE_CHECKING:
-    from rich.table import Table
+from rich.markup import escape
+from rich.table import Table
 
 log = logging.getLogger(__name__)
 
@@ -180,9 +180,6 @@ def final_outcome(decisions: Iterable[GuardDecision]) -> str:
 
 def format_decisions(decisions: Iterable[GuardDecision | Mapping[str, Any]], title: str = "guard decisions") -> Table:
     """A rich table: one row per attempt (step, plugin, strength, accuracy before/after, drop, outcome)."""
-    from rich.markup import escape
-    from rich.table import Table
-
     table = Table(title=title, caption="accuracy on the validation split; drop in points against the step's "
                   "input / guard.max_drop; chain: against the distilled student / guard.max_total_drop")
     for header, justify in (("step", "left"), ("plugin", "left"), ("try", "right"), ("strength", "right"),

@@ -9,12 +9,14 @@ import time
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
+from alambic.compress.onnx_export import ort_logits
 from alambic.errors import AlambicError
+from alambic.train.models import load_pretrained
 
 if TYPE_CHECKING:
     from torch import Tensor
 
-#: the runtimes an artifact is measured in
+#: the runtimes an artifact runs in: a quantizer names its own (``Quantizer.runtime``), each is measured here
 RUNTIMES = ("pytorch", "onnxruntime")
 
 
@@ -64,8 +66,6 @@ def onnx_input(vocab_size: int, length: int) -> dict[str, Any]:
 def onnx_latency_ms(session: Any, vocab_size: int, length: int = 32, runs: int = 50,
                     warmup: int = 10) -> dict[str, float]:
     """p50/p90 milliseconds of one ONNX Runtime run at batch 1 (the session's threads)."""
-    from alambic.compress.onnx_export import ort_logits
-
     batch = onnx_input(vocab_size, length)
     return timed(lambda: ort_logits(session, batch), runs, warmup)
 
@@ -75,8 +75,6 @@ def load_model(folder: str | os.PathLike[str], weights: str | os.PathLike[str] |
     int8) loaded over it when ``weights`` is given."""
     import torch
     from transformers import AutoModelForSequenceClassification
-
-    from alambic.train.models import load_pretrained
 
     model = load_pretrained(folder, AutoModelForSequenceClassification)
     if weights is not None:

@@ -33,18 +33,22 @@ torch, onnx and onnxruntime are imported inside the functions: ``import alambic.
 from __future__ import annotations
 
 import json
+import math
 import os
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
+
+from rich.markup import escape
+from rich.table import Table
 
 from alambic.compress.latency import RUNTIMES, latency_ms, load_model, onnx_latency_ms, torch_threads
 from alambic.compress.memory import peak_rss
+from alambic.compress.onnx_export import file_bytes, ort_logits, ort_session
 from alambic.errors import AlambicError
-
-if TYPE_CHECKING:
-    from rich.table import Table
+from alambic.machine import describe
+from alambic.train.models import params
 
 DEFAULT_LENGTHS = (16, 32, 64, 128)
 #: the length whose latency is the headline (THUCNews headlines are ~20 tokens, [CLS]/[SEP] added)
@@ -140,8 +144,6 @@ def file_sizes(files: Iterable[str | os.PathLike[str]]) -> dict[str, int]:
         if not path.is_file():
             raise AlambicError(f"cannot measure {path}: no such file")
         if path.suffix == ".onnx":
-            from alambic.compress.onnx_export import file_bytes
-
             sizes[path.name] = file_bytes(path)
         else:
             sizes[path.name] = path.stat().st_size
@@ -155,8 +157,6 @@ def size_on_disk(files: Iterable[str | os.PathLike[str]]) -> int:
 
 def onnx_params(path: str | os.PathLike[str]) -> int:
     """Elements of an ONNX graph's initializers (its weights, however stored)."""
-    import math
-
     import onnx
 
     graph = onnx.load(str(path), load_external_data=False).graph
@@ -177,7 +177,6 @@ def onnx_evaluate(session: Any, dataset: Any, batch_size: int = 64) -> dict[str,
     """Accuracy, macro-F1, per-class report of an ONNX Runtime session on a tokenized split."""
     import numpy as np
 
-    from alambic.compress.onnx_export import ort_logits
     from alambic.train.loop import classification_metrics, confusion_matrix, iterate
 
     names = dataset.features["label"].names
@@ -225,8 +224,6 @@ def measure_pytorch(model_dir: str | os.PathLike[str], dataset: Any, lengths: Se
     """
     import torch
 
-    from alambic.machine import describe
-    from alambic.train.models import params
     from alambic.train.loop import evaluate
 
     lengths = _check(dataset, lengths)
@@ -261,9 +258,6 @@ def measure_onnx(onnx_path: str | os.PathLike[str], dataset: Any, lengths: Seque
     """
     import onnxruntime
 
-    from alambic.machine import describe
-    from alambic.compress.onnx_export import ort_session
-
     lengths = _check(dataset, lengths)
     threads = threads or DEFAULT_THREADS
     path = Path(onnx_path)
@@ -292,16 +286,12 @@ def measure_speed(runtime: str, artifact: str | os.PathLike[str], lengths: Seque
         dict loaded over ``model_dir`` (``pytorch``).
     :param vocab_size: ONNX inputs draw token ids below it (PyTorch reads the model's).
     """
-    from alambic.machine import describe
-
     lengths = sorted({int(n) for n in lengths})
     if not lengths or lengths[0] < 2:
         raise AlambicError(f"measuring latency needs sequence lengths >= 2, got {list(lengths)}")
     path = Path(artifact)
     if runtime == "onnxruntime":
         import onnxruntime
-
-        from alambic.compress.onnx_export import ort_session
 
         if not vocab_size:
             raise AlambicError(f"timing {path}: no vocab_size to draw its inputs from (its model folder's config.json)")
@@ -331,9 +321,6 @@ def measure_speed(runtime: str, artifact: str | os.PathLike[str], lengths: Seque
 
 def format_measurements(measured: Mapping[str, Measurement | Mapping[str, Any]], title: str = "measurements") -> Table:
     """A rich table, one column per artifact (the first is the reference, later ones show x ratio)."""
-    from rich.markup import escape
-    from rich.table import Table
-
     items = [(name, m if isinstance(m, Measurement) else Measurement.from_dict(m)) for name, m in measured.items()]
     if not items:
         raise AlambicError("nothing measured")

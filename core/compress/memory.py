@@ -5,10 +5,13 @@ from __future__ import annotations
 
 import json
 import os
+import resource
 import subprocess
 import sys
 
+import alambic.train.models  # noqa: F401 - loaded before the baseline: its import is not the model's cost
 from alambic.compress.latency import RUNTIMES, fixed_input, load_model, onnx_input
+from alambic.compress.onnx_export import ort_logits, ort_session
 from alambic.errors import AlambicError
 
 _RSS_MARK = "ALAMBIC_RSS "
@@ -50,16 +53,12 @@ def _memory_child(runtime: str, path: str, length: int, threads: int, vocab_size
         import numpy  # noqa: F401 - the imports count in the baseline, not in the model's cost
         import onnxruntime  # noqa: F401
 
-        from alambic.compress.onnx_export import ort_logits, ort_session
-
         baseline = own_peak_rss()
         session = ort_session(path, threads)
         ort_logits(session, onnx_input(vocab_size, length))
     else:
         import torch
         import transformers  # noqa: F401 - the imports count in the baseline, not in the model's cost
-
-        import alambic.train.models  # noqa: F401
 
         if weights:
             import torchao.quantization  # noqa: F401
@@ -74,8 +73,6 @@ def _memory_child(runtime: str, path: str, length: int, threads: int, vocab_size
 def own_peak_rss() -> int:
     """This process's peak RSS in bytes. On Linux it is VmHWM: ``ru_maxrss`` carries the parent's
     high-water mark across fork + exec, so a child of a big process would report the parent's."""
-    import resource
-
     try:
         with open("/proc/self/status", encoding="ascii") as status:
             return next(int(line.split()[1]) * 1024 for line in status if line.startswith("VmHWM:"))

@@ -33,6 +33,7 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from alambic.data.tokenize import MODEL_INPUTS
 from alambic.errors import AlambicError
 
 if TYPE_CHECKING:
@@ -42,7 +43,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-INPUTS = ("input_ids", "attention_mask", "token_type_ids")
 OUTPUT = "logits"
 #: the operators ONNX Runtime's transformer optimizer fuses into (what a fused graph should hold)
 #: (LayerNormalization is not one: opset 17 exports it as a single standard op already)
@@ -79,7 +79,7 @@ def export_onnx(model: torch.nn.Module, path: str | os.PathLike[str], opset: int
         raise AlambicError(f"ONNX export needs opset >= 17, got {opset}")
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    names = INPUTS if use_token_type_ids else INPUTS[:2]
+    names = MODEL_INPUTS if use_token_type_ids else MODEL_INPUTS[:2]
     example = _example_inputs(model)
     training = model.training
     model.eval()
@@ -263,7 +263,7 @@ def compare_logits(reference: torch.nn.Module | str | os.PathLike[str], onnx_pat
     import numpy as np
     import torch
 
-    from alambic.train.loop import MODEL_INPUTS, iterate
+    from alambic.train.loop import iterate
 
     rows = dataset.select(range(min(len(dataset), max_examples)))
     if "length" not in rows.column_names:

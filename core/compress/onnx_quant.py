@@ -20,6 +20,7 @@ import io
 import logging
 import os
 import re
+import tempfile
 from collections import Counter
 from collections.abc import Iterator, Mapping
 from pathlib import Path
@@ -107,8 +108,6 @@ def _shapes_inferred(source: str | os.PathLike[str]) -> Iterator[Path]:
     data type for weight_name"). An exported, unfused graph needs nothing: ONNX's inference covers
     it (and the symbolic one gives up on its shape arithmetic).
     """
-    import tempfile
-
     import onnx
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
@@ -150,8 +149,6 @@ def calibrate(source: str | os.PathLike[str], groups: list[list[dict[str, Any]]]
     and "entropy" gives exactly MinMax's ranges (ONNX Runtime 1.32). Here entropy and percentile
     use ``bins`` (default 2048, as TensorRT's KL calibration) for 128 quantized bins.
     """
-    import tempfile
-
     from onnxruntime.quantization import (
         CalibrationDataReader,
         create_calibrator,

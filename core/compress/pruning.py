@@ -47,10 +47,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from alambic.data.dataset import progress_bars
 from alambic.errors import AlambicError
 from alambic.options import NoOptions, check_names
-from alambic.train.models import params
 from alambic.train.loop import MODEL_INPUTS, iterate
+from alambic.train.models import params
 
 if TYPE_CHECKING:
     from datasets import Dataset
@@ -362,8 +363,6 @@ def unknown_tokens(dataset: Dataset, token_map: Sequence[int]) -> tuple[dict[str
 def remap_tokens(dataset: Dataset, token_map: Sequence[int], unk_id: int) -> Dataset:
     """``dataset`` with old token ids mapped to new ones (``token_map[new] = old``); ids that
     were dropped become ``unk_id``. Kept in memory: no cache file is written beside the data."""
-    from alambic.data.dataset import progress_bars
-
     kept = np.asarray(token_map, dtype=np.int64)
     lookup = np.full(int(kept.max()) + 2, unk_id, dtype=np.int64)  # last slot: any larger old id
     lookup[kept] = np.arange(len(kept))

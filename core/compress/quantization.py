@@ -26,13 +26,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
+from alambic.compress.onnx_export import export_onnx
 from alambic.errors import AlambicError
 from alambic.options import NoOptions, validated
 
 if TYPE_CHECKING:
     import torch
-
-RUNTIMES = ("pytorch", "onnxruntime")
 
 
 # --- the plugin surface ---------------------------------------------------------------------
@@ -68,7 +67,6 @@ class QuantSource:
         if self.onnx is None:
             if self.model is None:
                 raise AlambicError("quantization needs a source: a PyTorch model or an ONNX file")
-            from alambic.compress.onnx_export import export_onnx
 
             self.onnx = export_onnx(self.model, context.work_dir / "fp32.onnx",
                                     use_token_type_ids=context.use_token_type_ids)

@@ -6,15 +6,14 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
+
+from rich.table import Table
 
 from alambic.compress.guard import GuardDecision, format_decisions
 from alambic.compress.measure import DEFAULT_LENGTHS, Measurement, format_measurements
 from alambic.config import PruningStep
 from alambic.errors import AlambicError
-
-if TYPE_CHECKING:
-    from rich.table import Table
 
 
 @dataclass(frozen=True)
@@ -138,8 +137,6 @@ def format_record(record: CompressRecord) -> list[Table]:
     tables = [format_measurements({"before": record.before, "after": record.after}, title=title),
               format_decisions(record.decisions)]
     if record.agreement:
-        from rich.table import Table
-
         a = record.agreement
         table = Table("quantized vs fp32 ONNX", "test rows", "argmax agreement", "max |logit diff|",
                       title="quantization check")

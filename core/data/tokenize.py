@@ -25,6 +25,9 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+#: the tokenizer outputs a model takes (a tokenized split also carries ``label`` and ``length``)
+MODEL_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
+
 
 def tokenizer_fingerprint(tokenizer: Any) -> str:
     """sha256 of what decides a tokenizer's output: class, vocabulary/pipeline, lower-casing."""

@@ -31,7 +31,7 @@ What the report computes is cached as stages of the store, so that writing it ag
 memory child, keyed by this machine) and ``evaluation`` (a shipped artifact on a split: the
 selected one on test; every candidate and the teacher on data.golden). Every path read from a
 record (a row's ``stage``, record.json's ``artifact``) is checked to stay inside its folder
-(:func:`alambic.store.inside`). What a report reads: :mod:`alambic.report.gather`; the teacher's timings
+(:func:`alambic.paths.inside`). What a report reads: :mod:`alambic.report.gather`; the teacher's timings
 and the evaluations: :mod:`alambic.report.teacher`; the sections and the speed-up:
 :mod:`alambic.report.sections`; rendering and pictures: :mod:`alambic.report.html_page`.
 """
@@ -42,8 +42,10 @@ import datetime
 from pathlib import Path
 from typing import Any
 
+from alambic import __version__
 from alambic.report.document import Image, Report
 from alambic.report.gather import gather
+from alambic.report.html_page import render_html, render_markdown
 from alambic.report.sections import SECTIONS
 
 REPORT_MD = "report.md"
@@ -53,8 +55,6 @@ IMAGES_DIR = "report_images"  # the markdown's pictures; the HTML embeds its own
 
 def build_report(target: Any, *, quiet: bool = True) -> Report:
     """The report of a run: a RunContext, a run config (YAML), or a run directory (fewer sections)."""
-    from alambic import __version__
-
     run = gather(target, quiet)
     name = run.ctx.config.name if run.ctx else Path(run.store.uri).name
     now = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
@@ -64,8 +64,6 @@ def build_report(target: Any, *, quiet: bool = True) -> Report:
 
 def save_report(report: Report) -> dict[str, str]:
     """The pictures, report.md and report.html into the run directory, each written atomically."""
-    from alambic.report.html_page import render_html, render_markdown
-
     store = report.store
     for image in (b for s in report.sections for b in s.blocks if isinstance(b, Image)):
         store.write_bytes(f"{IMAGES_DIR}/{image.name}", image.png)

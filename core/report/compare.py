@@ -30,16 +30,24 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from alambic.errors import AlambicError
+from rich.markup import escape
+from rich.table import Table
+
 # batch-1 latency, the peak RSS of a child process and the weights' bytes: alambic.compress's
 from alambic.compress.latency import latency_ms
 from alambic.compress.measure import weight_bytes
 from alambic.compress.memory import peak_rss
+from alambic.config import load_config
+from alambic.data.dataset import SPLITS, column, load_data
+from alambic.data.tokenize import prepare_tokenizer
+from alambic.errors import AlambicError, did_you_mean
+from alambic.machine import describe
+from alambic.manager import build_registry
 from alambic.train.metrics import macro_f1
+from alambic.train.models import check_vocab, load_pretrained, params
 
 if TYPE_CHECKING:
     from datasets import Dataset
-    from rich.table import Table
     from torch import Tensor
 
 #: accuracy points between A and B above which the comparison is flagged (the guard's budget)
@@ -187,8 +195,6 @@ def _batches(dataset: Dataset, batch_size: int) -> Iterator[tuple[dict[str, Tens
     """Padded batches (pad id 0, right padding) and their labels."""
     import torch
 
-    from alambic.data.dataset import column
-
     cols = {k: column(dataset, k) for k in ("input_ids", "attention_mask", "token_type_ids", "label")
             if k in dataset.column_names}
     for start in range(0, len(dataset), batch_size):
@@ -214,8 +220,6 @@ def mean_pool(hidden: Tensor, attention_mask: Tensor) -> Tensor:
 
 
 def _describe_model(model: Any) -> dict[str, Any]:
-    from alambic.train.models import params
-
     config = model.config
     return {"model_type": config.model_type, "layers": config.num_hidden_layers,
             "hidden": config.hidden_size, "heads": config.num_attention_heads, "params": params(model)}
@@ -235,8 +239,6 @@ def compare_models(model_a: Any, model_b: Any, dataset: Dataset, batch_size: int
         process running each is measured too (None = parameter and buffer bytes only).
     """
     import torch
-
-    from alambic.machine import describe
 
     _check_compatible(model_a, model_b, names)
     missing = {"input_ids", "attention_mask", "label"} - set(dataset.column_names)
@@ -320,13 +322,6 @@ def compare_dirs(path_a: str | os.PathLike[str], path_b: str | os.PathLike[str],
     """
     from transformers import AutoModelForSequenceClassification
 
-    from alambic.config import load_config
-    from alambic.data.dataset import SPLITS, load_data
-    from alambic.data.tokenize import prepare_tokenizer
-    from alambic.errors import did_you_mean
-    from alambic.manager import build_registry
-    from alambic.train.models import check_vocab, load_pretrained
-
     if split not in SPLITS:
         raise AlambicError(f"unknown split '{split}'{did_you_mean(split, SPLITS)}; choose among {', '.join(SPLITS)}")
     folders = (Path(path_a).expanduser(), Path(path_b).expanduser())
@@ -409,8 +404,6 @@ def _saved_tokenizer(folders: Sequence[Path]) -> tuple[Any, str]:
 def _tokenize(ds: Dataset, tokenizer: Any, max_length: int) -> Dataset:
     from datasets import Dataset
 
-    from alambic.data.dataset import column
-
     enc = tokenizer(column(ds, "text"), truncation=True, max_length=max_length)
     cols = {k: enc[k] for k in ("input_ids", "attention_mask", "token_type_ids") if k in enc}
     return Dataset.from_dict(cols | {"label": column(ds, "label")})
@@ -422,9 +415,6 @@ def _tokenize(ds: Dataset, tokenizer: Any, max_length: int) -> Dataset:
 def format_report(result: dict[str, Any]) -> list[Table]:
     """Two rich tables: A, B and B - A metric by metric (the accuracy flag in red), then the layer
     pairs with their CKA and attention KL. Narrow: one column per model, one row per metric."""
-    from rich.markup import escape
-    from rich.table import Table
-
     a, b = result["models"]["a"], result["models"]["b"]
     diff, lat = result["accuracy_diff"], result["latency"]
     flag = (f"[bold red]{diff['points']:+.2f} pt  FLAG: > {diff['threshold']:g}[/bold red]" if diff["flag"]
@@ -476,4 +466,3 @@ def _layer(i: int) -> str:
 
 def _number(value: float | None) -> str:
     return "-" if value is None else f"{value:.4f}"
-

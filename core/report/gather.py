@@ -11,15 +11,21 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from alambic.compress.chain import MODEL_DIR, RECORD_FILE
+from alambic.data.dataset import load_golden
 from alambic.errors import AlambicError
 from alambic.fingerprint import file_sha256, stable_hash
+from alambic.paths import UnsafePathError, inside
 from alambic.report.teacher import Teacher, evaluate_artifact, measure_config, timed_teacher
-from alambic.store import Store, UnsafePathError
+from alambic.run import RunContext
+from alambic.search.front import RESULTS, Run, json_row, load_results, mark_front, resolve_run
+from alambic.search.select import SELECTED
+from alambic.ship.exporter import check_record_paths
+from alambic.store import Store
 
 if TYPE_CHECKING:
     import pandas as pd
 
-    from alambic.run import RunContext
 
 log = logging.getLogger(__name__)
 
@@ -40,9 +46,6 @@ class GatheredRun:
 
 
 def _open(target: Any, quiet: bool) -> tuple[Store, RunContext | None]:
-    from alambic.search.front import RESULTS, resolve_run
-    from alambic.run import RunContext
-
     if isinstance(target, RunContext):
         return target.store, target
     path = Path(os.fspath(target))
@@ -54,9 +57,6 @@ def _open(target: Any, quiet: bool) -> tuple[Store, RunContext | None]:
 
 
 def gather(target: Any, quiet: bool) -> GatheredRun:
-    from alambic.search.front import RESULTS, Run, load_results, mark_front
-    from alambic.search.select import SELECTED
-
     store, ctx = _open(target, quiet)
     run = GatheredRun(store, ctx)
     if store.exists(RESULTS):
@@ -81,9 +81,6 @@ def compress_stage(run: GatheredRun, row: dict[str, Any], source: str) -> tuple[
 
     :param source: where the row was read: results.parquet or selected.json
     """
-    from alambic.compress.chain import RECORD_FILE
-    from alambic.ship.exporter import check_record_paths
-
     stage = run.store.record_path(row.get("stage"), source=f"{run.store.uri}/{source}", key="stage")
     record = json.loads((stage / RECORD_FILE).read_text(encoding="utf-8"))
     check_record_paths(stage, record)
@@ -92,9 +89,6 @@ def compress_stage(run: GatheredRun, row: dict[str, Any], source: str) -> tuple[
 
 def candidate_scores(run: GatheredRun, row: dict[str, Any], rows: Any, rows_key: str, source: str) -> dict[str, Any]:
     """A candidate's shipped artifact (its stage's record.json says which, in which runtime) on rows."""
-    from alambic.compress.chain import MODEL_DIR, RECORD_FILE
-    from alambic.store import inside
-
     stage, record = compress_stage(run, row, source)
     artifact = inside(stage, record["artifact"], source=f"{stage}/{RECORD_FILE}", key="artifact")
     return evaluate_artifact(run.ctx, record["key"], stage / MODEL_DIR, rows, rows_key, runtime=record["runtime"],
@@ -102,15 +96,11 @@ def candidate_scores(run: GatheredRun, row: dict[str, Any], rows: Any, rows_key:
 
 
 def _results_source(row: dict[str, Any]) -> str:
-    from alambic.search.front import RESULTS
-
     return f"{RESULTS} (candidate {row.get('candidate_id')})"
 
 
 def _golden(run: GatheredRun) -> None:
     """Every ok candidate, and the teacher, on data.golden (the user's hand-checked rows)."""
-    from alambic.data.dataset import load_golden
-
     ctx = run.ctx
     run.golden = load_golden(ctx.config.data, ctx.prepared.label_names)
     if run.golden is None:
@@ -129,8 +119,6 @@ def _golden(run: GatheredRun) -> None:
 
 
 def ok_rows(df: pd.DataFrame | None) -> list[dict[str, Any]]:
-    from alambic.search.front import json_row
-
     return [] if df is None else [json_row(r) for _, r in df[df["status"] == "ok"].iterrows()]
 
 

@@ -12,11 +12,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from alambic.data.dataset import describe_data
 from alambic.errors import AlambicError
 from alambic.machine import label, summary
+from alambic.report import html_page as draw
 from alambic.report.document import Image, Items, Section, Table
 from alambic.report.gather import candidate_scores, candidate_threads, compress_stage, ok_rows
 from alambic.report.teacher import METRICS_FILE, p50_ms
+from alambic.search.algorithms import proxied
+from alambic.search.plot import plot_front
+from alambic.search.select import SELECTED
+from alambic.ship.export import EXPORT_DIR, VERIFICATION_FILE
 
 if TYPE_CHECKING:
     from alambic.report.gather import GatheredRun
@@ -37,8 +43,6 @@ def _num(value: Any, spec: str = ",.2f", suffix: str = "") -> str:
 
 
 def _data_section(run: GatheredRun) -> Section:
-    from alambic.data.dataset import describe_data
-
     if run.ctx is None:
         return _absent("data", "Data", "No run config given (RUN is a run directory): the data summary needs it.")
     data, config = run.ctx.prepared, run.ctx.config
@@ -203,8 +207,6 @@ def _candidates_caption(run: GatheredRun, ok: int) -> str:
 
 
 def _front_section(run: GatheredRun) -> Section:
-    from alambic.search.plot import plot_front
-
     if run.results is None or not (run.results["status"] == "ok").any():
         return _absent("front", "Pareto front", "No measured candidate yet: nothing to plot.")
     with tempfile.TemporaryDirectory(prefix="alambic-report-") as tmp:
@@ -219,8 +221,6 @@ def _front_section(run: GatheredRun) -> Section:
 
 def _proxy_note(run: GatheredRun) -> str:
     """What Tune optimized in place of the objectives a trial cannot time (nsga2, tpe)."""
-    from alambic.search.algorithms import proxied
-
     search = run.ctx.config.search if run.ctx is not None else None
     if search is None or search.algorithm not in ("nsga2", "tpe"):
         return ""
@@ -321,8 +321,6 @@ def _drops(run: GatheredRun, row: dict[str, Any]) -> Table:
 
 
 def _guard_section(run: GatheredRun) -> Section:
-    from alambic.search.select import SELECTED
-
     if not run.selected_row:
         return _absent("guard", "Guard decisions", "No selection yet: the decisions are the selected candidate's.")
     _, record = compress_stage(run, run.selected_row, SELECTED)
@@ -344,12 +342,9 @@ def _guard_section(run: GatheredRun) -> Section:
 
 
 def _quality_section(run: GatheredRun) -> Section:
-    from alambic.report import html_page as draw
-
     row, title = run.selected_row, "Selected model on the test split"
     if run.ctx is None or not row:
         return _absent("quality", title, "Needs the run config and a selection (`alambic select RUN`).")
-    from alambic.search.select import SELECTED
 
     data, teacher = run.ctx.prepared, run.teacher.metrics["test"] if run.teacher else None
     found = candidate_scores(run, row, data.raw["test"], f"{data.report.fingerprint}/test", SELECTED)
@@ -378,8 +373,6 @@ def _quality_section(run: GatheredRun) -> Section:
 
 
 def _export_section(run: GatheredRun) -> Section:
-    from alambic.ship.export import EXPORT_DIR, VERIFICATION_FILE
-
     if not run.store.exists(f"{EXPORT_DIR}/{VERIFICATION_FILE}"):
         return _absent("export", "Export", "No export yet (export/verification.json): run `alambic export RUN`.")
     found = run.store.read_json(f"{EXPORT_DIR}/{VERIFICATION_FILE}")

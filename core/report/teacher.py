@@ -12,12 +12,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from alambic.compress.measure import Measurement, measure_onnx, measure_pytorch, onnx_evaluate, vocab_files
+from alambic.compress.onnx_export import attention_dims, export_onnx, optimize_onnx, ort_session
+from alambic.config import MeasureConfig
+from alambic.data.dataset import progress_bars
+from alambic.data.tokenize import MODEL_INPUTS
 from alambic.errors import AlambicError
 from alambic.fingerprint import stable_hash
 from alambic.machine import identity
+from alambic.train.models import load_pretrained
 
 if TYPE_CHECKING:
-    from alambic.compress.measure import Measurement
     from alambic.run import RunContext
 
 log = logging.getLogger(__name__)
@@ -51,8 +56,6 @@ def p50_ms(m: Measurement) -> float | None:
 
 def measure_config(ctx: RunContext) -> Any:
     """The search's measure settings (the defaults when the run has no search)."""
-    from alambic.config import MeasureConfig
-
     return ctx.config.search.measure if ctx.config.search is not None else MeasureConfig()
 
 
@@ -83,8 +86,6 @@ def teacher_measurement(ctx: RunContext, key: str, path: Path, *, runtime: str =
     """The teacher folder timed as the candidates are (the search's lengths and runs, ``threads``),
     in ``runtime`` at fp32 (ONNX Runtime: exported and fused as the candidates' graphs are), without
     the memory child; once per teacher, settings and machine (a ``teacher-measure`` stage)."""
-    from alambic.compress.measure import Measurement
-
     measure = measure_config(ctx)
     settings = {"lengths": tuple(measure.lengths), "runs": measure.runs, "warmup": measure.warmup}
     here = identity()  # a timing is this machine's: never reused elsewhere
@@ -104,10 +105,6 @@ def teacher_measurement(ctx: RunContext, key: str, path: Path, *, runtime: str =
 
 def _time_teacher(ctx: RunContext, path: Path, runtime: str, threads: int, settings: dict[str, Any]) -> Measurement:
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
-
-    from alambic.compress.measure import measure_onnx, measure_pytorch, vocab_files
-    from alambic.train.models import load_pretrained
-    from alambic.compress.onnx_export import attention_dims, export_onnx, optimize_onnx
 
     tokenized, _ = ctx.tokenize(AutoTokenizer.from_pretrained(str(path)))  # the teacher's own tokenizer
     if runtime == "pytorch":
@@ -146,10 +143,6 @@ def evaluate_artifact(ctx: RunContext, model_key: str, model_dir: Path, rows: An
 def _evaluate(ctx: RunContext, model_dir: Path, rows: Any, runtime: str, artifact: Path | None) -> dict[str, Any]:
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-    from alambic.data.dataset import progress_bars
-    from alambic.compress.measure import vocab_files
-    from alambic.train.loop import MODEL_INPUTS
-
     tokenizer = AutoTokenizer.from_pretrained(str(model_dir)) if vocab_files(model_dir) else ctx.prepared.tokenizer
     length = ctx.config.tokenizer.max_length
 
@@ -160,13 +153,9 @@ def _evaluate(ctx: RunContext, model_dir: Path, rows: Any, runtime: str, artifac
     with progress_bars(False):  # a given fingerprint spares datasets from hashing the tokenizer
         tokenized = rows.map(encode, batched=True, remove_columns=["text"], new_fingerprint=uuid.uuid4().hex)
     if runtime == "onnxruntime":
-        from alambic.compress.measure import onnx_evaluate
-        from alambic.compress.onnx_export import ort_session
-
         return onnx_evaluate(ort_session(artifact, 1), tokenized)
     if runtime != "pytorch":
         raise AlambicError(f"cannot evaluate runtime {runtime!r} here (pytorch and onnxruntime can be)")
-    from alambic.train.models import load_pretrained
     from alambic.train.loop import evaluate
 
     model = load_pretrained(model_dir, AutoModelForSequenceClassification).eval()

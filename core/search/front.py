@@ -32,14 +32,19 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from rich.markup import escape
+from rich.table import Table
+
+from alambic.config import SelectConfig
 from alambic.errors import AlambicError
+from alambic.run import RunContext
+from alambic.search.pareto import beaten_within, crowding_distance, knee_point, non_dominated_sort
 from alambic.store import Store
 
 if TYPE_CHECKING:
     import pandas as pd
-    from rich.table import Table
 
-    from alambic.config import RunConfig, SelectConfig
+    from alambic.config import RunConfig
     from alambic.registry import Registry
 
 RESULTS = "results.parquet"
@@ -77,8 +82,6 @@ class Run:
 
     @property
     def select(self) -> SelectConfig:
-        from alambic.config import SelectConfig
-
         return self.config.select if self.config is not None else SelectConfig(policy="tier", tier="high")
 
 
@@ -97,8 +100,6 @@ def resolve_run(arg: str | os.PathLike[str]) -> Run:
     if path.is_file() and path.name == RESULTS:
         return Run(Store.open(path.parent))
     if path.is_file():
-        from alambic.run import RunContext
-
         ctx = RunContext.open(path, quiet=True)
         return Run(ctx.store, ctx.config, ctx.registry)
     raise AlambicError(f"{path}: no such file or directory; {expected}")
@@ -240,8 +241,6 @@ def mark_front(df: pd.DataFrame, objectives: Objectives = DEFAULT_OBJECTIVES,
     import numpy as np
     import pandas as pd
 
-    from alambic.search.pareto import beaten_within, crowding_distance, knee_point, non_dominated_sort
-
     pairs = objective_pairs(objectives)
     need_columns(df, ["status", *(m for m, _ in pairs)], "the objectives")
     out = df.copy()
@@ -334,9 +333,6 @@ def json_row(row: Any) -> dict[str, Any]:
 
 def format_front(df: pd.DataFrame, all_rows: bool = False, title: str | None = None) -> Table:
     """A rich table of the front (``all_rows``: every candidate, with status and error), smallest first."""
-    from rich.markup import escape
-    from rich.table import Table
-
     df = marked(df, None)
     shown = _sorted(df, all_rows)
     ok = int((df["status"] == "ok").sum())

@@ -98,4 +98,5 @@ def front_figure(df: pd.DataFrame, objectives: Objectives | None = None) -> Figu
     ax.legend(loc="lower right", fontsize=8)
     return fig
 
+
 __all__ = ["front_figure", "plot_front"]

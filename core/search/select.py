@@ -25,7 +25,16 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
+from pydantic import ValidationError
+from rich.console import Group
+from rich.markup import escape
+from rich.table import Table
+
+from alambic import __version__
+from alambic.config import SelectConfig
+from alambic.config_problems import describe_errors
 from alambic.errors import AlambicError, ConfigError
+from alambic.manager import build_registry
 from alambic.search.front import (
     ACCURACY,
     DEFAULT_OBJECTIVES,
@@ -43,9 +52,7 @@ from alambic.store import Store
 
 if TYPE_CHECKING:
     import pandas as pd
-    from rich.console import Group
 
-    from alambic.config import SelectConfig
     from alambic.registry import Registry
 
 SELECTED = "selected.json"
@@ -184,8 +191,6 @@ class Selection:
 
     def to_dict(self) -> dict[str, Any]:
         """selected.json: see :func:`write_selected`."""
-        from alambic import __version__
-
         return {
             "candidate_id": self.candidate_id, "policy": self.policy, "summary": self.summary,
             "constraints": self.constraints,
@@ -228,11 +233,6 @@ def make_policy(spec: SelectionPolicy | SelectConfig | Mapping[str, Any],
                 registry: Registry | None = None) -> SelectionPolicy:
     """A policy from a policy, a SelectConfig, or a mapping of its fields (plus extra options such
     as ``phone_latency_factor``), looked up by id among the registered selection policies."""
-    from pydantic import ValidationError
-
-    from alambic.config import SelectConfig
-    from alambic.config_problems import describe_errors
-
     if isinstance(spec, SelectionPolicy):
         return spec
     options: dict[str, Any] = {}
@@ -244,8 +244,6 @@ def make_policy(spec: SelectionPolicy | SelectConfig | Mapping[str, Any],
         except ValidationError as exc:
             raise ConfigError("select", describe_errors(exc.errors(), root=SelectConfig)) from None
     if registry is None:
-        from alambic.manager import build_registry
-
         registry = build_registry()
     return registry["selection_policies"].get(spec.policy).from_config(spec, **options)
 
@@ -358,10 +356,6 @@ def _front_note(row: Mapping[str, Any], objectives: Sequence[tuple[str, str]]) -
 
 def format_selection(selection: Selection) -> Group:
     """Rich renderables: the chosen candidate's figures, then why it was chosen, then the notes."""
-    from rich.console import Group
-    from rich.markup import escape
-    from rich.table import Table
-
     row = selection.require().row or {}
     table = Table("", "", title=f"selected: {escape(str(row['candidate_id']))}", show_header=False)
     table.add_row("policy", escape(selection.summary))

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from alambic.compress.records import step_label
-from alambic.config import PruningStep
+from alambic.config import DOMAINS, PruningStep
 from alambic.errors import ConfigError
 from alambic.fingerprint import stable_hash
 
@@ -41,8 +41,6 @@ class Candidate:
 
 def _domain(value: Any) -> tuple[str, Any] | None:
     """``{"choice": [...]}`` -> ("choice", [...]); a plain value -> None."""
-    from alambic.config import DOMAINS
-
     if isinstance(value, dict) and len(value) == 1 and next(iter(value)) in DOMAINS:
         return next(iter(value.items()))
     return None

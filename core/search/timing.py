@@ -22,9 +22,12 @@ from collections.abc import Callable, Sequence
 from pathlib import Path, PurePosixPath
 from typing import Any
 
+from alambic.compress.chain import MODEL_DIR
+from alambic.compress.measure import REFERENCE_LENGTH, config_vocab_size, measure_speed
 from alambic.errors import AlambicError
 from alambic.fingerprint import stable_hash
-from alambic.store import inside
+from alambic.machine import identity, label, summary
+from alambic.paths import inside
 
 log = logging.getLogger(__name__)
 
@@ -40,8 +43,6 @@ def time_candidates(ctx: Any, rows: Sequence[dict[str, Any]], settings: Any,
     :param settings: ``compress.MeasureSettings`` (lengths, threads, runs, warmup, memory).
     :param on_timed: called with (n, total, row) after each candidate.
     """
-    from alambic.machine import identity, summary
-
     machine = identity()
     todo = [r for r in rows if r.get("status") == "ok" and r.get("compress_key")]
     if todo:
@@ -56,15 +57,11 @@ def time_candidates(ctx: Any, rows: Sequence[dict[str, Any]], settings: Any,
 
 def timing(ctx: Any, row: dict[str, Any], settings: Any, machine: dict[str, Any]) -> dict[str, Any]:
     """One candidate's artifact timed as a stage keyed by its compress stage, settings and machine."""
-    from alambic.compress.chain import MODEL_DIR
-
     key = stable_hash({"stage": "timing", "compress": row["compress_key"], "artifact": row["artifact"],
                        "measure": settings, "machine": machine})[:32]
     stage = ctx.store.local_path(ctx.store.stage_path(row["compress_key"]))
 
     def build(folder: Path) -> dict[str, Any]:
-        from alambic.compress.measure import config_vocab_size, measure_speed
-
         artifact = inside(stage, _in_stage(row["artifact"], ctx.store.stage_path(row["compress_key"]), row),
                           source=f"candidate {row['candidate_id']}'s row", key="artifact")
         start = time.perf_counter()
@@ -83,14 +80,11 @@ def timing(ctx: Any, row: dict[str, Any], settings: Any, machine: dict[str, Any]
 
 def columns(found: dict[str, Any]) -> dict[str, Any]:
     """A timing's figures as row columns: latency at the reference length, peak and model memory."""
-    from alambic.compress.measure import REFERENCE_LENGTH
-
     lengths = sorted(int(n) for n in found["latency_ms"])
     length = REFERENCE_LENGTH if REFERENCE_LENGTH in lengths else lengths[-1]
     latency = found["latency_ms"][str(length)]
     memory = found.get("memory") or {}
     peak, base = memory.get("peak_rss_bytes"), memory.get("baseline_rss_bytes")
-    from alambic.machine import label
 
     return {"latency_p50_ms": latency["p50"], "latency_p90_ms": latency["p90"],
             "peak_mem_mb": None if peak is None else peak / 1e6,
@@ -101,7 +95,7 @@ def columns(found: dict[str, Any]) -> dict[str, Any]:
 
 def _in_stage(artifact: str, stage: str, row: dict[str, Any]) -> str:
     """The row's artifact (relative to the run) relative to its compress stage, or a clear error
-    (:func:`alambic.store.inside` then checks it stays there)."""
+    (:func:`alambic.paths.inside` then checks it stays there)."""
     try:
         return PurePosixPath(artifact).relative_to(stage).as_posix()
     except (TypeError, ValueError):

@@ -50,15 +50,19 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from alambic.search.algorithms import search_algorithm, tune_metrics
-from alambic.compress.chain import relative_path
-from alambic.compress.records import MeasureSettings
+from alambic.compress.chain import compress, relative_path
+from alambic.compress.records import SCORES_ONLY, MeasureSettings
 from alambic.config import RunConfig
 from alambic.errors import AlambicError, ConfigError
 from alambic.fingerprint import stable_hash
+from alambic.manager import get_plugin_manager
+from alambic.run import RunContext
+from alambic.search.algorithms import search_algorithm, tune_metrics
 from alambic.search.results import COLUMNS, mark_front, memo_counts, write_results
 from alambic.search.space import Candidate, Space, check_space
 from alambic.search.timing import time_candidates
+from alambic.store import Store
+from alambic.train.distributed import cluster_has_gpus, ensure_ray
 
 log = logging.getLogger(__name__)
 
@@ -91,10 +95,6 @@ class SearchJob:
         self.space = Space(self.config.search)
 
     def context(self) -> Any:
-        from alambic.manager import get_plugin_manager
-        from alambic.run import RunContext
-        from alambic.store import Store
-
         root = Store.open(self.config.store)
         ctx = RunContext(config=self.config, registry=self.registry, pm=get_plugin_manager(), root=root,
                          store=root.run(self.config.name), quiet=True)
@@ -126,9 +126,8 @@ class _TrialData:
 
 def candidate_trial(params: dict[str, Any], job: SearchJob) -> None:
     """The Tune trainable: build one candidate (or find its stages built), report its objectives."""
-    from ray import tune
-
     import ray
+    from ray import tune
 
     ctx = job.context()
     candidate = job.space.candidate(params)
@@ -148,8 +147,6 @@ def run_candidate(ctx: Any, candidate: Candidate, job: SearchJob, trial_id: str 
     memoized candidate costs a fraction of a second). Errors of the candidate's own stages (a
     plugin that raises, a setting that cannot work) make a failed row.
     """
-    from alambic.compress.chain import compress
-    from alambic.compress.records import SCORES_ONLY
     from alambic.train.distill import distill
 
     rel = f"{CANDIDATES_DIR}/{candidate.id}.json"
@@ -267,7 +264,6 @@ def search(ctx: Any, *, resume: bool = False, on_row: Callable[[dict[str, Any]],
     logging.getLogger("ray.tune.analysis.experiment_analysis").setLevel(logging.ERROR)
     from ray import tune
 
-    from alambic.train.distributed import cluster_has_gpus, ensure_ray
     from alambic.train.teacher import teacher_logits, train_teacher
 
     start = time.perf_counter()

@@ -29,6 +29,7 @@ tokenizer (a pruned vocabulary has its own), or already tokenized rows (``input_
 from __future__ import annotations
 
 import dataclasses
+import io
 import json
 import logging
 import shutil
@@ -38,13 +39,18 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from rich.markup import escape
+from rich.table import Table
+
 from alambic.errors import AlambicError, did_you_mean
+from alambic.fingerprint import stable_hash
+from alambic.manager import build_registry
 from alambic.ship.exporter import Exported, ExportSource, Failure, load_source
+from alambic.store import Store
 
 if TYPE_CHECKING:
-    from rich.table import Table
 
-    from alambic.store import Manifest, Store
+    from alambic.store import Manifest
 
 log = logging.getLogger(__name__)
 
@@ -83,12 +89,7 @@ def export_stage(stage_dir: str | Path, out_dir: str | Path, formats: Sequence[s
     :param options: per format id, that exporter's options, e.g. ``{"coreml": {"epochs": 5}}``.
     :param max_length: the longest input (tokens) the exported models take; default: the tokenizer's.
     """
-    from alambic.fingerprint import stable_hash
-    from alambic.store import Store
-
     if registry is None:
-        from alambic.manager import build_registry
-
         registry = build_registry()
     formats = list(dict.fromkeys(formats))
     exporters = [registry["exporters"].get(f) for f in formats]
@@ -241,9 +242,6 @@ def _mark(ok: bool | None) -> str:
 
 def format_verification(result: ExportResult) -> Table:
     """A rich table of every check of every format, then the formats that failed."""
-    from rich.markup import escape
-    from rich.table import Table
-
     table = Table("format", "check", "result", "", title=f"export verification: {result.path}")
     for name, exported in result.exported.items():
         for check in exported.checks:
@@ -292,8 +290,6 @@ def resolve_stage(store: Store, *, candidate: str | None = None, stage: str | Pa
 
 
 def _results_row(store: Store, candidate: str) -> dict[str, Any]:
-    import io
-
     import pyarrow.parquet as pq
 
     if not store.exists("results.parquet"):

@@ -13,8 +13,11 @@ from functools import cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
+from alambic.compress.chain import MODEL_DIR, RECORD_FILE
 from alambic.errors import AlambicError
 from alambic.options import NoOptions, validated
+from alambic.paths import inside
+from alambic.train.models import load_pretrained
 
 if TYPE_CHECKING:
     import numpy as np
@@ -138,8 +141,6 @@ class ExportSource:
         """The fp32 PyTorch model, eval mode."""
         from transformers import AutoModelForSequenceClassification
 
-        from alambic.train.models import load_pretrained
-
         return load_pretrained(self.model_dir, AutoModelForSequenceClassification, config_key="--stage").eval()
 
     @cached_property
@@ -184,18 +185,12 @@ class ExportSource:
 
     def stage_path(self, value: Any, key: str) -> Path:
         """A path record.json gives at ``key``, checked to lie inside the stage folder."""
-        from alambic.compress.chain import RECORD_FILE
-        from alambic.store import inside
-
         return inside(self.stage_dir, value, source=f"{self.stage_dir}/{RECORD_FILE}", key=key)
 
 
 def check_record_paths(stage_dir: Path, record: Mapping[str, Any]) -> None:
     """Every path a compress record holds (``artifact``, ``quantization.source``, ``.files``) is
     relative and inside ``stage_dir``; else UnsafePathError naming record.json, the key and the value."""
-    from alambic.compress.chain import RECORD_FILE
-    from alambic.store import inside
-
     quant = record.get("quantization") or {}
     named = [("artifact", record.get("artifact")), ("quantization.source", quant.get("source")),
              *((f"quantization.files[{i}]", f) for i, f in enumerate(quant.get("files") or []))]
@@ -208,8 +203,6 @@ def load_source(stage_dir: str | Path, *, test_split: Any = None, recipe: Mappin
                 metadata: Mapping[str, Any] | None = None, max_length: int | None = None,
                 max_examples: int = 2000) -> ExportSource:
     """Read a stage folder (``model/``, ``record.json``) and tokenize up to ``max_examples`` test rows."""
-    from alambic.compress.chain import MODEL_DIR, RECORD_FILE
-
     stage = Path(stage_dir).expanduser().resolve()
     model_dir = stage / MODEL_DIR if (stage / MODEL_DIR / "config.json").is_file() else stage
     if not (model_dir / "config.json").is_file():

@@ -22,9 +22,15 @@ from pydantic import ValidationError
 
 from alambic.config import DistillConfig
 from alambic.config_problems import describe_errors
+from alambic.data.tokenize import MODEL_INPUTS, tokenizer_fingerprint
 from alambic.errors import AlambicError, ConfigError
 from alambic.fingerprint import model_digest, stable_hash
+from alambic.model_sources import resolve_model
+from alambic.options import NoOptions
+from alambic.train import distributed
+from alambic.train.distributed import prepare_model, report_epoch, resume_state, worker_context
 from alambic.train.loop import TrainSettings
+from alambic.train.models import check_vocab, from_teacher_layers, own_tokenizer, weights_folder
 
 log = logging.getLogger(__name__)
 
@@ -78,8 +84,6 @@ def train_settings(settings: DistillConfig) -> TrainSettings:
 def build_losses(loss_classes: Sequence[type], settings: DistillConfig, teacher_config: Any,
                  student_config: Any) -> list[Any]:
     """One module per loss id; each gets the settings its options name (kd: temperature, alpha)."""
-    from alambic.options import NoOptions
-
     losses = []
     for cls in loss_classes:
         accepted = {f.name for f in dataclasses.fields(cls.Options)} if cls.Options is not NoOptions else set()
@@ -95,7 +99,6 @@ def kd_from_cache(teacher_logits: Any, temperature: float, alpha: float) -> Any:
     import torch
 
     from alambic.train.losses import kd_loss
-    from alambic.train.loop import MODEL_INPUTS
 
     # a copy: an Arrow-backed array is read-only
     logits = torch.tensor(np.asarray(teacher_logits), dtype=torch.float32)
@@ -131,8 +134,6 @@ def recover(model: Any, train: Any, validation: Any, teacher_logits: Any, settin
 def build_student(spec: dict[str, Any], attn_implementation: str | None = None) -> Any:
     """The student, from where its init says: random (its config, at the run's vocabulary size
     and size overrides), pretrained weights (a local folder), or the teacher's own layers."""
-    from alambic.train.models import from_teacher_layers
-
     id2label = dict(enumerate(spec["label_names"]))
     init, cls = spec.get("init"), spec["student_class"]  # no init: random
     if init is None or init.kind == "random":
@@ -149,9 +150,8 @@ def distill_worker(loop_config: dict[str, Any]) -> None:
     import torch
     from transformers import AutoConfig, AutoModelForSequenceClassification
 
-    from alambic.train.distributed import prepare_model, report_epoch, resume_state, worker_context
+    from alambic.train.loop import fast_cpu_math, fit, seed_everything
     from alambic.train.losses import needs_online_teacher, output_flags
-    from alambic.train.loop import MODEL_INPUTS, fast_cpu_math, fit, seed_everything
 
     context = worker_context(loop_config)
     fast_cpu_math()
@@ -225,10 +225,6 @@ class StudentInit:
 def student_init(ctx: Any, student_class: type, init: str | None, teacher: Any, sizes: dict[str, int]) -> StudentInit:
     """Resolve a student's initialisation: ``init`` (``--init``), else ``search.student_init``,
     else the student's default; random init is said in the log."""
-    from alambic.data.tokenize import tokenizer_fingerprint
-    from alambic.model_sources import resolve_model
-    from alambic.train.models import own_tokenizer, weights_folder
-
     sid = student_class.id
     search = ctx.config.search
     where = "--init" if init else f"search.student_init.{sid}"
@@ -267,7 +263,6 @@ def student_init(ctx: Any, student_class: type, init: str | None, teacher: Any, 
 def check_tokenizers(loss_classes: Sequence[type], init: StudentInit, teacher_tokenizer: Any) -> None:
     """Losses beyond the cached logits run the teacher on the student's batch: that needs one
     tokenizer. Cached logits are per example, so any two tokenizers distill through them."""
-    from alambic.data.tokenize import tokenizer_fingerprint
     from alambic.train.losses import needs_online_teacher
 
     if not needs_online_teacher(loss_classes):
@@ -289,9 +284,7 @@ def distill(ctx: Any, student_id: str, overrides: Mapping[str, Any] | None = Non
     :param init: where the student's weights start (``--init``): a hub id, a folder, a packaged
         ``<source>:<model>``, or ``random``; default ``search.student_init``, else the student's own.
     """
-    from alambic.train.distributed import launch
     from alambic.train.losses import needs_online_teacher
-    from alambic.train.models import check_vocab
     from alambic.train.teacher import finish_model_folder, teacher_logits, train_teacher
 
     settings = distill_settings(ctx.config.distill, overrides or {})
@@ -324,8 +317,8 @@ def distill(ctx: Any, student_id: str, overrides: Mapping[str, Any] | None = Non
             "train": tokenized["train"], "validation": tokenized["validation"],
         }
         start = time.perf_counter()
-        run = launch(distill_worker, loop_config, name=f"distill-{student_id}-{key[:12]}", scratch=ctx.cache_dir,
-                     ray_config=ctx.config.ray, local=local, quiet=ctx.quiet)
+        run = distributed.launch(distill_worker, loop_config, name=f"distill-{student_id}-{key[:12]}",
+                                 scratch=ctx.cache_dir, ray_config=ctx.config.ray, local=local, quiet=ctx.quiet)
         extra = {"student": student_id, "sizes": sizes, "settings": settings.model_dump(),
                  "teacher": teacher.key, "teacher_test_accuracy": teacher.metrics["test"]["accuracy"],
                  "online_teacher": online, "donor": donor.key if donor else None,
@@ -340,4 +333,3 @@ def distill(ctx: Any, student_id: str, overrides: Mapping[str, Any] | None = Non
              record.metrics["test"]["accuracy"])
     ctx.pm.hook.alambic_after_distill(context=ctx, student=record)
     return record
-

@@ -11,6 +11,7 @@ import json
 import logging
 import os
 import shutil
+import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -207,8 +208,6 @@ def report_epoch(model: Any, metrics: dict[str, Any], is_best: bool, context: Wo
     and, given ``training_state`` (a thunk from ``training.fit``), the state to resume from after
     this epoch; then every epoch is checkpointed. Without it, only a best epoch is.
     """
-    import tempfile
-
     scalars = {k: v for k, v in metrics.items() if isinstance(v, (int, float, str, bool))}
     writes = context.rank == 0 and (is_best or training_state is not None)
     state = training_state() if writes and training_state is not None else None

@@ -18,6 +18,7 @@ import contextlib
 import copy
 import logging
 import math
+import random
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -26,12 +27,12 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
+from tqdm.auto import tqdm
 
+from alambic.data.tokenize import MODEL_INPUTS
 from alambic.train.metrics import per_class_scores
 
 log = logging.getLogger(__name__)
-
-MODEL_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
 
 
 #: batches sorted by length together when bucketing. Wider windows pad less but make batches more
@@ -69,8 +70,6 @@ def fast_cpu_math() -> None:
 
 def seed_everything(seed: int) -> None:
     """Seed Python, NumPy and torch before a model is built, so runs repeat exactly."""
-    import random
-
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
@@ -392,7 +391,6 @@ def progress_bar(label: str, enabled: bool) -> Iterator[Callable[[int, int, dict
     if not enabled:
         yield None
         return
-    from tqdm.auto import tqdm
 
     with tqdm(desc=label, unit="step", leave=False) as bar:
         def update(step: int, steps: int, losses: dict[str, float]) -> None:

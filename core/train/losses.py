@@ -16,7 +16,8 @@ A loss plugin subclasses :class:`DistillLoss` and registers through ``alambic_re
 an instance is a ``torch.nn.Module`` whose parameters (projections) the training loop optimizes
 alongside the student's but does not save with it.
 
-torch is imported inside the functions: plugin discovery (``alambic plugins``) stays light.
+torch is imported when this module loads (DistillLoss is a ``torch.nn.Module``): listing plugins
+loads it, ray and the deployment runtimes it does not.
 """
 
 from __future__ import annotations

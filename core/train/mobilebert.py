@@ -38,9 +38,10 @@ from typing import Any
 
 import torch
 
+from alambic.data.tokenize import MODEL_INPUTS
 from alambic.errors import AlambicError
+from alambic.train.loop import TrainSettings, average_gradients, iterate, make_optimizer
 from alambic.train.losses import attention_kl, masked_mse, projection, uniform_layer_map
-from alambic.train.loop import MODEL_INPUTS, TrainSettings, average_gradients, iterate, make_optimizer
 
 log = logging.getLogger(__name__)
 

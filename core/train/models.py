@@ -30,6 +30,8 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
+from huggingface_hub import snapshot_download
+
 from alambic.errors import AlambicError, did_you_mean
 
 if TYPE_CHECKING:
@@ -431,7 +433,6 @@ def weights_folder(name: str, config_key: str) -> Path:
     if _looks_like_path(name):
         raise AlambicError(f"{config_key}: model directory not found: {path} (give a folder saved with "
                            f"save_pretrained, a hub id, or a packaged <source>:<model>)")
-    from huggingface_hub import snapshot_download
 
     try:
         return Path(snapshot_download(name, local_files_only=_offline(),

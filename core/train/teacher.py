@@ -6,6 +6,7 @@ kept apart: the worker runs inside a Ray Train ``TorchTrainer`` (or a plain proc
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import logging
 import shutil
@@ -15,8 +16,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from alambic.config import TeacherConfig
+from alambic.data.tokenize import tokenizer_fingerprint
 from alambic.fingerprint import model_digest, stable_hash
+from alambic.model_sources import resolve_model
+from alambic.train import distributed
+from alambic.train.distributed import prepare_model, report_epoch, resume_state, worker_context
 from alambic.train.loop import TrainSettings
+from alambic.train.models import check_vocab, load_pretrained, own_tokenizer, params, teacher_config
 
 if TYPE_CHECKING:
     from alambic.train.distributed import TrainRun
@@ -53,9 +59,6 @@ class TeacherSource:
 
 def teacher_source(ctx: Any) -> TeacherSource:
     """Resolve ``teacher.model`` (hub id, folder, packaged model) and its own tokenizer."""
-    from alambic.model_sources import resolve_model
-    from alambic.train.models import own_tokenizer
-
     config, data = ctx.config.teacher, ctx.prepared
     if config.model is None:
         return TeacherSource(None, data.tokenizer, "the tokenizer section", "random")
@@ -75,8 +78,6 @@ def pruned_vocab_source(ctx: Any, source: TeacherSource) -> TeacherSource:
     stage of its own: a 250k-piece embedding would be most of what the optimizer carries."""
     from transformers import AutoModel
 
-    from alambic.data.tokenize import tokenizer_fingerprint
-    from alambic.train.models import check_vocab, load_pretrained
     from alambic.compress.pruning import PruneContext
 
     tokenized, tokenized_key = ctx.tokenize(source.tokenizer)
@@ -119,8 +120,6 @@ def build_teacher(spec: dict[str, Any]) -> Any:
     """The teacher model: loaded from a hub id / local folder, or built from its architecture."""
     from transformers import AutoModelForSequenceClassification, BertForSequenceClassification
 
-    from alambic.train.models import load_pretrained, teacher_config
-
     id2label = dict(enumerate(spec["label_names"]))
     num_labels = len(id2label)
     if spec["model"] is None:
@@ -149,7 +148,6 @@ def use_eight_bit(optimizer: str) -> bool:
     """8-bit AdamW needs bitsandbytes and a CUDA GPU; otherwise plain AdamW (and say so)."""
     if optimizer != "adamw-8bit":
         return False
-    import importlib.util
 
     import torch
 
@@ -161,7 +159,6 @@ def use_eight_bit(optimizer: str) -> bool:
 
 def teacher_worker(loop_config: dict[str, Any]) -> None:
     """Per-worker training function: build the teacher, train it, report each epoch to Ray."""
-    from alambic.train.distributed import prepare_model, report_epoch, resume_state, worker_context
     from alambic.train.loop import fit, seed_everything
 
     context = worker_context(loop_config)
@@ -192,8 +189,6 @@ def teacher_key(config: TeacherConfig, tokenized_key: str, label_names: list[str
 
 def current_teacher_key(ctx: Any, source: TeacherSource | None = None) -> str:
     """The key of the run's teacher stage (trained or not yet): nothing is trained."""
-    from alambic.data.tokenize import tokenizer_fingerprint
-
     source = source or teacher_source(ctx)
     data = ctx.prepared
     return teacher_key(ctx.config.teacher, data.tokenized_key, data.label_names, source.digest,
@@ -205,9 +200,6 @@ def train_teacher(ctx: Any, local: bool = False) -> TeacherRecord:
 
     Training runs on Ray Train; ``local`` runs the same worker function in this process.
     """
-    from alambic.train.distributed import launch
-    from alambic.train.models import check_vocab
-
     config, data = ctx.config.teacher, ctx.prepared
     if config.trust_remote_code:  # said before anything of it is fetched or run
         log.warning("teacher.trust_remote_code is on: code shipped with %s will run on this machine",
@@ -231,7 +223,7 @@ def train_teacher(ctx: Any, local: bool = False) -> TeacherRecord:
                     source.tokenizer_from)
         tokenized, _ = ctx.tokenize(source.tokenizer)
         start = time.perf_counter()
-        run = launch(
+        run = distributed.launch(
             teacher_worker,
             {"model": spec, "settings": teacher_settings(config),
              "train": tokenized["train"], "validation": tokenized["validation"]},
@@ -257,7 +249,6 @@ def finish_model_folder(run: TrainRun, folder: Path, tokenizer: Any, tokenized: 
     checkpoints were for resuming; the stage has it now)."""
     from transformers import AutoModelForSequenceClassification
 
-    from alambic.train.models import params
     from alambic.train.loop import evaluate
 
     checkpoint = run.checkpoint
@@ -314,4 +305,3 @@ def teacher_logits(ctx: Any, teacher: TeacherRecord) -> Any:
     table = pq.read_table(ctx.store.local_path(ctx.store.stage_path(key)) / "logits.parquet")
     logits = np.asarray(table.column("logits").combine_chunks().flatten()).reshape(table.num_rows, -1)
     return logits
-

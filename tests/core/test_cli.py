@@ -149,9 +149,10 @@ def test_distill_init_starts_a_student_from_a_folder(write_config, minimal_confi
 
 def inspect_data(monkeypatch, path, *options: str):
     """`alambic data inspect` in this process (typer's CliRunner); wide output, so lines stay whole."""
-    from alambic import cli
     from rich.console import Console
     from typer.testing import CliRunner
+
+    from alambic import cli
 
     monkeypatch.setattr("alambic.console.console", Console(width=300))
     return CliRunner().invoke(cli.app, ["--quiet", "data", "inspect", str(path), *options])

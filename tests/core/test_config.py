@@ -39,6 +39,14 @@ def test_missing_data_file_names_key_and_path(write_config, minimal_config, tmp_
     assert problem == f"data.validation: file not found: {tmp_path / 'nowhere' / 'dev.tsv'}"
 
 
+@pytest.mark.parametrize("where", ["train", "label_names"])
+def test_a_nul_character_is_refused_naming_its_key(write_config, minimal_config, where):
+    """Found by test_reliability.py::test_any_value_anywhere_validates_or_names_its_key: a NUL in a path
+    made its resolution raise ValueError instead of a ConfigError."""
+    minimal_config["data"][where] = "train.tsv\x00"
+    assert "data." + where + ": contains a NUL character (\\x00)" in problems(write_config(minimal_config))
+
+
 def test_distillation_space_unknown_setting(write_config, minimal_config):
     minimal_config["search"] = {"students": ["roberta-l4"], "space": {"temprature": [1, 2]}}
     (problem,) = problems(write_config(minimal_config))

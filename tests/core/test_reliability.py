@@ -537,11 +537,11 @@ def test_code_shipped_with_a_checkpoint_is_not_run_by_default(tmp_path: Path) ->
 
 
 def test_trust_remote_code_is_off_by_default_and_warned_when_on(tmp_path: Path, monkeypatch, caplog) -> None:
-    from alambic.train import models, teacher
+    from alambic.train import teacher
 
     assert TokenizerConfig().trust_remote_code is False and TeacherConfig().trust_remote_code is False
     seen: list[bool] = []
-    monkeypatch.setattr(models, "load_pretrained", lambda *a, trust_remote_code, **k: seen.append(trust_remote_code))
+    monkeypatch.setattr(teacher, "load_pretrained", lambda *a, trust_remote_code, **k: seen.append(trust_remote_code))
     spec = {"model": "someone/model", "label_names": ["a", "b"]}
     teacher.build_teacher({**spec, "trust_remote_code": False})
     teacher.build_teacher({**spec, "trust_remote_code": True})
@@ -571,9 +571,9 @@ def source_calls() -> list[tuple[str, str, ast.Call]]:
     """(file:line, the called name, the call) of every call in core/ and plugins/."""
     calls = []
     for folder in ("core", "plugins"):
-        for path in sorted((PROJECT / folder).glob("*.py")):
+        for path in sorted((PROJECT / folder).rglob("*.py")):
             tree = ast.parse(path.read_text(encoding="utf-8"))
-            calls += [(f"{folder}/{path.name}:{n.lineno}", ast.unparse(n.func), n)
+            calls += [(f"{path.relative_to(PROJECT)}:{n.lineno}", ast.unparse(n.func), n)
                       for n in ast.walk(tree) if isinstance(n, ast.Call)]
     return calls
 

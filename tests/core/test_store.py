@@ -15,6 +15,7 @@ from pyarrow import fs as pafs
 from alambic import store as store_mod
 from alambic.errors import StoreError
 from alambic.fingerprint import stable_hash
+from alambic.paths import UnsafePathError
 from alambic.store import Manifest, Store
 
 
@@ -147,26 +148,10 @@ def test_store_paths_cannot_escape(store: Store, rel: str) -> None:
         store.run(rel)
 
 
-@pytest.mark.parametrize("value, why", [
-    ("/etc/passwd", "absolute or climbs out"), ("../../etc/passwd", "absolute or climbs out"),
-    ("quantized/../../x", "absolute or climbs out"), ("C:/x", "absolute or climbs out"),
-    ("", "is ''"), (None, "is None"), (".", "names the folder itself"), ("link/secret", "symbolic link")])
-def test_paths_read_from_records_stay_inside_their_folder(tmp_path: Path, value, why: str) -> None:
-    stage = tmp_path / "stage"
-    (stage / "quantized").mkdir(parents=True)
-    (tmp_path / "secret").write_text("x")
-    (stage / "link").symlink_to(tmp_path, target_is_directory=True)
-    assert store_mod.inside(stage, "quantized/model.onnx", source="r.json", key="artifact") == \
-        stage.resolve() / "quantized" / "model.onnx"
-    with pytest.raises(store_mod.UnsafePathError, match=rf"^r\.json: artifact .*{why}") as raised:
-        store_mod.inside(stage, value, source="r.json", key="artifact")
-    assert isinstance(raised.value, StoreError) and ("expected a path" in str(raised.value))
-
-
 def test_a_run_rows_stage_is_checked_before_it_is_read(store: Store) -> None:
     run = store.run("r")
     assert run.record_path("stages/abc", source="results.parquet", key="stage") == Path(run.base) / "stages/abc"
-    with pytest.raises(store_mod.UnsafePathError, match=r"results\.parquet: stage '/etc' is absolute"):
+    with pytest.raises(UnsafePathError, match=r"results\.parquet: stage '/etc' is absolute"):
         run.record_path("/etc", source="results.parquet", key="stage")
 
 

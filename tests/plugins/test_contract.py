@@ -89,9 +89,9 @@ def contract_pruners(cls: type) -> None:
     from datasets import ClassLabel, Dataset, Features, List, Value
     from transformers import BertForSequenceClassification, BertTokenizerFast
 
+    from alambic.compress.pruning import PruneContext, Pruner, PruneResult
     from alambic.errors import AlambicError
     from alambic.train.models import Size, bert_config, params
-    from alambic.compress.pruning import PruneContext, Pruner, PruneResult
 
     assert issubclass(cls, Pruner), "a pruner subclasses alambic.compress.pruning.Pruner"
     assert is_dataclass(cls.Options) and cls.Options.__dataclass_params__.frozen, "Options: a frozen dataclass"
@@ -138,8 +138,9 @@ def contract_quantizers(cls: type) -> None:
     from datasets import Dataset
     from transformers import BertForSequenceClassification
 
+    from alambic.compress.latency import RUNTIMES
+    from alambic.compress.quantization import QuantContext, Quantizer, QuantSource
     from alambic.train.models import Size, bert_config
-    from alambic.compress.quantization import RUNTIMES, QuantContext, Quantizer, QuantSource
 
     assert issubclass(cls, Quantizer), "a quantizer subclasses alambic.compress.quantization.Quantizer"
     assert cls.runtime in RUNTIMES and set(cls.runtimes) <= set(RUNTIMES)

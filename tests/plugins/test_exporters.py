@@ -13,9 +13,9 @@ from pathlib import Path
 import pytest
 
 from alambic.errors import AlambicError
-from alambic.ship.exporter import Check, Exported, Exporter, ExportSource, load_source
 from alambic.manager import build_registry, get_plugin_manager
 from alambic.plugins.exporters import CoreML, CoreMLOptions, Onnx, OnnxOptions, model_card
+from alambic.ship.exporter import Check, Exported, Exporter, ExportSource, load_source
 
 EXPORTERS = build_registry(get_plugin_manager(env={}))["exporters"]
 TOKENS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *"中国新闻体育股市科技的是"]

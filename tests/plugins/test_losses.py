@@ -10,8 +10,8 @@ import torch
 from transformers import BertForSequenceClassification
 
 from alambic.errors import AlambicError
-from alambic.train.losses import needs_online_teacher, output_flags
 from alambic.manager import build_registry
+from alambic.train.losses import needs_online_teacher, output_flags
 from alambic.train.models import teacher_config
 
 REGISTRY = build_registry()

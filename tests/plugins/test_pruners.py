@@ -12,9 +12,9 @@ import pytest
 import torch
 from datasets import ClassLabel, Dataset, Features, List, Value
 
+from alambic.compress.pruning import PruneContext, encoder_layers, heads_per_layer
 from alambic.errors import AlambicError
 from alambic.manager import build_registry
-from alambic.train.models import load_pretrained
 from alambic.plugins.pruners import (
     Ffn,
     Heads,
@@ -25,7 +25,7 @@ from alambic.plugins.pruners import (
     magnitude_prune,
 )
 from alambic.plugins.students import MobileBertAdapter, RobertaL4
-from alambic.compress.pruning import PruneContext, encoder_layers, heads_per_layer, params
+from alambic.train.models import load_pretrained, params
 
 SMALL_VOCAB = 400
 TINY = {"layers": 3, "hidden": 64, "heads": 4, "ffn": 128}

@@ -14,12 +14,12 @@ import sys
 import onnx
 import pytest
 
+from alambic.compress.onnx_export import compare_logits, export_onnx
+from alambic.compress.quantization import QuantContext, QuantSource
 from alambic.errors import AlambicError
 from alambic.manager import build_registry, get_plugin_manager
-from alambic.compress.onnx_export import compare_logits, export_onnx
 from alambic.plugins.quantizers import DynamicInt8, Fp16, Mixed, StaticInt8
-from alambic.compress.quantization import QuantContext, QuantSource
-from tests.core.ship.test_onnx_export import SIZE, tiny_classifier, tiny_data
+from tests.core.compress.test_onnx_export import SIZE, tiny_classifier, tiny_data
 from tests.core.compress.test_onnx_quant import by_label
 
 QUANTIZERS = build_registry(get_plugin_manager(env={}))["quantizers"]

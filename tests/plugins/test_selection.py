@@ -7,9 +7,9 @@ import pytest
 
 from alambic.config import SelectConfig
 from alambic.errors import AlambicError, ConfigError
-from alambic.search.select import Limit, Selection, SelectionPolicy, make_policy, select
 from alambic.manager import build_registry, get_plugin_manager
 from alambic.plugins.selection import TIERS, Constraints, Tier
+from alambic.search.select import Limit, Selection, SelectionPolicy, make_policy, select
 from tests.core.search.test_front import results_frame
 
 REGISTRY = build_registry(get_plugin_manager(env={}))

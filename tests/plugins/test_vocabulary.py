@@ -14,13 +14,13 @@ from tokenizers import SentencePieceUnigramTokenizer, Tokenizer, decoders, pre_t
 from tokenizers.models import Unigram, WordLevel
 from transformers import AutoTokenizer, BertTokenizerFast, PreTrainedTokenizerFast, XLMRobertaTokenizerFast
 
-from alambic.compress.pruning import PruneContext, params
+from alambic.compress.pruning import PruneContext
 from alambic.errors import AlambicError
 from alambic.plugins.vocabulary import Vocab, pruned_tokenizer
+from alambic.train.models import params
 from tests.conftest import THUCNEWS
 from tests.conftest import VOCAB as CHINESE_VOCAB
 from tests.plugins.test_pruners import build, reloaded, tokenized
-
 
 # --- vocab ----------------------------------------------------------------------------------
 

@@ -28,9 +28,9 @@ from dataclasses import dataclass
 from typing import Any
 
 import alambic
+from alambic.compress.pruning import PruneContext, Pruner, PruneResult, count, encoder_layers
 from alambic.errors import AlambicError
 from alambic.plugins.pruners import drop_layers
-from alambic.compress.pruning import PruneContext, Pruner, PruneResult, count, encoder_layers
 
 
 def keep_first_layers(model: Any, keep: int) -> dict[str, Any]:

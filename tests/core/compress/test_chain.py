@@ -11,11 +11,11 @@ from rich.console import Console
 
 from alambic.compress import chain as compress_module
 from alambic.compress.chain import compress
+from alambic.compress.pruning import Pruner
 from alambic.compress.records import MeasureSettings, format_record, parse_steps
 from alambic.config import PruningStep
 from alambic.errors import AlambicError
 from alambic.fingerprint import model_digest
-from alambic.compress.pruning import Pruner
 from tests.core.compress.test_guard import Scramble
 
 FAST = MeasureSettings(lengths=(8, 16), threads=1, runs=3, warmup=1)
@@ -221,8 +221,8 @@ def test_a_recovered_step_is_distilled_from_the_teacher_before_the_guard_judges_
 def test_a_step_without_recovery_keeps_its_stage_key(recovering):
     """Stages made before recover_epochs existed stay valid: a step without recovery hashes as then."""
     from alambic.compress.chain import prune
-    from alambic.run import RunContext
     from alambic.fingerprint import stable_hash
+    from alambic.run import RunContext
 
     root, folder = recovering
     ctx = RunContext.open(root / "run.yaml", quiet=True)

@@ -152,8 +152,9 @@ def rule_split(n: int, seed: int) -> Dataset:
 @pytest.fixture(scope="module")
 def fitted():
     """A 2-layer roberta-l4 trained for a few epochs to fit the rule (validation accuracy ~1)."""
+    from alambic.data.tokenize import MODEL_INPUTS
     from alambic.plugins.students import RobertaL4
-    from alambic.train.loop import MODEL_INPUTS, evaluate, iterate
+    from alambic.train.loop import evaluate, iterate
 
     torch.manual_seed(0)
     train, validation = rule_split(192, 0), rule_split(60, 1)
@@ -175,8 +176,8 @@ def fitted():
 def test_real_magnitude_pruning_that_hurts_is_retried_at_half_strength(fitted):
     """Zeroing 99% of the encoder's weights destroys the rule; half of them costs nothing."""
     from alambic.plugins.pruners import Magnitude
-    from alambic.compress.pruning import params
     from alambic.train.loop import evaluate
+    from alambic.train.models import params
 
     model, validation, accuracy = fitted
     before = [p.clone() for p in model.parameters()]

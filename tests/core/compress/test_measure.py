@@ -11,7 +11,6 @@ import torch
 from datasets import ClassLabel, Dataset, Features, List, Value
 from rich.console import Console
 
-from alambic.errors import AlambicError
 from alambic.compress.measure import (
     Measurement,
     format_measurements,
@@ -21,6 +20,7 @@ from alambic.compress.measure import (
     size_on_disk,
     vocab_files,
 )
+from alambic.errors import AlambicError
 
 VOCAB = 300
 LENGTHS = (8, 16)
@@ -72,8 +72,8 @@ def test_size_is_the_bytes_of_the_files_a_phone_ships(folder):
 def test_pytorch_measurement(folder, test_split):
     from transformers import AutoModelForSequenceClassification
 
-    from alambic.train.models import params
     from alambic.train.loop import evaluate
+    from alambic.train.models import params
 
     threads = torch.get_num_threads()
     ballast = b"x" * 2**28  # this process's 256 MiB must not count as the child's peak

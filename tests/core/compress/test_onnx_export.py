@@ -16,7 +16,6 @@ import onnx
 import pytest
 import torch
 
-from alambic.errors import AlambicError
 from alambic.compress.onnx_export import (
     attention_dims,
     compare_logits,
@@ -26,6 +25,7 @@ from alambic.compress.onnx_export import (
     ort_logits,
     ort_session,
 )
+from alambic.errors import AlambicError
 
 KEYWORDS = (6000, 6001, 6002)  # one per label
 SIZE = {"layers": 2, "hidden": 64, "heads": 2, "ffn": 128}

@@ -16,7 +16,6 @@ import onnx
 import pytest
 from onnx import TensorProto
 
-from alambic.errors import AlambicError
 from alambic.compress.onnx_export import compare_logits, export_onnx, file_bytes, optimize_onnx
 from alambic.compress.onnx_quant import (
     int8_dynamic,
@@ -26,7 +25,8 @@ from alambic.compress.onnx_quant import (
     op_counts,
     to_fp16,
 )
-from tests.core.ship.test_onnx_export import SIZE, tiny_classifier, tiny_data
+from alambic.errors import AlambicError
+from tests.core.compress.test_onnx_export import SIZE, tiny_classifier, tiny_data
 
 LAYERS, HIDDEN, FFN = SIZE["layers"], SIZE["hidden"], SIZE["ffn"]
 LINEAR_LAYERS = 6 * LAYERS + 2  # q, k, v, out, FFN in, FFN out per layer; pooler; classifier

@@ -9,8 +9,6 @@ import pytest
 import torch
 from datasets import ClassLabel, Dataset, Features, List, Value
 
-from alambic.errors import AlambicError
-from alambic.train.models import BertStudent, Size
 from alambic.compress.pruning import (
     PruneContext,
     Pruner,
@@ -20,12 +18,13 @@ from alambic.compress.pruning import (
     head_importance,
     layer_importance,
     neuron_importance,
-    params,
     remap_tokens,
     supported,
     token_counts,
     unknown_tokens,
 )
+from alambic.errors import AlambicError
+from alambic.train.models import BertStudent, Size, params
 
 VOCAB = 200
 

@@ -8,7 +8,7 @@ import pytest
 
 from alambic.compress.quantization import int8_dynamic_torch
 from alambic.errors import AlambicError
-from tests.core.ship.test_onnx_export import tiny_classifier
+from tests.core.compress.test_onnx_export import tiny_classifier
 
 
 def test_torch_dynamic_int8_without_torchao_says_how_to_get_it(monkeypatch):
@@ -22,7 +22,7 @@ def test_torch_dynamic_int8_with_torchao():
     pytest.importorskip("torchao")
     import torch
 
-    from tests.core.ship.test_onnx_export import padded_batch
+    from tests.core.compress.test_onnx_export import padded_batch
 
     model = tiny_classifier()
     quantized = int8_dynamic_torch(model)

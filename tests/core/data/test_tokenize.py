@@ -18,7 +18,6 @@ from alambic.data.tokenize import load_tokenizer, tokenize_data, tokenizer_finge
 from alambic.errors import DataError
 from tests.core.data.test_dataset import CHARS, dataset
 
-
 # --- tokenizer ------------------------------------------------------------------------------
 
 

@@ -13,10 +13,10 @@ from pathlib import Path
 import pytest
 import yaml
 
-from alambic.report import build as report_module
-from alambic.report import teacher as teacher_module
 from alambic.data.dataset import load_golden
 from alambic.errors import DataError
+from alambic.report import build as report_module
+from alambic.report import teacher as teacher_module
 from alambic.report.document import Items, Table
 
 LABELS = ("体育", "财经")
@@ -35,15 +35,15 @@ def run(tmp_path_factory):
     and a failed one, and selected.json."""
     from alambic.compress.chain import compress, relative_path
     from alambic.compress.records import SCORES_ONLY, MeasureSettings, parse_steps
+    from alambic.run import RunContext
     from alambic.search.front import load_results
     from alambic.search.front import mark_front as rank
-    from alambic.run import RunContext
     from alambic.search.results import mark_front, write_results
     from alambic.search.select import select, write_selected
     from alambic.search.space import Candidate
+    from alambic.search.timing import time_candidates
     from alambic.search.tune import _base_row, scores
     from alambic.train.teacher import train_teacher
-    from alambic.search.timing import time_candidates
 
     root = tmp_path_factory.mktemp("report-run")
     (root / "train.tsv").write_text(headlines(0, 160), encoding="utf-8")
@@ -206,15 +206,14 @@ def test_the_html_is_self_contained(written):
 
 
 def test_a_second_report_measures_and_evaluates_nothing_and_shows_the_export(run, written, monkeypatch):
-    from alambic.compress import measure
     from alambic.ship.export import export_stage
 
     root, ctx, _, selection = run
     stage = ctx.store.local_path(selection.row["stage"])
     export_stage(stage, ctx.store.local_path("export"), ("hf",), test_split=ctx.prepared.raw["test"],
                  max_length=16, registry=ctx.registry)
-    monkeypatch.setattr(measure, "measure_pytorch", lambda *a, **k: pytest.fail("the teacher was measured again"))
-    monkeypatch.setattr(measure, "measure_onnx", lambda *a, **k: pytest.fail("the teacher was timed again"))
+    monkeypatch.setattr(teacher_module, "measure_pytorch", lambda *a, **k: pytest.fail("the teacher was measured again"))
+    monkeypatch.setattr(teacher_module, "measure_onnx", lambda *a, **k: pytest.fail("the teacher was timed again"))
     monkeypatch.setattr(teacher_module, "_evaluate", lambda *a, **k: pytest.fail("evaluated again"))
     report = report_module.build_report(ctx)
     assert report.missing == []
@@ -339,7 +338,7 @@ def test_a_tampered_record_stops_the_report_naming_the_file_and_key(copied, arti
     from typer.testing import CliRunner
 
     from alambic.cli import app
-    from alambic.store import UnsafePathError
+    from alambic.paths import UnsafePathError
 
     copy, run_dir, row = copied
     record = run_dir / row["stage"] / "record.json"
@@ -352,7 +351,7 @@ def test_a_tampered_record_stops_the_report_naming_the_file_and_key(copied, arti
 
 @pytest.mark.parametrize("stage", ["/etc", "stages/../../.."])
 def test_a_tampered_selection_stops_the_report_naming_the_file_and_key(copied, stage):
-    from alambic.store import UnsafePathError
+    from alambic.paths import UnsafePathError
 
     _, run_dir, _ = copied
     selected = json.loads((run_dir / "selected.json").read_text())

@@ -17,6 +17,8 @@ import yaml
 from datasets import Dataset
 from rich.console import Console
 
+from alambic.errors import AlambicError
+from alambic.manager import build_registry
 from alambic.report.compare import (
     attention_kl,
     compare_dirs,
@@ -27,10 +29,8 @@ from alambic.report.compare import (
     linear_cka,
     mean_pool,
 )
-from alambic.errors import AlambicError
-from alambic.manager import build_registry
-
 from tests.conftest import VOCAB  # noqa: E402
+
 needs_vocab = pytest.mark.skipif(not VOCAB.is_file(), reason=f"shared data not found at {VOCAB}")
 BERT_TINY = {"layers": 2, "hidden": 32, "heads": 2, "ffn": 64}
 ADAPTER_TINY = {"layers": 2, "hidden": 64, "heads": 2, "ffn": 128}

@@ -3,8 +3,8 @@ NSGA-II's population and TPE's start-up from the number of trials."""
 
 from __future__ import annotations
 
-from alambic.search.algorithms import UNMEASURED, population_size, proxied, search_algorithm, tune_metrics
 from alambic.config import SearchConfig
+from alambic.search.algorithms import UNMEASURED, population_size, proxied, search_algorithm, tune_metrics
 
 OBJECTIVES = [{"metric": "val_accuracy", "mode": "max"}, {"metric": "latency_p50_ms", "mode": "min"},
               {"metric": "model_mem_mb", "mode": "min"}]

@@ -19,7 +19,6 @@ from alambic.search.select import format_selection, select
 from tests.core.search.results_table import FAILED, FRONT, VAL_EXAMPLES, results_frame, write_results
 from tests.core.test_cli import alambic
 
-
 # --- the run and its table ------------------------------------------------------------------
 
 

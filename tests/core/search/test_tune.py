@@ -14,9 +14,9 @@ from pathlib import Path
 import pytest
 import yaml
 
+from alambic.compress.pruning import Pruner
 from alambic.config import PruningStep, SearchConfig
 from alambic.errors import AlambicError
-from alambic.compress.pruning import Pruner
 from alambic.search.tune import max_concurrent, trial_resources
 
 # --- the config and the cluster (no Ray) ----------------------------------------------------
@@ -256,6 +256,7 @@ def test_latency_is_timed_after_the_search_keyed_by_settings_and_machine(tmp_pat
     """Trials score accuracy and size only; the serial pass times each artifact, reuses a timing
     made here with the same settings, and never one made on another machine."""
     import alambic.machine
+    import alambic.search.timing
     from alambic.compress.records import MeasureSettings
     from alambic.run import RunContext
     from alambic.search.space import Candidate
@@ -282,7 +283,7 @@ def test_latency_is_timed_after_the_search_keyed_by_settings_and_machine(tmp_pat
     timed(MeasureSettings(lengths=(8, 12), runs=2, warmup=0, memory=False))  # other settings: timed again
     assert len(stages()) == len(before) + 1
     elsewhere = alambic.machine.identity() | {"host": "another-machine"}
-    monkeypatch.setattr(alambic.machine, "identity", lambda: elsewhere)
+    monkeypatch.setattr(alambic.search.timing, "identity", lambda: elsewhere)  # where timing looks it up
     other = timed(settings)  # the same settings on another machine: timed again, not reused
     assert len(stages()) == len(before) + 2 and other["latency_machine"].endswith("another-machine")
 

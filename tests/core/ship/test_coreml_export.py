@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 import torch
 
-from alambic.ship import coreml_export as cm
 from alambic.errors import AlambicError
-from tests.core.ship.test_onnx_export import padded_batch, tiny_classifier, tiny_data, torch_logits
+from alambic.ship import coreml_export as cm
+from tests.core.compress.test_onnx_export import padded_batch, tiny_classifier, tiny_data, torch_logits
 
 LABELS = ["体育", "财经", "科技"]
 MAX_LENGTH = 32

@@ -227,7 +227,7 @@ def tampered(record, folder, **changes):
                                         ("quantization__source", "quantized/../../../secret.onnx")])
 def test_a_record_path_outside_its_stage_stops_the_export_before_any_work(run, tmp_path, key, value):
     """A tampered record.json must not make export copy (or measure) a file outside the stage."""
-    from alambic.store import UnsafePathError
+    from alambic.paths import UnsafePathError
 
     _, ctx, record = run
     (tmp_path / "secret.onnx").write_bytes(record.artifact.read_bytes())  # a graph the onnx format would ship
@@ -241,7 +241,7 @@ def test_a_record_path_outside_its_stage_stops_the_export_before_any_work(run, t
 
 
 def test_a_stage_symlinked_out_of_its_record_is_refused(run, tmp_path):
-    from alambic.store import UnsafePathError
+    from alambic.paths import UnsafePathError
 
     _, ctx, record = run
     stage = tampered(record, tmp_path / "stage", artifact="quantized/escape/secret.onnx")
@@ -254,7 +254,8 @@ def test_a_stage_symlinked_out_of_its_record_is_refused(run, tmp_path):
 
 @pytest.mark.parametrize("stage", ["/etc", "../../etc", "stages/../../x"])
 def test_a_results_rows_stage_outside_the_run_is_refused(tmp_path, stage):
-    from alambic.store import Store, UnsafePathError
+    from alambic.paths import UnsafePathError
+    from alambic.store import Store
 
     store = Store.open(tmp_path / "run")
     (tmp_path / "run").mkdir()

@@ -4,10 +4,10 @@ import json
 
 import pytest
 
-from alambic.train import distributed
 from alambic.config import DistillConfig
-from alambic.train.distill import distill, distill_settings, parse_set
 from alambic.errors import AlambicError, ConfigError
+from alambic.train import distributed
+from alambic.train.distill import distill, distill_settings, parse_set
 from tests.core.train.test_teacher import TINY, tiny_run  # noqa: F401  (fixture)
 
 SIZES = {"roberta-l4": TINY, "tinybert-4l": TINY}
@@ -171,8 +171,8 @@ def test_a_student_starts_from_a_saved_folder_keyed_by_its_content(run_with_pret
     import torch
     from transformers import BertTokenizerFast
 
-    from alambic.train.distill import build_student, student_init
     from alambic.plugins.students import RobertaL4
+    from alambic.train.distill import build_student, student_init
     from alambic.train.teacher import train_teacher
     from tests.conftest import VOCAB
 
@@ -202,11 +202,11 @@ def test_a_student_starts_from_a_saved_folder_keyed_by_its_content(run_with_pret
 
 def test_a_student_from_the_teacher_layers(run_with_pretrained_teacher):
     import torch
-
-    from alambic.train.distill import build_student, student_init
-    from alambic.plugins.students import TeacherLayers
-    from alambic.train.teacher import train_teacher
     from transformers import AutoModelForSequenceClassification
+
+    from alambic.plugins.students import TeacherLayers
+    from alambic.train.distill import build_student, student_init
+    from alambic.train.teacher import train_teacher
 
     ctx = run_with_pretrained_teacher(students=["teacher-layers"], student_sizes={"teacher-layers": {"layers": 1}})
     teacher = train_teacher(ctx, local=True)
@@ -249,8 +249,8 @@ def test_a_student_whose_embeddings_do_not_fit_its_tokenizer_fails_before_traini
 
 
 def test_random_init_is_said_and_sizes_cannot_go_with_weights(run_with_pretrained_teacher, caplog, tmp_path):
-    from alambic.train.distill import student_init
     from alambic.plugins.students import RobertaL4, TeacherLayers
+    from alambic.train.distill import student_init
     from alambic.train.teacher import train_teacher
 
     ctx = run_with_pretrained_teacher()

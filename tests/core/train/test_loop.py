@@ -5,7 +5,6 @@ import pytest
 import torch
 from datasets import ClassLabel, Dataset, Features, Sequence, Value
 
-from alambic.train.models import teacher_config
 from alambic.train.loop import (
     TrainSettings,
     classification_metrics,
@@ -18,6 +17,7 @@ from alambic.train.loop import (
     seed_everything,
     shard,
 )
+from alambic.train.models import teacher_config
 
 
 def token_dataset(n: int = 64, seed: int = 0) -> Dataset:
@@ -204,8 +204,9 @@ def test_cached_logits_and_per_batch_padding_give_the_seeds_loss_and_gradient():
     import torch.nn.functional as F
     from transformers import BertForSequenceClassification
 
+    from alambic.data.tokenize import MODEL_INPUTS
+    from alambic.train.loop import predict
     from alambic.train.losses import kd_loss
-    from alambic.train.loop import MODEL_INPUTS, predict
 
     data = token_dataset(32)
     torch.manual_seed(0)

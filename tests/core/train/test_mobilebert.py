@@ -8,10 +8,10 @@ import torch
 from datasets import Dataset
 
 from alambic.config import DistillConfig
-from alambic.train.distributed import WorkerContext
 from alambic.errors import AlambicError
-from alambic.train.mobilebert import eager_twin, init_from_donor, layerwise_transfer
 from alambic.plugins.students import MobileBertAdapter, RobertaL4
+from alambic.train.distributed import WorkerContext
+from alambic.train.mobilebert import eager_twin, init_from_donor, layerwise_transfer
 
 VOCAB = 200
 DONOR_SIZE = {"layers": 2, "hidden": 64, "heads": 2, "ffn": 128}

@@ -25,8 +25,8 @@ from alambic.train.models import (
     params,
     teacher_config,
 )
-
 from tests.conftest import VOCAB  # noqa: E402
+
 TINY = {"layers": 2, "hidden": 64, "heads": 2, "ffn": 128}
 
 

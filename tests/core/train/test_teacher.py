@@ -7,11 +7,11 @@ import numpy as np
 import pytest
 from transformers import AutoModelForSequenceClassification, BertForSequenceClassification
 
+from alambic.errors import AlambicError
+from alambic.run import RunContext
 from alambic.train import distributed
 from alambic.train import loop as training
-from alambic.errors import AlambicError
 from alambic.train.models import teacher_config
-from alambic.run import RunContext
 from alambic.train.teacher import freeze_below_top, teacher_logits, train_teacher, use_eight_bit
 
 TINY = {"layers": 1, "hidden": 32, "heads": 2, "ffn": 64}

@@ -36,6 +36,7 @@ from alambic.data.dataset import describe_data, load_data
 from alambic.data.tokenize import prepare_tokenizer
 from alambic.errors import AlambicError
 from alambic.manager import build_registry
+from alambic.options import parse_set
 from alambic.pipeline import estimate_minutes, export_selected, planned_steps, run_pipeline
 from alambic.report.build import build_report, save_report
 from alambic.report.compare import compare_dirs, format_report
@@ -176,7 +177,6 @@ def distill(
 ) -> None:
     """Distill a student from the run's teacher (trained first if needed); reuse identical runs."""
     from alambic.train.distill import distill as run_distill
-    from alambic.train.distill import parse_set
 
     ctx = RunContext.open(path, quiet=State.quiet)
     record = run_distill(ctx, student, parse_set(settings or []), local=local, init=init)
@@ -212,7 +212,6 @@ def compress(
     settings = MeasureSettings(lengths=parse_lengths(lengths), threads=threads, runs=runs,
                                warmup=min(10, runs), memory=memory)
     pruning = parse_steps(steps, ctx.registry)
-    from alambic.train.distill import parse_set
 
     options = parse_set(quant_options or [], "--quant-option", "per_channel=true")
     record = run_compress(ctx, model, pruning, quant, options or None, measure=settings,
@@ -394,7 +393,6 @@ def export(
     ctx = RunContext.open(path, quiet=State.quiet or as_json)
     chosen = [f.strip() for f in formats.split(",") if f.strip()] if formats else None
     per_format: dict[str, dict[str, object]] = {}
-    from alambic.train.distill import parse_set
 
     for key, value in parse_set(options or [], "--option", "coreml.epochs=5").items():
         name, dot, option = key.partition(".")

@@ -1,11 +1,14 @@
 """Plugin options: the ``Options`` of a plugin without any, the check of given options against a
-plugin's ``Options`` dataclass, and helpers for an ``Options.__post_init__``."""
+plugin's ``Options`` dataclass, helpers for an ``Options.__post_init__``, and ``key=value`` pairs from
+the command line (``--set``, ``--quant-option``, ``--option``) read into a mapping."""
 
 from __future__ import annotations
 
-from collections.abc import Collection, Mapping
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, fields
 from typing import Any
+
+import yaml
 
 from alambic.errors import AlambicError, did_you_mean
 
@@ -53,3 +56,20 @@ def set_fields(options: Any, **values: Any) -> None:
     """Set fields of a frozen dataclass: to normalise them in its ``__post_init__``."""
     for key, value in values.items():
         object.__setattr__(options, key, value)
+
+
+def parse_set(pairs: Sequence[str], flag: str = "--set", example: str = "temperature=2") -> dict[str, Any]:
+    """``["temperature=2", "losses=[kd, hidden-mse]"]`` -> a dict; values are read as YAML.
+
+    :param flag: the command-line option the pairs came from, named in errors (with ``example``).
+    """
+    overrides = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key.strip():
+            raise AlambicError(f"{flag} {pair!r}: expected key=value, e.g. {flag} {example}")
+        try:
+            overrides[key.strip()] = yaml.safe_load(value) if value.strip() else None
+        except yaml.YAMLError:
+            raise AlambicError(f"{flag} {pair!r}: cannot read the value {value!r}") from None
+    return overrides

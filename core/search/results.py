@@ -1,4 +1,5 @@
-"""The results table of a search, ``<run dir>/results.parquet``: its columns, the rows written
+"""The results table of a search, ``<run dir>/results.parquet`` (:data:`alambic.search.front.RESULTS`, which
+reads it back): the columns written (a superset of ``front.RESULT_COLUMNS``), the rows written
 atomically with the front marked on them, and what the search built or reused.
 """
 
@@ -11,7 +12,6 @@ from typing import Any
 
 from alambic.search import front
 
-RESULTS_FILE = "results.parquet"
 #: the columns of results.parquet, in order (``distill.<setting>`` columns follow ``settings``)
 #: val_*: the shipped artifact on validation, in its runtime: every choice is made on these.
 #: test_*: the same artifact on test, measured once and only reported. student_*: the distilled
@@ -60,8 +60,8 @@ def write_results(store: Any, rows: Sequence[Mapping[str, Any]]) -> str:
     table = pa.table({name: pa.array(values, type=types.get(name)) for name, values in columns.items()})
     buffer = io.BytesIO()
     pq.write_table(table, buffer)
-    store.write_bytes(RESULTS_FILE, buffer.getvalue())
-    return store._where(RESULTS_FILE)  # noqa: SLF001 - the URI users see
+    store.write_bytes(front.RESULTS, buffer.getvalue())
+    return store._where(front.RESULTS)  # noqa: SLF001 - the URI users see
 
 
 def _cell(value: Any) -> Any:
@@ -80,4 +80,4 @@ def _arrow_types() -> dict[str, Any]:
             | {k: pa.string() for k in COLUMNS if k not in floats + bools + ints})
 
 
-__all__ = ["COLUMNS", "RESULTS_FILE", "mark_front", "memo_counts", "write_results"]
+__all__ = ["COLUMNS", "mark_front", "memo_counts", "write_results"]

@@ -17,7 +17,6 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
-import yaml
 from pydantic import ValidationError
 
 from alambic.config import DistillConfig
@@ -45,23 +44,6 @@ class StudentRecord:
 
 
 # --- settings -------------------------------------------------------------------------------
-
-
-def parse_set(pairs: Sequence[str], flag: str = "--set", example: str = "temperature=2") -> dict[str, Any]:
-    """``["temperature=2", "losses=[kd, hidden-mse]"]`` -> a dict; values are read as YAML.
-
-    :param flag: the command-line option the pairs came from, named in errors (with ``example``).
-    """
-    overrides = {}
-    for pair in pairs:
-        key, sep, value = pair.partition("=")
-        if not sep or not key.strip():
-            raise AlambicError(f"{flag} {pair!r}: expected key=value, e.g. {flag} {example}")
-        try:
-            overrides[key.strip()] = yaml.safe_load(value) if value.strip() else None
-        except yaml.YAMLError:
-            raise AlambicError(f"{flag} {pair!r}: cannot read the value {value!r}") from None
-    return overrides
 
 
 def distill_settings(base: DistillConfig, overrides: Mapping[str, Any], where: str = "--set") -> DistillConfig:

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import pytest
 
 from alambic.errors import AlambicError
-from alambic.options import NoOptions, check_names, choice, set_fields, validated
+from alambic.options import NoOptions, check_names, choice, parse_set, set_fields, validated
 
 
 @dataclass(frozen=True)
@@ -54,3 +54,10 @@ def test_the_plugin_bases_share_one_no_options():
     from alambic.train.losses import DistillLoss
 
     assert Pruner.Options is Quantizer.Options is Exporter.Options is DistillLoss.Options is NoOptions
+
+
+def test_parse_set_reads_yaml_values():
+    assert parse_set(["temperature=2", "losses=[kd, hidden-mse]", "layer_map=null"]) == {
+        "temperature": 2, "losses": ["kd", "hidden-mse"], "layer_map": None}
+    with pytest.raises(AlambicError, match="expected key=value"):
+        parse_set(["temperature"])

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from alambic.search.results import mark_front, memo_counts
+from alambic.search import front
+from alambic.search.results import COLUMNS, mark_front, memo_counts
 
 
 def test_memo_counts_count_builds_and_reuses():
@@ -28,3 +29,7 @@ def test_mark_front_sets_on_front_as_the_front_marks_it():
     assert {r["candidate_id"]: r["on_front"] for r in rows} == {"big": True, "small": True, "beaten": False,
                                                                 "unmeasured": False, "failed": False}
     assert mark_front([], objectives) == []
+
+
+def test_what_the_search_writes_holds_every_column_the_front_reads():
+    assert set(front.RESULT_COLUMNS) <= set(COLUMNS)

@@ -7,7 +7,7 @@ import pytest
 from alambic.config import DistillConfig
 from alambic.errors import AlambicError, ConfigError
 from alambic.train import distributed
-from alambic.train.distill import distill, distill_settings, parse_set
+from alambic.train.distill import distill, distill_settings
 from tests.core.train.test_teacher import TINY, tiny_run  # noqa: F401  (fixture)
 
 SIZES = {"roberta-l4": TINY, "tinybert-4l": TINY}
@@ -23,13 +23,6 @@ def run_with_students(tiny_run, write_config, minimal_config, tmp_path):  # noqa
     from alambic.run import RunContext
 
     return lambda: RunContext.open(write_config(config), quiet=True)
-
-
-def test_parse_set_reads_yaml_values():
-    assert parse_set(["temperature=2", "losses=[kd, hidden-mse]", "layer_map=null"]) == {
-        "temperature": 2, "losses": ["kd", "hidden-mse"], "layer_map": None}
-    with pytest.raises(AlambicError, match="expected key=value"):
-        parse_set(["temperature"])
 
 
 def test_settings_overrides_are_validated_like_the_config():

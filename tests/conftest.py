@@ -67,6 +67,26 @@ def no_network(monkeypatch: pytest.MonkeyPatch) -> list[tuple]:
     return touched
 
 
+@pytest.fixture
+def hub_offline(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Offline mode in every library that reads it, and sockets that refuse to connect with the
+    OSError a real outage gives (the code under test turns it into a clear message)."""
+    import datasets.config
+    import huggingface_hub.constants
+    import transformers.utils.hub
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(transformers.utils.hub, "_is_offline_mode", True)
+    monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", True)
+
+    def refuse(*args, **kwargs):
+        raise OSError("network disabled in tests")
+
+    monkeypatch.setattr(socket, "create_connection", refuse)
+    monkeypatch.setattr(socket.socket, "connect", refuse)
+
+
 def train_tiny_run(root: Path, rows: list[str], **config: object) -> tuple[object, Path]:
     """A run of ``rows`` (headline<TAB>label) in ``root`` with a trained 200-token vocabulary, and a
     2-layer roberta-l4 trained on it until it scores 1.0 on validation: (run context, its folder,

@@ -4,7 +4,6 @@ tested through the files source in tests/core/data/test_readers.py (the readers 
 
 from __future__ import annotations
 
-import socket
 from pathlib import Path
 from typing import Any
 
@@ -91,26 +90,7 @@ def test_hf_split_of_bad_rows_only_names_the_first(monkeypatch: pytest.MonkeyPat
         HFSource().load(config, DataReport(on_bad_row="skip"))
 
 
-@pytest.fixture
-def no_network(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Offline mode in every library that reads it, and sockets that refuse to connect."""
-    import datasets.config
-    import huggingface_hub.constants
-    import transformers.utils.hub
-
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
-    monkeypatch.setattr(transformers.utils.hub, "_is_offline_mode", True)
-    monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", True)
-
-    def refuse(*args: Any, **kwargs: Any) -> Any:
-        raise OSError("network disabled in tests")
-
-    monkeypatch.setattr(socket, "create_connection", refuse)
-    monkeypatch.setattr(socket.socket, "connect", refuse)
-
-
-def test_hf_source_offline_says_to_use_files(no_network: None, tmp_path: Path,
+def test_hf_source_offline_says_to_use_files(hub_offline: None, tmp_path: Path,
                                              monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(tmp_path)  # so the id cannot be read as a local folder
     config = DataConfig(source="hf", dataset="alambic-tests/no-such-dataset")

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import socket
 from pathlib import Path
 from typing import Any
 
@@ -48,24 +47,7 @@ def test_load_tokenizer_missing_vocab_is_named(tmp_path: Path) -> None:
         load_tokenizer(TokenizerConfig(name_or_path=str(tmp_path / "nope.txt")))
 
 
-@pytest.fixture
-def no_network(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Offline mode in every library that reads it, and sockets that refuse to connect."""
-    import huggingface_hub.constants
-    import transformers.utils.hub
-
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
-    monkeypatch.setattr(transformers.utils.hub, "_is_offline_mode", True)
-
-    def refuse(*args: Any, **kwargs: Any) -> Any:
-        raise OSError("network disabled in tests")
-
-    monkeypatch.setattr(socket, "create_connection", refuse)
-    monkeypatch.setattr(socket.socket, "connect", refuse)
-
-
-def test_hub_id_offline_says_how_to_work_offline(no_network: None, tmp_path: Path,
+def test_hub_id_offline_says_how_to_work_offline(hub_offline: None, tmp_path: Path,
                                                  monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(tmp_path)
     with pytest.raises(DataError, match="hub could not be reached.*local folder.*vocab.txt"):

@@ -27,8 +27,9 @@ from typing import TYPE_CHECKING, Any
 import alambic
 from alambic.compress.onnx_export import SLOW_FUSIONS, compare_logits, export_onnx, file_bytes
 from alambic.errors import AlambicError
+from alambic.options import choice
 from alambic.ship import coreml_export as cm
-from alambic.ship.coreml_export import TARGETS
+from alambic.ship.coreml_export import LAYOUTS, TARGETS
 from alambic.ship.exporter import MAX_INT8_RATIO, MIN_QUANTIZED_AGREEMENT, Check, Exported, Exporter, size_check
 
 if TYPE_CHECKING:
@@ -248,6 +249,9 @@ class CoreMLOptions:
     target: str = "iOS16"  # Classifier.mlpackage's minimum deployment target (ML Program: iOS15+)
     int8: bool | None = None  # int8 weights; None = when the candidate was quantized to int8
     updatable: bool = True  # also UpdatableClassifier.mlmodel
+    #: Classifier.mlpackage's layout: "standard", or "ane", Apple's Neural Engine layout of the same
+    #: weights (B, C, 1, S) for BERT students (alambic.ship.ane_layout); its speed is Apple's claim
+    layout: str = "standard"
     # the updatable model's SGD defaults (the app may override them in MLModelConfiguration)
     learning_rate: float = 0.01
     batch_size: int = 8
@@ -259,6 +263,7 @@ class CoreMLOptions:
             raise AlambicError(f"{who}: target must be one of {', '.join(TARGETS)}, got {self.target!r}")
         if self.int8 and self.target == "iOS15":
             raise AlambicError(f"{who}: int8 weights need target iOS16 or later")
+        choice(who, "layout", self.layout, LAYOUTS)
         if not 0 < self.learning_rate <= 1:
             raise AlambicError(f"{who}: learning_rate must be in (0, 1], got {self.learning_rate!r}")
         for key in ("batch_size", "epochs"):
@@ -277,12 +282,13 @@ class CoreML(Exporter):
         model, labels, length = source.model, source.labels, source.max_length
         int8 = (source.int8 and options.target != "iOS15") if options.int8 is None else options.int8
         meta = source.metadata | {"user": _user_metadata(source)}
-        checks = cm.wrapper_parity(model, source.test, source.reference_logits) if source.test is not None \
-            else [Check("export wrapper vs PyTorch", None, "no test split given: not run")]
-        classifier = cm.convert_classifier(model, labels, length, target=options.target, int8=int8)
+        checks = cm.wrapper_parity(model, source.test, source.reference_logits, layout=options.layout) \
+            if source.test is not None else [Check("export wrapper vs PyTorch", None, "no test split given: not run")]
+        classifier = cm.convert_classifier(model, labels, length, target=options.target, int8=int8,
+                                           layout=options.layout)
         cm.describe(classifier, meta)
         classifier.save(str(folder / "Classifier.mlpackage"))
-        checks += cm.check_classifier(folder / "Classifier.mlpackage", length, int8)
+        checks += cm.check_classifier(folder / "Classifier.mlpackage", length, int8, options.layout)
         sizes = {"Classifier.mlpackage": cm.package_bytes(folder / "Classifier.mlpackage")}
         spec = {"Classifier.mlpackage": cm.io_spec(cm.load_spec(folder / "Classifier.mlpackage"))}
         if int8:
@@ -298,9 +304,14 @@ class CoreML(Exporter):
             sizes[path.name] = cm.package_bytes(path)
             spec[path.name] = cm.io_spec(cm.load_spec(path))
         _copy_tokenizer(source, folder, ("vocab.txt", "tokenizer.json"))
-        notes = [f"int8 weights: {int8}; compute fp16; target {options.target}",
-                 "UpdatableClassifier.mlmodel takes Float32 input_ids/attention_mask (the neural-network "
-                 "format, the only one Core ML can update, has no int32 inputs)"] if options.updatable else []
+        notes = [f"int8 weights: {int8}; compute fp16; target {options.target}; Classifier.mlpackage in the "
+                 f"{options.layout} layout"]
+        if options.layout == "ane":
+            notes.append("the Neural Engine layout is Apple's (ml-ane-transformers); its speed-up is Apple's claim, "
+                         "not measured here; UpdatableClassifier.mlmodel keeps the standard layout")
+        if options.updatable:
+            notes.append("UpdatableClassifier.mlmodel takes Float32 input_ids/attention_mask (the neural-network "
+                         "format, the only one Core ML can update, has no int32 inputs)")
         return Exported(files=sorted(p for p in folder.rglob("*") if p.is_file()), spec=spec, checks=checks,
                         sizes=sizes, notes=notes)
 

@@ -3,6 +3,7 @@
 ::
 
     ml = convert_classifier(model, labels, max_length=64, int8=True)     # ML Program, iOS 16+
+    ml = convert_classifier(model, labels, 64, layout="ane")             # the Neural Engine layout
     ml.save("Classifier.mlpackage")
     spec = updatable_pipeline(model, labels, max_length=64, learning_rate=0.01, batch_size=8, epochs=10)
     describe(spec, {"author": "me", "license": "MIT", "user": {"labels": labels}})   # or an MLModel
@@ -59,6 +60,9 @@ POOLED = "pooled"
 HEAD, LOSS = "head", "loss"
 MASK_VALUE = -10000.0  # additive mask: finfo(float32).min overflows fp16 compute to -inf
 TARGETS = ("iOS15", "iOS16", "iOS17", "iOS18")  # ML Program targets; int8 weights need iOS16+
+#: standard: the transformers graph, (B, S, C); ane: Apple's Neural Engine layout, (B, C, 1, S)
+#: (alambic.ship.ane_layout), for Classifier.mlpackage
+LAYOUTS = ("standard", "ane")
 
 
 # --- the export wrapper ---------------------------------------------------------------------
@@ -104,8 +108,15 @@ def _torch_module() -> type:
     return CoreMLWrapper
 
 
-def wrapper(model: Any, output: str = "probabilities") -> torch.nn.Module:
-    """The export wrapper of a BERT or MobileBERT classifier, in eval mode."""
+def wrapper(model: Any, output: str = "probabilities", layout: str = "standard") -> torch.nn.Module:
+    """The export wrapper of a BERT or MobileBERT classifier, in eval mode; with ``layout="ane"``,
+    the BERT classifier rewritten in the Neural Engine layout."""
+    if layout not in LAYOUTS:
+        raise AlambicError(f"Core ML layout must be one of {', '.join(LAYOUTS)}, got {layout!r}")
+    if layout == "ane":
+        from alambic.ship.ane_layout import AneClassifier
+
+        return AneClassifier(model, output).eval()
     return _torch_module()(model, output).eval()
 
 
@@ -163,14 +174,15 @@ def _inputs(ct: Any, max_length: int) -> list[Any]:
 
 
 def convert_classifier(model: Any, labels: Sequence[str], max_length: int, *, target: str = "iOS16",
-                       int8: bool = False, weight_threshold: int = 2048) -> Any:
+                       int8: bool = False, weight_threshold: int = 2048, layout: str = "standard") -> Any:
     """The whole classifier as an ML Program (fp16 compute), int8 weights when ``int8``.
 
     :param target: minimum deployment target (:data:`TARGETS`); int8 weights need iOS16+.
     :param weight_threshold: weights with fewer elements stay fp16 (biases, norms).
+    :param layout: :data:`LAYOUTS`; ``ane`` converts the Neural Engine layout of the same weights.
     """
     _check_target(target, int8)
-    traced = trace(wrapper(model), max_length)
+    traced = trace(wrapper(model, layout=layout), max_length)
     with quiet() as ct:
         # the probabilities tensor is named: else the converter renames it (with a warning)
         mlmodel = ct.convert(traced, inputs=_inputs(ct, max_length), outputs=[ct.TensorType("probabilities")],
@@ -351,8 +363,10 @@ def _metadata_check(spec: Any) -> Check:
                  ", ".join(f"{k}={v}" for k, v in found.items())[:120], found)
 
 
-def check_classifier(path: str | os.PathLike[str], max_length: int, int8: bool) -> list[Check]:
-    """The ML Program loads as a spec, takes int32 (1, 1..max_length) and outputs label + probs."""
+def check_classifier(path: str | os.PathLike[str], max_length: int, int8: bool,
+                     layout: str = "standard") -> list[Check]:
+    """The ML Program loads as a spec, takes int32 (1, 1..max_length) and outputs label + probs; in
+    the ``ane`` layout, the encoder's projections are 1x1 convolutions (only pooler and head linear)."""
     spec = load_spec(path)
     ops = _program_ops(spec)
     checks = [Check("Classifier.mlpackage spec loads", spec.WhichOneof("Type") == "mlProgram",
@@ -362,6 +376,10 @@ def check_classifier(path: str | os.PathLike[str], max_length: int, int8: bool) 
     quantized = sum(count for op, count in ops.items() if op.startswith("constexpr_"))
     checks.append(Check("int8 weights" if int8 else "fp16 weights", quantized > 0 if int8 else None,
                         f"{quantized} int8 weight tensors", {"ops": ops}))
+    if layout == "ane":
+        conv, linear = ops.get("conv", 0), ops.get("linear", 0)
+        checks.append(Check("Neural Engine layout: 1x1 convolutions in the program", conv > 0 and linear <= 2,
+                            f"{conv} conv, {linear} linear (pooler and classifier)", {"conv": conv, "linear": linear}))
     return checks
 
 
@@ -418,19 +436,22 @@ def check_updatable(path: str | os.PathLike[str], max_length: int) -> list[Check
     return checks + _interface_checks(spec, "FLOAT32", max_length) + [_metadata_check(spec)]
 
 
-def wrapper_parity(model: Any, dataset: Any, reference: np.ndarray, max_traced: int = 200) -> list[Check]:
+def wrapper_parity(model: Any, dataset: Any, reference: np.ndarray, max_traced: int = 200,
+                   layout: str = "standard") -> list[Check]:
     """The export wrapper against the model's own logits (``reference``, rows in order) in PyTorch.
 
-    Eagerly on padded batches of every row; then the traced graphs (what is converted) row by row
-    at batch 1, every other row padded to the longest: as an app calls them.
+    Eagerly on padded batches of every row; then the traced graph of the classifier (what is
+    converted, in ``layout``) row by row at batch 1, every other row padded to the longest: as an
+    app calls it; and the updatable model's encoder (standard layout) with the head.
     """
     import numpy as np
     import torch
 
-    module = wrapper(model, "logits")
+    module = wrapper(model, "logits", layout)
+    named = "wrapper" if layout == "standard" else f"{layout} layout"
     rows = dataset.select(range(min(len(dataset), len(reference))))
     eager = np.concatenate([_wrapper_logits(module, rows[lo:lo + 64]) for lo in range(0, len(rows), 64)])
-    checks = [_parity("wrapper vs PyTorch model (eager, padded batches)", eager, reference)]
+    checks = [_parity(f"{named} vs PyTorch model (eager, padded batches)", eager, reference)]
     width = max(len(ids) for ids in rows["input_ids"])
     traced = trace(module, width)
     pooled = trace(wrapper(model, POOLED), width)
@@ -443,7 +464,8 @@ def wrapper_parity(model: Any, dataset: Any, reference: np.ndarray, max_traced: 
             mask = torch.tensor([[1] * len(ids) + [0] * pad], dtype=torch.int32)
             got.append(traced(batch, mask).numpy()[0])
             heads.append(model.classifier(pooled(batch, mask)[None]).numpy()[0])
-    checks.append(_parity("traced classifier vs PyTorch model (batch 1)", np.array(got), reference[:count]))
+    checks.append(_parity(f"traced classifier{'' if layout == 'standard' else f' ({layout} layout)'} vs PyTorch "
+                          f"model (batch 1)", np.array(got), reference[:count]))
     checks.append(_parity("traced encoder + head vs PyTorch model", np.array(heads), reference[:count]))
     return checks
 

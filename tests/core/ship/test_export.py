@@ -283,6 +283,24 @@ def test_cli_export_of_a_stage_prints_the_verification_table(run, tmp_path):
     assert manifest["meta"]["metadata"]["author"] == "alambic tests"
 
 
+def test_cli_export_in_the_neural_engine_layout_verifies_that_layout(run, tmp_path):
+    """--option coreml.layout=ane: Classifier.mlpackage holds the (B, C, 1, S) graph of 1x1
+    convolutions, and the verification covers that layout against the PyTorch model."""
+    from tests.core.test_cli import alambic
+
+    root, _, record = run
+    out = tmp_path / "ane-export"
+    done = alambic("export", str(root / "run.yaml"), "--stage", str(record.path), "--format", "coreml", "--out",
+                   str(out), "--option", "coreml.layout=ane", "--option", "coreml.updatable=false", cwd=root)
+    assert done.returncode == 0, done.stderr
+    checks = {c["name"]: c for c in json.loads((out / "verification.json").read_text(encoding="utf-8"))
+              ["formats"]["coreml"]["checks"]}
+    assert checks["ane layout vs PyTorch model (eager, padded batches)"]["ok"] is True
+    assert checks["traced classifier (ane layout) vs PyTorch model (batch 1)"]["ok"] is True
+    assert checks["Neural Engine layout: 1x1 convolutions in the program"]["ok"] is True
+    assert (out / "coreml" / "Classifier.mlpackage").is_dir() and not (out / "coreml" / "UpdatableClassifier.mlmodel").exists()
+
+
 def test_cli_export_of_a_tampered_record_says_which_file_and_key(run, tmp_path):
     from tests.core.test_cli import alambic
 

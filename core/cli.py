@@ -386,9 +386,11 @@ def export(
 ) -> None:
     """Export the selected candidate (or --candidate / --stage) to Hugging Face, ONNX and Core ML.
 
-    Each format is verified against the source model on the test split (and Core ML by its specs:
-    it cannot predict on Linux). A format that fails is reported with the op that failed and a
-    fallback to try; the others are still exported. Exit code 1 when a format failed.
+    Each check says what it covered: ONNX and HF run in their own runtimes against the source model
+    on the test split; Core ML cannot predict on Linux, so its converter's PyTorch input is checked
+    against the source and its files by their specs (predictions: examples/ios on a Mac). A format
+    that fails is reported with the op that failed and a fallback to try; the others are still
+    exported. Exit code 1 when a format failed.
     """
     ctx = RunContext.open(path, quiet=State.quiet or as_json)
     chosen = [f.strip() for f in formats.split(",") if f.strip()] if formats else None

@@ -28,9 +28,19 @@ import alambic
 from alambic.compress.onnx_export import SLOW_FUSIONS, compare_logits, export_onnx, file_bytes
 from alambic.errors import AlambicError
 from alambic.options import choice
+from alambic.ship import coreml_checks as cmc
 from alambic.ship import coreml_export as cm
 from alambic.ship.coreml_export import LAYOUTS, TARGETS
-from alambic.ship.exporter import MAX_INT8_RATIO, MIN_QUANTIZED_AGREEMENT, Check, Exported, Exporter, size_check
+from alambic.ship.exporter import (
+    MAX_INT8_RATIO,
+    MIN_QUANTIZED_AGREEMENT,
+    RUNTIME,
+    SOURCE_GRAPH,
+    Check,
+    Exported,
+    Exporter,
+    size_check,
+)
 
 if TYPE_CHECKING:
     from alambic.registry import KindRegistry
@@ -81,7 +91,7 @@ def pipeline_check(folder: Path, source: ExportSource) -> Check:
     """``transformers.pipeline`` on the folder predicts the source model's labels on the test texts."""
     name = "transformers.pipeline labels = source model's"
     if source.texts is None:
-        return Check(name, None, "no test texts given: not run")
+        return Check(name, None, "no test texts given: not run", covers=RUNTIME)
     from transformers import pipeline
     from transformers.utils import logging as hf_logging
 
@@ -96,7 +106,7 @@ def pipeline_check(folder: Path, source: ExportSource) -> Check:
     expected = [source.labels[i] for i in source.reference_logits.argmax(-1)]
     agreement = sum(g == e for g, e in zip(got, expected)) / len(expected)
     return Check(name, agreement == 1.0, f"{agreement:.2%} of {len(expected)} test rows (fp32: 100%)",
-                 {"agreement": agreement, "examples": len(expected)})
+                 {"agreement": agreement, "examples": len(expected)}, covers=RUNTIME)
 
 
 def model_card(source: ExportSource) -> str:
@@ -231,14 +241,14 @@ def ort_checks(source: ExportSource, path: Path, quantized: bool) -> list[Check]
     """ONNX Runtime against the PyTorch model on the test rows: max |logit diff|, argmax agreement."""
     name = "ONNX Runtime vs PyTorch (test split)"
     if source.test is None:
-        return [Check(name, None, "no test split given: not run")]
+        return [Check(name, None, "no test split given: not run", covers=RUNTIME)]
 
     found = compare_logits(source.model, path, source.test, max_examples=len(source.test))
     need = MIN_QUANTIZED_AGREEMENT if quantized else 1.0
     close = quantized or found["max_abs_diff"] <= 1e-3  # int8 logits differ by design; fp32 must not
     return [Check(name, found["argmax_agreement"] >= need and close,
                   f"max |diff| {found['max_abs_diff']:.2e}, argmax {found['argmax_agreement']:.2%} of "
-                  f"{found['examples']} (>= {need:.1%})", found | {"threshold": need})]
+                  f"{found['examples']} (>= {need:.1%})", found | {"threshold": need}, covers=RUNTIME)]
 
 
 # --- coreml ---------------------------------------------------------------------------------
@@ -282,15 +292,16 @@ class CoreML(Exporter):
         model, labels, length = source.model, source.labels, source.max_length
         int8 = (source.int8 and options.target != "iOS15") if options.int8 is None else options.int8
         meta = source.metadata | {"user": _user_metadata(source)}
-        checks = cm.wrapper_parity(model, source.test, source.reference_logits, layout=options.layout) \
-            if source.test is not None else [Check("export wrapper vs PyTorch", None, "no test split given: not run")]
+        checks = cmc.wrapper_parity(model, source.test, source.reference_logits, layout=options.layout) \
+            if source.test is not None else [Check("export wrapper vs PyTorch", None, "no test split given: not run",
+                                                   covers=SOURCE_GRAPH)]
         classifier = cm.convert_classifier(model, labels, length, target=options.target, int8=int8,
                                            layout=options.layout)
         cm.describe(classifier, meta)
         classifier.save(str(folder / "Classifier.mlpackage"))
-        checks += cm.check_classifier(folder / "Classifier.mlpackage", length, int8, options.layout)
+        checks += cmc.check_classifier(folder / "Classifier.mlpackage", length, int8, options.layout)
         sizes = {"Classifier.mlpackage": cm.package_bytes(folder / "Classifier.mlpackage")}
-        spec = {"Classifier.mlpackage": cm.io_spec(cm.load_spec(folder / "Classifier.mlpackage"))}
+        spec = {"Classifier.mlpackage": cmc.io_spec(cmc.load_spec(folder / "Classifier.mlpackage"))}
         if int8:
             fp32 = 4 * sum(p.numel() for p in model.parameters())
             checks.append(size_check("Classifier.mlpackage (int8)", sizes["Classifier.mlpackage"], fp32))
@@ -300,9 +311,10 @@ class CoreML(Exporter):
                                              encoder_bits=8 if int8 else 16)
             cm.describe(pipeline, meta)
             path = cm.save_spec(pipeline, folder / "UpdatableClassifier.mlmodel")
-            checks += cm.check_updatable(path, length)
+            checks += cmc.check_updatable(path, length)
             sizes[path.name] = cm.package_bytes(path)
-            spec[path.name] = cm.io_spec(cm.load_spec(path))
+            spec[path.name] = cmc.io_spec(cmc.load_spec(path))
+        checks += cmc.mac_checks(options.updatable)
         _copy_tokenizer(source, folder, ("vocab.txt", "tokenizer.json"))
         notes = [f"int8 weights: {int8}; compute fp16; target {options.target}; Classifier.mlpackage in the "
                  f"{options.layout} layout"]

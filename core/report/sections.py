@@ -377,13 +377,16 @@ def _export_section(run: GatheredRun) -> Section:
         return _absent("export", "Export", "No export yet (export/verification.json): run `alambic export RUN`.")
     found = run.store.read_json(f"{EXPORT_DIR}/{VERIFICATION_FILE}")
     formats = found.get("formats", {})
-    rows = [[name, c["name"], c["value"], {True: "ok", False: "FAILED", None: ""}[c["ok"]]]
+    rows = [[name, c["name"], c.get("covers", ""), c["value"], {True: "ok", False: "FAILED", None: ""}[c["ok"]]]
             for name, f in formats.items() for c in f.get("checks", [])]
-    rows += [[name, f"size {file}", f"{size / 1e6:,.2f} MB", ""] for name, f in formats.items()
+    rows += [[name, f"size {file}", "structure", f"{size / 1e6:,.2f} MB", ""] for name, f in formats.items()
              for file, size in f.get("sizes", {}).items()]
     blocks: list[Any] = [f"Formats {', '.join(formats) or 'none'}, verified on {found.get('test_rows', 0):,} test rows "
-                         f"against the source (its test accuracy {_num(found.get('source_test_accuracy'), '.4f')}).",
-                         Table(["format", "check", "result", ""], rows)]
+                         f"against the source (its test accuracy {_num(found.get('source_test_accuracy'), '.4f')}). "
+                         "Covers: *runtime*, the shipped file run by its own runtime; *source graph*, the PyTorch "
+                         "graph given to the converter, not the converted file; *structure*, the file read back "
+                         "without predicting; *needs a Mac*, not run here.",
+                         Table(["format", "check", "covers", "result", ""], rows)]
     if found.get("failed"):
         blocks.append(Items([f["message"] for f in found["failed"].values()]))
     manifest = run.store.load_manifest(EXPORT_DIR)

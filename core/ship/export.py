@@ -45,7 +45,7 @@ from rich.table import Table
 from alambic.errors import AlambicError, did_you_mean
 from alambic.fingerprint import stable_hash
 from alambic.manager import build_registry
-from alambic.ship.exporter import Exported, ExportSource, Failure, load_source
+from alambic.ship.exporter import STRUCTURE, Exported, ExportSource, Failure, load_source
 from alambic.store import Store
 
 if TYPE_CHECKING:
@@ -189,8 +189,8 @@ def bundle_readme(source: ExportSource, exported: Mapping[str, Exported], failed
                                           for f in spec[kind])
                     lines.append(f"- {model}{kind.replace('_', ' ')}: {described}")
         lines += [f"- note: {n}" for n in result.notes] + [""]
-        lines += ["| check | result | ok |", "| --- | --- | --- |"]
-        lines += [f"| {_cell(c.name)} | {_cell(c.value)} | {_mark(c.ok)} |" for c in result.checks] + [""]
+        lines += ["| check | covers | result | ok |", "| --- | --- | --- | --- |"]
+        lines += [f"| {_cell(c.name)} | {c.covers} | {_cell(c.value)} | {_mark(c.ok)} |" for c in result.checks] + [""]
     for failure in failed.values():
         lines += [f"## {failure.format}: not exported", "", failure.message, ""]
     if "coreml" in exported:
@@ -242,15 +242,15 @@ def _mark(ok: bool | None) -> str:
 
 def format_verification(result: ExportResult) -> Table:
     """A rich table of every check of every format, then the formats that failed."""
-    table = Table("format", "check", "result", "", title=f"export verification: {result.path}")
+    table = Table("format", "check", "covers", "result", "", title=f"export verification: {result.path}")
     for name, exported in result.exported.items():
         for check in exported.checks:
             mark = {True: "[green]ok[/green]", False: "[red]FAILED[/red]", None: ""}[check.ok]
-            table.add_row(name, escape(check.name), escape(check.value), mark)
+            table.add_row(name, escape(check.name), check.covers, escape(check.value), mark)
         for file, size in exported.sizes.items():
-            table.add_row(name, escape(f"size {file}"), f"{size / 1e6:.2f} MB", "")
+            table.add_row(name, escape(f"size {file}"), STRUCTURE, f"{size / 1e6:.2f} MB", "")
     for failure in result.failed.values():
-        table.add_row(failure.format, "[red]not exported[/red]", escape(failure.message), "[red]FAILED[/red]")
+        table.add_row(failure.format, "[red]not exported[/red]", "", escape(failure.message), "[red]FAILED[/red]")
     return table
 
 

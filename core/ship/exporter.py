@@ -32,14 +32,24 @@ _OP = re.compile(r"\b(?:op|operator)\s+['\"]([\w.:]+)['\"]")
 # --- the plugin surface ---------------------------------------------------------------------
 
 
+#: what a check covered, said beside it (verification.json, the table, the bundle README)
+RUNTIME = "runtime"  # the shipped file run by its own runtime, scored against the source model
+SOURCE_GRAPH = "source graph"  # the PyTorch graph given to the converter, not the converted file
+STRUCTURE = "structure"  # the saved file read back (spec, inputs, outputs, ops, size): no prediction
+NEEDS_A_MAC = "needs a Mac"  # cannot run on Linux; how to run it is in the check's value
+COVERS = (RUNTIME, SOURCE_GRAPH, STRUCTURE, NEEDS_A_MAC)
+
+
 @dataclass
 class Check:
-    """One verification: what, whether it passed (None: a figure, not a test), the figure shown."""
+    """One verification: what, whether it passed (None: a figure, or not run), the figure shown,
+    and what it covered (:data:`COVERS`)."""
 
     name: str
     ok: bool | None
     value: str
     data: dict[str, Any] = field(default_factory=dict)
+    covers: str = STRUCTURE
 
 
 @dataclass

@@ -15,6 +15,7 @@ from alambic.compress.pruning import PruneContext, heads_per_layer
 from alambic.errors import AlambicError
 from alambic.plugins.pruners import Ffn, Heads
 from alambic.plugins.students import MobileBertAdapter, RobertaL4
+from alambic.ship import coreml_checks as cmc
 from alambic.ship import coreml_export as cm
 from alambic.ship.ane_layout import AneClassifier
 from tests.conftest import THUCNEWS, VOCAB, needs_shared_data
@@ -85,7 +86,7 @@ def test_the_verification_checks_the_layout_it_converts(pruned):
     """What the Core ML exporter records for coreml.layout=ane: parity of that layout, eager and traced."""
     model, rows = pruned
     reference = batch_logits(model, rows, standard=True)
-    checks = cm.wrapper_parity(model, rows, reference, max_traced=40, layout="ane")
+    checks = cmc.wrapper_parity(model, rows, reference, max_traced=40, layout="ane")
     assert [c.name for c in checks][:2] == ["ane layout vs PyTorch model (eager, padded batches)",
                                             "traced classifier (ane layout) vs PyTorch model (batch 1)"]
     assert all(c.ok for c in checks), checks

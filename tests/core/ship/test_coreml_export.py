@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from alambic.errors import AlambicError
+from alambic.ship import coreml_checks as cmc
 from alambic.ship import coreml_export as cm
 from tests.core.compress.test_onnx_export import padded_batch, tiny_classifier, tiny_data, torch_logits
 
@@ -38,7 +39,7 @@ def test_the_wrapper_gives_the_models_logits(student):
 @pytest.mark.parametrize("student", ["roberta-l4", "mobilebert-adapter"])
 def test_parity_checks_pass_on_the_test_rows(student):
     model, data = tiny_classifier(student), tiny_data()
-    checks = cm.wrapper_parity(model, data, reference(model, data), max_traced=12)
+    checks = cmc.wrapper_parity(model, data, reference(model, data), max_traced=12)
     assert [c.name for c in checks] == ["wrapper vs PyTorch model (eager, padded batches)",
                                         "traced classifier vs PyTorch model (batch 1)",
                                         "traced encoder + head vs PyTorch model"]
@@ -99,14 +100,14 @@ def test_the_updatable_spec_has_one_updatable_layer_a_cross_entropy_loss_and_sgd
 
 
 def test_both_products_pass_their_spec_checks(mobilebert_products):
-    for checks in (cm.check_classifier(mobilebert_products / "Classifier.mlpackage", MAX_LENGTH, int8=False),
-                   cm.check_updatable(mobilebert_products / "UpdatableClassifier.mlmodel", MAX_LENGTH)):
+    for checks in (cmc.check_classifier(mobilebert_products / "Classifier.mlpackage", MAX_LENGTH, int8=False),
+                   cmc.check_updatable(mobilebert_products / "UpdatableClassifier.mlmodel", MAX_LENGTH)):
         assert all(c.ok is not False for c in checks), [(c.name, c.value) for c in checks]
-    described = cm.io_spec(cm.load_spec(mobilebert_products / "Classifier.mlpackage"))
+    described = cmc.io_spec(cmc.load_spec(mobilebert_products / "Classifier.mlpackage"))
     assert described["inputs"] == [{"name": n, "type": "multiArrayType", "dtype": "INT32",
                                     "shape": [[1, 1], [1, MAX_LENGTH]]} for n in ("input_ids", "attention_mask")]
     assert [o["name"] for o in described["outputs"]] == ["label", "label_probs"]
-    spec = cm.load_spec(mobilebert_products / "Classifier.mlpackage")
+    spec = cmc.load_spec(mobilebert_products / "Classifier.mlpackage")
     assert spec.description.metadata.author == "tests" and spec.description.metadata.license == "MIT"
     assert spec.description.metadata.userDefined["labels"] == '["体育", "财经", "科技"]'
     assert spec.description.input[0].shortDescription.startswith("token ids from the bundled tokenizer")
@@ -117,7 +118,7 @@ def test_int8_weights_shrink_the_package(tmp_path):
     for int8 in (False, True):
         cm.convert_classifier(model, LABELS, MAX_LENGTH, int8=int8).save(str(tmp_path / f"{int8}.mlpackage"))
     assert cm.package_bytes(tmp_path / "True.mlpackage") < 0.6 * cm.package_bytes(tmp_path / "False.mlpackage")
-    checks = {c.name: c for c in cm.check_classifier(tmp_path / "True.mlpackage", MAX_LENGTH, int8=True)}
+    checks = {c.name: c for c in cmc.check_classifier(tmp_path / "True.mlpackage", MAX_LENGTH, int8=True)}
     assert checks["int8 weights"].ok and checks["int8 weights"].data["ops"]["constexpr_affine_dequantize"] > 0
 
 

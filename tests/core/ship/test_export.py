@@ -64,6 +64,27 @@ def test_all_three_formats_are_exported_and_verified(exported):
     assert not list(bundle.parent.glob(".export.tmp-*")), "the scratch folder was renamed into place"
 
 
+def test_every_check_says_what_it_covered(exported):
+    """verification.json, the table and the bundle README say, for each check, whether the shipped
+    file ran in its runtime, the converter's PyTorch input was compared, the file was read back, or
+    a Mac is needed; Core ML's own predictions are never claimed on Linux."""
+    from alambic.ship.exporter import COVERS
+
+    found = json.loads((exported.path / "verification.json").read_text(encoding="utf-8"))["formats"]
+    covers = {(fmt, c["name"]): c["covers"] for fmt, f in found.items() for c in f["checks"]}
+    assert set(covers.values()) <= set(COVERS)
+    assert covers[("onnx", "ONNX Runtime vs PyTorch (test split)")] == "runtime"
+    assert covers[("hf", "transformers.pipeline labels = source model's")] == "runtime"
+    assert covers[("coreml", "wrapper vs PyTorch model (eager, padded batches)")] == "source graph"
+    assert covers[("coreml", "Classifier.mlpackage spec loads")] == "structure"
+    mac = [c for c in found["coreml"]["checks"] if c["covers"] == "needs a Mac"]
+    assert [c["name"] for c in mac] == ["prediction by the Core ML runtime vs ONNX Runtime / PyTorch",
+                                        "one MLUpdateTask on UpdatableClassifier.mlmodel"]
+    assert all(c["ok"] is None for c in mac) and "check_coreml.py" in mac[0]["value"]
+    assert "| check | covers | result | ok |" in (exported.path / "README.md").read_text(encoding="utf-8")
+    assert "covers" in table_text(exported)
+
+
 def test_hf_pipeline_and_onnx_runtime_predict_as_the_source(exported):
     verification = json.loads((exported.path / "verification.json").read_text(encoding="utf-8"))
     rows = verification["test_rows"]

@@ -30,6 +30,7 @@ from alambic.errors import AlambicError
 from alambic.options import choice
 from alambic.ship import coreml_checks as cmc
 from alambic.ship import coreml_export as cm
+from alambic.ship.app_tokenizer import app_check, swift_check, vectors_check, write_vectors
 from alambic.ship.coreml_export import LAYOUTS, TARGETS
 from alambic.ship.exporter import (
     MAX_INT8_RATIO,
@@ -314,8 +315,10 @@ class CoreML(Exporter):
             checks += cmc.check_updatable(path, length)
             sizes[path.name] = cm.package_bytes(path)
             spec[path.name] = cmc.io_spec(cmc.load_spec(path))
-        checks += cmc.mac_checks(options.updatable)
-        _copy_tokenizer(source, folder, ("vocab.txt", "tokenizer.json"))
+        _copy_tokenizer(source, folder)  # tokenizer.json + tokenizer_config.json: what swift-transformers loads
+        write_vectors(source.tokenizer, folder, length)
+        checks += [swift_check(folder), vectors_check(folder)]
+        checks += [*cmc.mac_checks(options.updatable), app_check()]
         notes = [f"int8 weights: {int8}; compute fp16; target {options.target}; Classifier.mlpackage in the "
                  f"{options.layout} layout"]
         if options.layout == "ane":

@@ -162,7 +162,9 @@ def tokenization_note(tokenizer: Any, max_length: int) -> str:
     kind = json.loads(tokenizer.backend_tokenizer.to_str())["model"]["type"] if tokenizer is not None else "WordPiece"
     pad = getattr(tokenizer, "pad_token_id", 0) or 0
     tail = (f"truncated to {max_length} tokens; `attention_mask` is 1 for real tokens and 0 for padding "
-            f"(id {pad}). Segment ids (`token_type_ids`) are all 0.")
+            f"(id {pad}). Segment ids (`token_type_ids`) are all 0. `coreml/` adds `tokenizer_config.json` "
+            f"(swift-transformers loads the folder) and `tokenizer_vectors.json` (texts and their ids, for the "
+            f"app's tests: examples/ios/TokenizerCheck).")
     if kind == "Unigram":
         return ("Every folder ships `tokenizer.json`: a SentencePiece Unigram vocabulary (XLM-R style: its "
                 "normalizer, `▁` for spaces), cut to the pieces the task uses; tokenize with it exactly as "

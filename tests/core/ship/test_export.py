@@ -79,7 +79,8 @@ def test_every_check_says_what_it_covered(exported):
     assert covers[("coreml", "Classifier.mlpackage spec loads")] == "structure"
     mac = [c for c in found["coreml"]["checks"] if c["covers"] == "needs a Mac"]
     assert [c["name"] for c in mac] == ["prediction by the Core ML runtime vs ONNX Runtime / PyTorch",
-                                        "one MLUpdateTask on UpdatableClassifier.mlmodel"]
+                                        "one MLUpdateTask on UpdatableClassifier.mlmodel",
+                                        "the app's tokenizer (swift-transformers) gives tokenizer_vectors.json"]
     assert all(c["ok"] is None for c in mac) and "check_coreml.py" in mac[0]["value"]
     assert "| check | covers | result | ok |" in (exported.path / "README.md").read_text(encoding="utf-8")
     assert "covers" in table_text(exported)

@@ -31,6 +31,7 @@ from alambic.options import choice
 from alambic.ship import coreml_checks as cmc
 from alambic.ship import coreml_export as cm
 from alambic.ship.app_tokenizer import app_check, swift_check, vectors_check, write_vectors
+from alambic.ship.coreml_compression import KINDS, WeightPlan, plan_for
 from alambic.ship.coreml_export import LAYOUTS, TARGETS
 from alambic.ship.exporter import (
     MAX_INT8_RATIO,
@@ -291,19 +292,21 @@ class CoreML(Exporter):
     @classmethod
     def export(cls, source: ExportSource, folder: Path, options: CoreMLOptions) -> Exported:
         model, labels, length = source.model, source.labels, source.max_length
-        int8 = (source.int8 and options.target != "iOS15") if options.int8 is None else options.int8
+        plan = _weight_plan(source, options)
+        int8 = plan.int8
         meta = source.metadata | {"user": _user_metadata(source)}
         checks = cmc.wrapper_parity(model, source.test, source.reference_logits, layout=options.layout) \
             if source.test is not None else [Check("export wrapper vs PyTorch", None, "no test split given: not run",
                                                    covers=SOURCE_GRAPH)]
-        classifier = cm.convert_classifier(model, labels, length, target=options.target, int8=int8,
+        classifier = cm.convert_classifier(model, labels, length, target=options.target, weights=plan,
                                            layout=options.layout)
         cm.describe(classifier, meta)
         classifier.save(str(folder / "Classifier.mlpackage"))
         checks += cmc.check_classifier(folder / "Classifier.mlpackage", length, int8, options.layout)
+        checks.append(cmc.weights_check(folder / "Classifier.mlpackage", plan))
         sizes = {"Classifier.mlpackage": cm.package_bytes(folder / "Classifier.mlpackage")}
         spec = {"Classifier.mlpackage": cmc.io_spec(cmc.load_spec(folder / "Classifier.mlpackage"))}
-        if int8:
+        if set(plan.precision.values()) == {"int8"}:  # a mixed plan keeps fp16 kinds: no ~1/4 to expect
             fp32 = 4 * sum(p.numel() for p in model.parameters())
             checks.append(size_check("Classifier.mlpackage (int8)", sizes["Classifier.mlpackage"], fp32))
         if options.updatable:
@@ -335,6 +338,17 @@ class CoreML(Exporter):
         cause = f"the converter has no '{op}'; " if op else ""
         return (f"{cause}try --format onnx (ONNX Runtime runs on iOS too: onnxruntime-objc), or a lower Core ML "
                 f"target (--option coreml.target=iOS15, no int8), or --option coreml.updatable=false")
+
+
+def _weight_plan(source: ExportSource, options: CoreMLOptions) -> WeightPlan:
+    """The candidate's compression in Core ML's terms; ``int8`` true/false overrides it for every kind."""
+    if options.int8 is None and options.target == "iOS15":  # no int8 weights before iOS 16
+        return WeightPlan(dict.fromkeys(KINDS, "fp16"), differences=["target iOS15 holds no int8 weights"])
+    if options.int8 is None:
+        return plan_for(source.quantization)
+    forced = "int8" if options.int8 else "fp16"
+    return WeightPlan(dict.fromkeys(KINDS, forced), "per_tensor", [f"coreml.int8={str(options.int8).lower()}: every "
+                                                                   f"kind {forced}, whatever the candidate had"])
 
 
 def _user_metadata(source: ExportSource) -> dict[str, Any]:

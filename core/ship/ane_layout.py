@@ -61,7 +61,8 @@ class Attention(nn.Module):
         self_attention, output = attention.self, attention.output
         self.heads, self.head_size = self_attention.num_attention_heads, self_attention.attention_head_size
         self.scale = self.head_size ** -0.5
-        self.query, self.key, self.value = conv(self_attention.query), conv(self_attention.key), conv(self_attention.value)
+        self.query, self.key = conv(self_attention.query), conv(self_attention.key)
+        self.value = conv(self_attention.value)
         self.out = conv(output.dense)
         self.norm = ChannelLayerNorm(output.LayerNorm)
 

@@ -46,6 +46,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from alambic.errors import AlambicError
+from alambic.ship.coreml_compression import WeightPlan, compress_weights
 
 if TYPE_CHECKING:
     import torch
@@ -172,14 +173,17 @@ def _inputs(ct: Any, max_length: int) -> list[Any]:
 
 
 def convert_classifier(model: Any, labels: Sequence[str], max_length: int, *, target: str = "iOS16",
-                       int8: bool = False, weight_threshold: int = 2048, layout: str = "standard") -> Any:
+                       int8: bool = False, weight_threshold: int = 2048, layout: str = "standard",
+                       weights: WeightPlan | None = None) -> Any:
     """The whole classifier as an ML Program (fp16 compute), int8 weights when ``int8``.
 
     :param target: minimum deployment target (:data:`TARGETS`); int8 weights need iOS16+.
     :param weight_threshold: weights with fewer elements stay fp16 (biases, norms).
     :param layout: :data:`LAYOUTS`; ``ane`` converts the Neural Engine layout of the same weights.
+    :param weights: the candidate's compression in Core ML's terms (per kind int8 or fp16,
+        :mod:`alambic.ship.coreml_compression`); given, it replaces ``int8``'s one scale for all.
     """
-    _check_target(target, int8)
+    _check_target(target, int8 or (weights is not None and weights.int8))
     traced = trace(wrapper(model, layout=layout), max_length)
     with quiet() as ct:
         # the probabilities tensor is named: else the converter renames it (with a warning)
@@ -188,6 +192,8 @@ def convert_classifier(model: Any, labels: Sequence[str], max_length: int, *, ta
                              classifier_config=ct.ClassifierConfig(list(labels), predicted_feature_name=LABEL),
                              minimum_deployment_target=getattr(ct.target, target),
                              compute_precision=ct.precision.FLOAT16)
+        if weights is not None:
+            return compress_weights(mlmodel, weights)
         if int8:
             from coremltools.optimize.coreml import OpLinearQuantizerConfig, OptimizationConfig, linear_quantize_weights
 

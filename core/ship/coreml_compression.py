@@ -1,0 +1,130 @@
+"""The candidate's compression in Core ML's terms: which weights the ML Program holds as int8.
+
+A candidate was quantized for its runtime (ONNX Runtime int8, fp16, ``mixed`` per module kind).
+:func:`plan_for` maps its quantization record to the per-kind weight precision Core ML can hold:
+int8 weights (``coremltools.optimize.coreml`` linear quantization, per channel or per tensor as the
+candidate had them) or fp16 weights, with fp16 compute throughout, and says in words what Core ML
+cannot express. :func:`compress_weights` applies the plan op by op, by the names the converter gives
+the weights (``encoder_layer_0_attention_self_query_weight_to_fp16``), and :func:`weight_precisions`
+reads the saved program back to check it.
+
+Kinds (as the ``mixed`` quantizer names them): ``attention`` (self-attention and its output
+projection), ``ffn`` (the rest of each encoder layer), ``embeddings`` (the lookup tables); the
+pooler, the classifier, biases and norms stay fp16.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+KINDS = ("attention", "ffn", "embeddings")
+#: the int8 values of a quantized weight, as coremltools names them when it reads a program back
+#: (the counter at the end grows with each read in a process)
+_QUANTIZED_DATA = re.compile(r"_quantized_data_\d+$")
+#: weights with fewer elements stay fp16 whatever the plan (biases, norms, small tables)
+WEIGHT_THRESHOLD = 2048
+
+
+@dataclass(frozen=True)
+class WeightPlan:
+    """Per kind, "int8" or "fp16"; how int8 scales are shared; what differs from the candidate."""
+
+    precision: dict[str, str]
+    granularity: str = "per_channel"  # or "per_tensor"
+    differences: list[str] = field(default_factory=list)
+
+    @property
+    def int8(self) -> bool:
+        return "int8" in self.precision.values()
+
+    def describe(self) -> str:
+        kinds = ", ".join(f"{kind} {self.precision[kind]}" for kind in KINDS)
+        scales = f" ({self.granularity.replace('_', ' ')} scales)" if self.int8 else ""
+        return f"weights: {kinds}{scales}; compute fp16"
+
+
+def plan_for(quantization: Mapping[str, Any]) -> WeightPlan:
+    """The Core ML weight plan of a candidate's quantization record (``record.json`` ``quantization``)."""
+    quantizer = quantization.get("quantizer") or "none"
+    options = quantization.get("options") or {}
+    granularity = "per_channel" if options.get("per_channel") else "per_tensor"
+    if quantizer in ("none", "fp16"):
+        differs = [] if quantizer == "fp16" else ["the candidate ran fp32; Core ML computes and stores weights in fp16"]
+        return WeightPlan(dict.fromkeys(KINDS, "fp16"), differences=differs)
+    if quantizer in ("dynamic-int8", "static-int8"):
+        return _int8_plan(quantizer, options, granularity)
+    if quantizer == "mixed":
+        return _mixed_plan(options, granularity)
+    return WeightPlan(dict.fromkeys(KINDS, "fp16"), differences=[
+        f"quantizer '{quantizer}' has no Core ML mapping: weights fp16"])
+
+
+def _int8_plan(quantizer: str, options: Mapping[str, Any], granularity: str) -> WeightPlan:
+    pytorch = options.get("runtime") == "pytorch"
+    embeddings = options.get("embeddings")
+    tables = (not pytorch) if embeddings is None else bool(embeddings)  # as the quantizer decided it
+    differs = ["int8 weights with fp16 activations: Core ML dequantizes the weights, where ONNX Runtime "
+               "multiplies int8 by int8"]
+    if pytorch:
+        granularity = "per_channel"  # torchao's int8 Linear weights are per channel
+    if quantizer == "static-int8":
+        differs.append("the static activation ranges are not carried: Core ML computes activations in fp16")
+    precision = {"attention": "int8", "ffn": "int8", "embeddings": "int8" if tables else "fp16"}
+    return WeightPlan(precision, granularity, differs)
+
+
+def _mixed_plan(options: Mapping[str, Any], granularity: str) -> WeightPlan:
+    precision, differs = {}, []
+    for kind in KINDS:
+        wanted = options.get(kind, "fp16")
+        precision[kind] = "int8" if wanted == "int8" else "fp16"
+        if wanted == "fp32":
+            differs.append(f"{kind} ran fp32; Core ML holds it fp16")
+    if "int8" in precision.values():
+        differs.append("int8 weights with fp16 activations (Core ML dequantizes the weights)")
+    return WeightPlan(precision, granularity, differs)
+
+
+def weight_kind(name: str) -> str:
+    """The kind of a weight from its name in the converted program (standard or Neural Engine layout)."""
+    if name.startswith("embeddings_") and "embeddings_weight" in name:
+        return "embeddings"
+    if "attention" in name:
+        return "attention"
+    if "encoder_layer" in name or "feed_forward" in name:
+        return "ffn"
+    return "other"
+
+
+def compress_weights(mlmodel: Any, plan: WeightPlan) -> Any:
+    """``mlmodel`` with the plan's int8 weights, op by op; the rest as converted (fp16)."""
+    from coremltools.optimize.coreml import (
+        OpLinearQuantizerConfig,
+        OptimizationConfig,
+        get_weights_metadata,
+        linear_quantize_weights,
+    )
+
+    if not plan.int8:
+        return mlmodel
+    config = OpLinearQuantizerConfig(mode="linear_symmetric", dtype="int8", granularity=plan.granularity,
+                                     weight_threshold=WEIGHT_THRESHOLD)
+    names = get_weights_metadata(mlmodel, weight_threshold=WEIGHT_THRESHOLD)
+    chosen = {name: config if plan.precision.get(weight_kind(name)) == "int8" else None for name in names}
+    return linear_quantize_weights(mlmodel, OptimizationConfig(global_config=None, op_name_configs=chosen))
+
+
+def weight_precisions(mlmodel: Any) -> dict[str, dict[str, int]]:
+    """Per kind, how many weight tensors the program holds as int8 and as fp16 (read back)."""
+    from coremltools.optimize.coreml import get_weights_metadata
+
+    found: dict[str, dict[str, int]] = {kind: {"int8": 0, "fp16": 0} for kind in (*KINDS, "other")}
+    for name, meta in get_weights_metadata(mlmodel, weight_threshold=WEIGHT_THRESHOLD).items():
+        if "_quantized_" in name and not _QUANTIZED_DATA.search(name):
+            continue  # a scale or zero point of a quantized weight
+        precision = "int8" if str(meta.val.dtype) == "int8" else "fp16"
+        found[weight_kind(name)][precision] += 1
+    return found

@@ -18,6 +18,7 @@ Each class adapts functions of :mod:`alambic.compress.onnx_export` and :mod:`ala
 
 from __future__ import annotations
 
+import copy
 import json
 import shutil
 from dataclasses import dataclass
@@ -33,11 +34,14 @@ from alambic.ship import coreml_export as cm
 from alambic.ship.app_tokenizer import app_check, swift_check, vectors_check, write_vectors
 from alambic.ship.coreml_compression import KINDS, WeightPlan, plan_for
 from alambic.ship.coreml_export import LAYOUTS, TARGETS
+from alambic.ship.coreml_scoring import load_read_back, match_check, read_back
+from alambic.ship.coreml_scoring import scored_check as score_read_back
 from alambic.ship.exporter import (
     MAX_INT8_RATIO,
     MIN_QUANTIZED_AGREEMENT,
     RUNTIME,
     SOURCE_GRAPH,
+    WEIGHTS_SCORED,
     Check,
     Exported,
     Exporter,
@@ -240,17 +244,25 @@ def graph_checks(path: Path) -> list[Check]:
 
 
 def ort_checks(source: ExportSource, path: Path, quantized: bool) -> list[Check]:
-    """ONNX Runtime against the PyTorch model on the test rows: max |logit diff|, argmax agreement."""
+    """ONNX Runtime against the PyTorch model on the test rows: max |logit diff|, argmax agreement;
+    a quantized graph with labelled rows is held to the guard's budget on accuracy instead, as the
+    search held it (an int8 graph may disagree with fp32 on a few rows and score the same)."""
     name = "ONNX Runtime vs PyTorch (test split)"
     if source.test is None:
         return [Check(name, None, "no test split given: not run", covers=RUNTIME)]
 
     found = compare_logits(source.model, path, source.test, max_examples=len(source.test))
+    shown = f"max |diff| {found['max_abs_diff']:.2e}, argmax {found['argmax_agreement']:.2%} of {found['examples']}"
+    if quantized and "accuracy" in found:
+        budget = float((source.record.get("guard") or {}).get("max_drop") or 1.0)
+        drop = 100 * (found["reference_accuracy"] - found["accuracy"])
+        accuracy = f"accuracy {found['accuracy']:.4f} vs {found['reference_accuracy']:.4f}"
+        return [Check(name, drop <= budget, f"{shown}; {accuracy} (drop {drop:+.2f} points, budget {budget:g})",
+                      found | {"budget_points": budget}, covers=RUNTIME)]
     need = MIN_QUANTIZED_AGREEMENT if quantized else 1.0
     close = quantized or found["max_abs_diff"] <= 1e-3  # int8 logits differ by design; fp32 must not
-    return [Check(name, found["argmax_agreement"] >= need and close,
-                  f"max |diff| {found['max_abs_diff']:.2e}, argmax {found['argmax_agreement']:.2%} of "
-                  f"{found['examples']} (>= {need:.1%})", found | {"threshold": need}, covers=RUNTIME)]
+    return [Check(name, found["argmax_agreement"] >= need and close, f"{shown} (>= {need:.1%})",
+                  found | {"threshold": need}, covers=RUNTIME)]
 
 
 # --- coreml ---------------------------------------------------------------------------------
@@ -304,6 +316,7 @@ class CoreML(Exporter):
         classifier.save(str(folder / "Classifier.mlpackage"))
         checks += cmc.check_classifier(folder / "Classifier.mlpackage", length, int8, options.layout)
         checks.append(cmc.weights_check(folder / "Classifier.mlpackage", plan))
+        checks += _scored(source, folder / "Classifier.mlpackage", options.layout, plan)
         sizes = {"Classifier.mlpackage": cm.package_bytes(folder / "Classifier.mlpackage")}
         spec = {"Classifier.mlpackage": cmc.io_spec(cmc.load_spec(folder / "Classifier.mlpackage"))}
         if set(plan.precision.values()) == {"int8"}:  # a mixed plan keeps fp16 kinds: no ~1/4 to expect
@@ -338,6 +351,24 @@ class CoreML(Exporter):
         cause = f"the converter has no '{op}'; " if op else ""
         return (f"{cause}try --format onnx (ONNX Runtime runs on iOS too: onnxruntime-objc), or a lower Core ML "
                 f"target (--option coreml.target=iOS15, no int8), or --option coreml.updatable=false")
+
+
+def _scored(source: ExportSource, path: Path, layout: str, plan: WeightPlan) -> list[Check]:
+    """The Core ML weights read back, compared with the converted module's, loaded into a copy of it
+    and scored; an error (the format fails) when they lose more than the guard's budget."""
+    module = cm.wrapper(copy.deepcopy(source.model), "logits", layout)  # a copy: loading and .half() change it
+    weights = read_back(path)
+    matched = match_check(module.state_dict(), weights, plan)
+    if source.test is None:
+        return [matched, Check("Core ML weights read back and scored", None, "no test split given: not run",
+                               covers=WEIGHTS_SCORED)]
+    load_read_back(module, weights)
+    budget = float((source.record.get("guard") or {}).get("max_drop") or 1.0)
+    scored = score_read_back(module, source.test, source.reference_logits, budget_points=budget,
+                             candidate=source.record.get("after"))
+    if scored.ok is False:
+        raise AlambicError(f"the Core ML weights lose more than the guard allows: {scored.value}")
+    return [matched, scored]
 
 
 def _weight_plan(source: ExportSource, options: CoreMLOptions) -> WeightPlan:

@@ -258,7 +258,8 @@ def compare_logits(reference: torch.nn.Module | str | os.PathLike[str], onnx_pat
     :param dataset: a tokenized Dataset (``input_ids``, ``attention_mask``, maybe
         ``token_type_ids``; ``length`` for bucketing, else computed).
     :returns: ``max_abs_diff`` and ``mean_abs_diff`` of the logits, ``argmax_agreement`` (share
-        of rows whose predicted class is the same) and ``examples``.
+        of rows whose predicted class is the same) and ``examples``; with labels (>= 0) in the
+        dataset, ``accuracy`` of the graph and ``reference_accuracy`` of its reference too.
     """
     import numpy as np
     import torch
@@ -268,6 +269,7 @@ def compare_logits(reference: torch.nn.Module | str | os.PathLike[str], onnx_pat
     rows = dataset.select(range(min(len(dataset), max_examples)))
     if "length" not in rows.column_names:
         rows = rows.add_column("length", [len(ids) for ids in rows["input_ids"]])
+    labelled = "label" in rows.column_names and len(rows) > 0 and min(rows["label"]) >= 0
     if "label" not in rows.column_names:  # collate wants one; the comparison does not read it
         rows = rows.add_column("label", [0] * len(rows))
     candidate = ort_session(onnx_path, threads)
@@ -285,17 +287,21 @@ def compare_logits(reference: torch.nn.Module | str | os.PathLike[str], onnx_pat
                 inputs = {k: v.to(device) for k, v in batch.items() if k in MODEL_INPUTS}
                 return model(**inputs).logits.float().cpu().numpy()
 
-    diffs, agree, seen = [], 0, 0
+    diffs, agree, seen, right, right_reference = [], 0, 0, 0, 0
     for _, batch in iterate(rows, batch_size):
         expected, got = run_reference(batch), ort_logits(candidate, batch)
         diffs.append(np.abs(expected - got).reshape(-1))
         agree += int((expected.argmax(-1) == got.argmax(-1)).sum())
+        labels = batch["labels"].numpy()
+        right += int((got.argmax(-1) == labels).sum())
+        right_reference += int((expected.argmax(-1) == labels).sum())
         seen += len(expected)
     if not seen:
         raise AlambicError("compare_logits: the dataset has no rows")
     diff = np.concatenate(diffs)
-    return {"max_abs_diff": float(diff.max()), "mean_abs_diff": float(diff.mean()),
-            "argmax_agreement": agree / seen, "examples": seen}
+    found = {"max_abs_diff": float(diff.max()), "mean_abs_diff": float(diff.mean()),
+             "argmax_agreement": agree / seen, "examples": seen}
+    return found | ({"accuracy": right / seen, "reference_accuracy": right_reference / seen} if labelled else {})
 
 
 def file_bytes(path: str | os.PathLike[str]) -> int:

@@ -107,8 +107,8 @@ class AneClassifier(nn.Module):
 
     def pooled(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         ids = input_ids.long()
-        key_mask = ((1.0 - attention_mask.to(torch.float32)) * MASK_VALUE)[:, :, None, None]  # (B, S, 1, 1)
         hidden = self.embeddings(input_ids=ids, token_type_ids=torch.zeros_like(ids))  # (B, S, C)
+        key_mask = ((1.0 - attention_mask.to(hidden.dtype)) * MASK_VALUE)[:, :, None, None]  # (B, S, 1, 1)
         x = hidden.transpose(1, 2).unsqueeze(2)  # (B, C, 1, S)
         for attention, feed_forward in zip(self.attention, self.feed_forward, strict=True):
             x = feed_forward(attention(x, key_mask))

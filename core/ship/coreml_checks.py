@@ -152,7 +152,7 @@ def wrapper_parity(model: Any, dataset: Any, reference: np.ndarray, max_traced: 
     module = wrapper(model, "logits", layout)
     named = "wrapper" if layout == "standard" else f"{layout} layout"
     rows = dataset.select(range(min(len(dataset), len(reference))))
-    eager = np.concatenate([_wrapper_logits(module, rows[lo:lo + 64]) for lo in range(0, len(rows), 64)])
+    eager = np.concatenate([wrapper_logits(module, rows[lo:lo + 64]) for lo in range(0, len(rows), 64)])
     checks = [_parity(f"{named} vs PyTorch model (eager, padded batches)", eager, reference)]
     width = max(len(ids) for ids in rows["input_ids"])
     traced = trace(module, width)
@@ -172,7 +172,7 @@ def wrapper_parity(model: Any, dataset: Any, reference: np.ndarray, max_traced: 
     return checks
 
 
-def _wrapper_logits(module: Any, rows: Mapping[str, list]) -> np.ndarray:
+def wrapper_logits(module: Any, rows: Mapping[str, list]) -> np.ndarray:
     import torch
 
     width = max(len(ids) for ids in rows["input_ids"])

@@ -33,7 +33,7 @@ class WeightPlan:
     """Per kind, "int8" or "fp16"; how int8 scales are shared; what differs from the candidate."""
 
     precision: dict[str, str]
-    granularity: str = "per_channel"  # or "per_tensor"
+    granularity: str = "per_channel"  # or "per_tensor"; a weight with an all-zero row is per tensor
     differences: list[str] = field(default_factory=list)
 
     @property
@@ -110,10 +110,19 @@ def compress_weights(mlmodel: Any, plan: WeightPlan) -> Any:
 
     if not plan.int8:
         return mlmodel
-    config = OpLinearQuantizerConfig(mode="linear_symmetric", dtype="int8", granularity=plan.granularity,
-                                     weight_threshold=WEIGHT_THRESHOLD)
-    names = get_weights_metadata(mlmodel, weight_threshold=WEIGHT_THRESHOLD)
-    chosen = {name: config if plan.precision.get(weight_kind(name)) == "int8" else None for name in names}
+    import numpy as np
+
+    configs = {granularity: OpLinearQuantizerConfig(mode="linear_symmetric", dtype="int8", granularity=granularity,
+                                                    weight_threshold=WEIGHT_THRESHOLD)
+               for granularity in ("per_channel", "per_tensor")}
+    chosen = {}
+    for name, meta in get_weights_metadata(mlmodel, weight_threshold=WEIGHT_THRESHOLD).items():
+        if plan.precision.get(weight_kind(name)) != "int8":
+            chosen[name] = None
+            continue
+        # per channel, an all-zero row (the [PAD] embedding) would get a scale of 0: 0/0 while quantizing
+        zero_row = meta.val.ndim > 1 and not np.abs(meta.val.reshape(meta.val.shape[0], -1)).max(axis=1).all()
+        chosen[name] = configs["per_tensor" if zero_row else plan.granularity]
     return linear_quantize_weights(mlmodel, OptimizationConfig(global_config=None, op_name_configs=chosen))
 
 

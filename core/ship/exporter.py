@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import random
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -37,7 +38,8 @@ RUNTIME = "runtime"  # the shipped file run by its own runtime, scored against t
 SOURCE_GRAPH = "source graph"  # the PyTorch graph given to the converter, not the converted file
 STRUCTURE = "structure"  # the saved file read back (spec, inputs, outputs, ops, size): no prediction
 NEEDS_A_MAC = "needs a Mac"  # cannot run on Linux; how to run it is in the check's value
-COVERS = (RUNTIME, SOURCE_GRAPH, STRUCTURE, NEEDS_A_MAC)
+WEIGHTS_SCORED = "weights scored"  # the weights read back out of the saved file, scored in PyTorch
+COVERS = (RUNTIME, WEIGHTS_SCORED, SOURCE_GRAPH, STRUCTURE, NEEDS_A_MAC)
 
 
 @dataclass
@@ -250,7 +252,10 @@ def _tokenizer(model_dir: Path) -> Any:
 def _tokenized(split: Any, tokenizer: Any, max_length: int, max_examples: int) -> tuple[Any, list[str] | None]:
     from datasets import Dataset
 
-    rows = split.select(range(min(len(split), max_examples)))
+    picked = range(len(split))
+    if len(split) > max_examples:  # a seeded sample, not the first rows: a test file is often grouped by class
+        picked = sorted(random.Random(0).sample(picked, max_examples))
+    rows = split.select(picked)
     if len(rows) == 0:
         raise AlambicError("the test split given to export has no rows")
     texts = [str(t) for t in rows["text"]] if "text" in rows.column_names else None

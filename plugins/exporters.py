@@ -32,9 +32,9 @@ from alambic.options import choice
 from alambic.ship import coreml_checks as cmc
 from alambic.ship import coreml_export as cm
 from alambic.ship.app_tokenizer import app_check, swift_check, vectors_check, write_vectors
-from alambic.ship.coreml_compression import KINDS, WeightPlan, plan_for
+from alambic.ship.coreml_compression import WeightPlan, plan_for
 from alambic.ship.coreml_export import LAYOUTS, TARGETS
-from alambic.ship.coreml_scoring import load_read_back, match_check, read_back
+from alambic.ship.coreml_scoring import ReadBack, load_read_back, match_check, precision_check, read_back
 from alambic.ship.coreml_scoring import scored_check as score_read_back
 from alambic.ship.exporter import (
     MAX_INT8_RATIO,
@@ -315,8 +315,7 @@ class CoreML(Exporter):
         cm.describe(classifier, meta)
         classifier.save(str(folder / "Classifier.mlpackage"))
         checks += cmc.check_classifier(folder / "Classifier.mlpackage", length, int8, options.layout)
-        checks.append(cmc.weights_check(folder / "Classifier.mlpackage", plan))
-        checks += _scored(source, folder / "Classifier.mlpackage", options.layout, plan)
+        checks += _read_back(source, read_back(folder / "Classifier.mlpackage"), options.layout, plan)
         sizes = {"Classifier.mlpackage": cm.package_bytes(folder / "Classifier.mlpackage")}
         spec = {"Classifier.mlpackage": cmc.io_spec(cmc.load_spec(folder / "Classifier.mlpackage"))}
         if set(plan.precision.values()) == {"int8"}:  # a mixed plan keeps fp16 kinds: no ~1/4 to expect
@@ -353,33 +352,33 @@ class CoreML(Exporter):
                 f"target (--option coreml.target=iOS15, no int8), or --option coreml.updatable=false")
 
 
-def _scored(source: ExportSource, path: Path, layout: str, plan: WeightPlan) -> list[Check]:
-    """The Core ML weights read back, compared with the converted module's, loaded into a copy of it
-    and scored; an error (the format fails) when they lose more than the guard's budget."""
+def _read_back(source: ExportSource, read: ReadBack, layout: str, plan: WeightPlan) -> list[Check]:
+    """The Core ML weights read back: their precision against the plan, their values against the
+    converted module's, then loaded into a copy of it and scored; an error (the format fails) when
+    they lose more than the guard's budget."""
     module = cm.wrapper(copy.deepcopy(source.model), "logits", layout)  # a copy: loading and .half() change it
-    weights = read_back(path)
-    matched = match_check(module.state_dict(), weights, plan)
+    matched = [precision_check(read, plan), match_check(module.state_dict(), read.weights, plan)]
     if source.test is None:
-        return [matched, Check("Core ML weights read back and scored", None, "no test split given: not run",
+        return [*matched, Check("Core ML weights read back and scored", None, "no test split given: not run",
                                covers=WEIGHTS_SCORED)]
-    load_read_back(module, weights)
+    load_read_back(module, read.weights)
     budget = float((source.record.get("guard") or {}).get("max_drop") or 1.0)
     scored = score_read_back(module, source.test, source.reference_logits, budget_points=budget,
                              candidate=source.record.get("after"))
     if scored.ok is False:
         raise AlambicError(f"the Core ML weights lose more than the guard allows: {scored.value}")
-    return [matched, scored]
+    return [*matched, scored]
 
 
 def _weight_plan(source: ExportSource, options: CoreMLOptions) -> WeightPlan:
     """The candidate's compression in Core ML's terms; ``int8`` true/false overrides it for every kind."""
     if options.int8 is None and options.target == "iOS15":  # no int8 weights before iOS 16
-        return WeightPlan(dict.fromkeys(KINDS, "fp16"), differences=["target iOS15 holds no int8 weights"])
+        return WeightPlan.every("fp16", "target iOS15 holds no int8 weights")
     if options.int8 is None:
         return plan_for(source.quantization)
     forced = "int8" if options.int8 else "fp16"
-    return WeightPlan(dict.fromkeys(KINDS, forced), "per_tensor", [f"coreml.int8={str(options.int8).lower()}: every "
-                                                                   f"kind {forced}, whatever the candidate had"])
+    return WeightPlan.every(forced, f"coreml.int8={str(options.int8).lower()}: every kind {forced}, whatever the "
+                                    f"candidate had")
 
 
 def _user_metadata(source: ExportSource) -> dict[str, Any]:

@@ -14,7 +14,6 @@ import os
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
-from alambic.ship.coreml_compression import KINDS, WeightPlan, weight_precisions
 from alambic.ship.coreml_export import HEAD, INPUTS, LABEL, POOLED, PROBS, quiet, trace, wrapper
 from alambic.ship.exporter import NEEDS_A_MAC, SOURCE_GRAPH, Check
 
@@ -201,18 +200,3 @@ def mac_checks(updatable: bool) -> list[Check]:
         checks.append(Check("one MLUpdateTask on UpdatableClassifier.mlmodel", None,
                             "not automated: examples/ios/README.md shows the update in Swift", covers=NEEDS_A_MAC))
     return checks
-
-
-def weights_check(path: str | os.PathLike[str], plan: WeightPlan) -> Check:
-    """The saved program's weights read back: each kind int8 or fp16 as the plan (the candidate's
-    compression in Core ML's terms) says, and what Core ML could not express."""
-    with quiet() as ct:
-        found = weight_precisions(ct.models.MLModel(str(path), skip_model_load=True))
-    wrong = [kind for kind in KINDS if found[kind]["int8" if plan.precision[kind] == "fp16" else "fp16"]
-             or plan.precision[kind] == "int8" and not found[kind]["int8"]]
-    shown = ", ".join(f"{kind} {found[kind]['int8']} int8 / {found[kind]['fp16']} fp16" for kind in KINDS)
-    differs = "; differs from the candidate: " + "; ".join(plan.differences) if plan.differences else ""
-    return Check("Core ML weights as the candidate's compression (read back)", not wrong,
-                 f"{plan.describe()}: {shown}{differs}" + (f"; not as planned: {', '.join(wrong)}" if wrong else ""),
-                 {"plan": plan.precision, "granularity": plan.granularity, "found": found,
-                  "differences": plan.differences})

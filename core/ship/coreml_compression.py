@@ -5,8 +5,8 @@ A candidate was quantized for its runtime (ONNX Runtime int8, fp16, ``mixed`` pe
 int8 weights (``coremltools.optimize.coreml`` linear quantization, per channel or per tensor as the
 candidate had them) or fp16 weights, with fp16 compute throughout, and says in words what Core ML
 cannot express. :func:`compress_weights` applies the plan op by op, by the names the converter gives
-the weights (``encoder_layer_0_attention_self_query_weight_to_fp16``), and :func:`weight_precisions`
-reads the saved program back to check it.
+the weights (``encoder_layer_0_attention_self_query_weight_to_fp16``);
+:mod:`alambic.ship.coreml_scoring` reads the saved program back to check it.
 
 Kinds (as the ``mixed`` quantizer names them): ``attention`` (self-attention and its output
 projection), ``ffn`` (the rest of each encoder layer), ``embeddings`` (the lookup tables); the
@@ -15,15 +15,11 @@ pooler, the classifier, biases and norms stay fp16.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 KINDS = ("attention", "ffn", "embeddings")
-#: the int8 values of a quantized weight, as coremltools names them when it reads a program back
-#: (the counter at the end grows with each read in a process)
-_QUANTIZED_DATA = re.compile(r"_quantized_data_\d+$")
 #: weights with fewer elements stay fp16 whatever the plan (biases, norms, small tables)
 WEIGHT_THRESHOLD = 2048
 
@@ -35,6 +31,11 @@ class WeightPlan:
     precision: dict[str, str]
     granularity: str = "per_channel"  # or "per_tensor"; a weight with an all-zero row is per tensor
     differences: list[str] = field(default_factory=list)
+
+    @classmethod
+    def every(cls, precision: str, why: str = "") -> WeightPlan:
+        """Every kind ``precision``, int8 with one scale per tensor (``coreml.int8=true|false``)."""
+        return cls(dict.fromkeys(KINDS, precision), "per_tensor", [why] if why else [])
 
     @property
     def int8(self) -> bool:
@@ -124,16 +125,3 @@ def compress_weights(mlmodel: Any, plan: WeightPlan) -> Any:
         zero_row = meta.val.ndim > 1 and not np.abs(meta.val.reshape(meta.val.shape[0], -1)).max(axis=1).all()
         chosen[name] = configs["per_tensor" if zero_row else plan.granularity]
     return linear_quantize_weights(mlmodel, OptimizationConfig(global_config=None, op_name_configs=chosen))
-
-
-def weight_precisions(mlmodel: Any) -> dict[str, dict[str, int]]:
-    """Per kind, how many weight tensors the program holds as int8 and as fp16 (read back)."""
-    from coremltools.optimize.coreml import get_weights_metadata
-
-    found: dict[str, dict[str, int]] = {kind: {"int8": 0, "fp16": 0} for kind in (*KINDS, "other")}
-    for name, meta in get_weights_metadata(mlmodel, weight_threshold=WEIGHT_THRESHOLD).items():
-        if "_quantized_" in name and not _QUANTIZED_DATA.search(name):
-            continue  # a scale or zero point of a quantized weight
-        precision = "int8" if str(meta.val.dtype) == "int8" else "fp16"
-        found[weight_kind(name)][precision] += 1
-    return found

@@ -173,17 +173,16 @@ def _inputs(ct: Any, max_length: int) -> list[Any]:
 
 
 def convert_classifier(model: Any, labels: Sequence[str], max_length: int, *, target: str = "iOS16",
-                       int8: bool = False, weight_threshold: int = 2048, layout: str = "standard",
-                       weights: WeightPlan | None = None) -> Any:
+                       int8: bool = False, layout: str = "standard", weights: WeightPlan | None = None) -> Any:
     """The whole classifier as an ML Program (fp16 compute), int8 weights when ``int8``.
 
     :param target: minimum deployment target (:data:`TARGETS`); int8 weights need iOS16+.
-    :param weight_threshold: weights with fewer elements stay fp16 (biases, norms).
     :param layout: :data:`LAYOUTS`; ``ane`` converts the Neural Engine layout of the same weights.
     :param weights: the candidate's compression in Core ML's terms (per kind int8 or fp16,
-        :mod:`alambic.ship.coreml_compression`); given, it replaces ``int8``'s one scale for all.
+        :mod:`alambic.ship.coreml_compression`); ``int8`` alone means every kind int8, per tensor.
     """
-    _check_target(target, int8 or (weights is not None and weights.int8))
+    weights = weights or WeightPlan.every("int8" if int8 else "fp16")
+    _check_target(target, weights.int8)
     traced = trace(wrapper(model, layout=layout), max_length)
     with quiet() as ct:
         # the probabilities tensor is named: else the converter renames it (with a warning)
@@ -192,17 +191,7 @@ def convert_classifier(model: Any, labels: Sequence[str], max_length: int, *, ta
                              classifier_config=ct.ClassifierConfig(list(labels), predicted_feature_name=LABEL),
                              minimum_deployment_target=getattr(ct.target, target),
                              compute_precision=ct.precision.FLOAT16)
-        if weights is not None:
-            return compress_weights(mlmodel, weights)
-        if int8:
-            from coremltools.optimize.coreml import OpLinearQuantizerConfig, OptimizationConfig, linear_quantize_weights
-
-            # one scale per tensor, as ONNX Runtime's dynamic INT8 by default; per channel, the
-            # all-zero [PAD] embedding row would get a scale of 0 (0/0 while quantizing)
-            config = OpLinearQuantizerConfig(mode="linear_symmetric", dtype="int8", granularity="per_tensor",
-                                             weight_threshold=weight_threshold)
-            mlmodel = linear_quantize_weights(mlmodel, OptimizationConfig(global_config=config))
-    return mlmodel
+        return compress_weights(mlmodel, weights)
 
 
 def _check_target(target: str, int8: bool) -> None:

@@ -15,10 +15,11 @@ from __future__ import annotations
 import os
 import re
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from alambic.ship.coreml_checks import wrapper_logits
-from alambic.ship.coreml_compression import WeightPlan, weight_kind
+from alambic.ship.coreml_compression import KINDS, WEIGHT_THRESHOLD, WeightPlan, weight_kind
 from alambic.ship.coreml_export import quiet
 from alambic.ship.exporter import WEIGHTS_SCORED, Check
 
@@ -30,7 +31,24 @@ if TYPE_CHECKING:
 _SUFFIXES = re.compile(r"(_to_fp16)?(_quantized)?$")
 
 
-def read_back(path: str | os.PathLike[str]) -> dict[str, np.ndarray]:
+@dataclass(frozen=True)
+class ReadBack:
+    """A saved program's weights: float32 by the module's flattened parameter path, and which of
+    them the program holds as int8."""
+
+    weights: dict[str, np.ndarray]
+    int8: frozenset[str]
+
+    def precisions(self) -> dict[str, dict[str, int]]:
+        """Per kind, how many weight tensors (of more than WEIGHT_THRESHOLD elements) are int8 and fp16."""
+        found = {kind: {"int8": 0, "fp16": 0} for kind in (*KINDS, "other")}
+        for name, value in self.weights.items():
+            if value.size > WEIGHT_THRESHOLD:
+                found[weight_kind(name)]["int8" if name in self.int8 else "fp16"] += 1
+        return found
+
+
+def read_back(path: str | os.PathLike[str]) -> ReadBack:
     """Every weight tensor of the saved ML Program as float32, int8 ones dequantized by coremltools'
     own reading of the ``constexpr`` ops, keyed by the converter's name without its suffixes (the
     module's parameter path with ``_`` for ``.``)."""
@@ -41,7 +59,7 @@ def read_back(path: str | os.PathLike[str]) -> dict[str, np.ndarray]:
         mlmodel = ct.models.MLModel(str(path), skip_model_load=True)
         spec = mlmodel.get_spec()
         program = load(spec, specification_version=spec.specificationVersion, file_weights_dir=mlmodel.weights_dir)
-        weights = {}
+        weights, int8 = {}, set()
         for op in program.functions["main"].operations:
             if op.op_type.startswith("constexpr_"):
                 value = op.materialized_val_inference()  # what Core ML computes from it at load
@@ -49,10 +67,26 @@ def read_back(path: str | os.PathLike[str]) -> dict[str, np.ndarray]:
                 value = op.val.val
             else:
                 continue
-            value = np.asarray(value)
+            value, name = np.asarray(value), _SUFFIXES.sub("", op.outputs[0].name)
             if value.ndim and np.issubdtype(value.dtype, np.floating):
-                weights[_SUFFIXES.sub("", op.outputs[0].name)] = value.astype(np.float32)
-    return weights
+                weights[name] = value.astype(np.float32)
+                if op.op_type.startswith("constexpr_"):
+                    int8.add(name)
+    return ReadBack(weights, frozenset(int8))
+
+
+def precision_check(read: ReadBack, plan: WeightPlan) -> Check:
+    """The saved program's weights read back: each kind int8 or fp16 as the plan (the candidate's
+    compression in Core ML's terms) says, and what Core ML could not express."""
+    found = read.precisions()
+    wrong = [kind for kind in KINDS if found[kind]["int8" if plan.precision[kind] == "fp16" else "fp16"]
+             or plan.precision[kind] == "int8" and not found[kind]["int8"]]
+    shown = ", ".join(f"{kind} {found[kind]['int8']} int8 / {found[kind]['fp16']} fp16" for kind in KINDS)
+    differs = "; differs from the candidate: " + "; ".join(plan.differences) if plan.differences else ""
+    return Check("Core ML weights as the candidate's compression (read back)", not wrong,
+                 f"{plan.describe()}: {shown}{differs}" + (f"; not as planned: {', '.join(wrong)}" if wrong else ""),
+                 {"plan": plan.precision, "granularity": plan.granularity, "found": found,
+                  "differences": plan.differences})
 
 
 def load_read_back(module: torch.nn.Module, weights: dict[str, np.ndarray]) -> int:

@@ -10,9 +10,9 @@ import torch
 
 from alambic.manager import build_registry
 from alambic.plugins.students import RobertaL4
-from alambic.ship import coreml_checks as cmc
 from alambic.ship import coreml_export as cm
-from alambic.ship.coreml_compression import KINDS, WeightPlan, plan_for, weight_kind, weight_precisions
+from alambic.ship.coreml_compression import KINDS, WeightPlan, plan_for, weight_kind
+from alambic.ship.coreml_scoring import precision_check, read_back
 
 TINY = {"layers": 2, "hidden": 64, "heads": 2, "ffn": 128}
 
@@ -77,13 +77,12 @@ def test_a_mixed_candidate_keeps_fp16_attention_in_core_ml(model, layout, tmp_pa
     plan = plan_for(record("mixed"))  # attention fp16, ffn int8, embeddings int8
     path = tmp_path / "Classifier.mlpackage"
     cm.convert_classifier(model, ["a", "b", "c"], 16, weights=plan, layout=layout).save(str(path))
-    with cm.quiet() as ct:
-        found = weight_precisions(ct.models.MLModel(str(path), skip_model_load=True))
+    found = read_back(path).precisions()
     assert found["attention"] == {"int8": 0, "fp16": 8}  # query, key, value, output x 2 layers
     assert found["ffn"] == {"int8": 4, "fp16": 0}
     # the word and position tables (the 2-row token-type table is under the size threshold)
     assert found["embeddings"] == {"int8": 2, "fp16": 0}
-    check = cmc.weights_check(path, plan)
+    check = precision_check(read_back(path), plan)
     assert check.ok is True and "attention fp16, ffn int8, embeddings int8" in check.value, check.value
 
 
@@ -91,5 +90,5 @@ def test_the_read_back_catches_weights_that_are_not_as_planned(model, tmp_path):
     path = tmp_path / "Classifier.mlpackage"
     cm.convert_classifier(model, ["a", "b", "c"], 16, weights=plan_for(record("mixed"))).save(str(path))
     claimed = WeightPlan({"attention": "int8", "ffn": "int8", "embeddings": "int8"})
-    check = cmc.weights_check(path, claimed)
+    check = precision_check(read_back(path), claimed)
     assert check.ok is False and check.value.endswith("not as planned: attention")

@@ -39,7 +39,8 @@ def saved(model, plan: WeightPlan, folder, layout: str = "standard"):
 @pytest.mark.parametrize("plan", sorted(PLANS))
 def test_the_weights_read_back_are_the_converted_modules(model, plan, layout, tmp_path):
     module = cm.wrapper(copy.deepcopy(model), "logits", layout)
-    check = match_check(module.state_dict(), read_back(saved(model, PLANS[plan], tmp_path, layout)), PLANS[plan])
+    check = match_check(module.state_dict(), read_back(saved(model, PLANS[plan], tmp_path, layout)).weights,
+                        PLANS[plan])
     assert check.ok is True and check.data["compared"] >= 12, check.value
 
 
@@ -55,7 +56,8 @@ def test_a_weight_altered_in_the_file_is_caught(model, tmp_path):
     data_offset = struct.unpack_from("<IIQQ", data, blob.offset)[3]  # the blob's header says where its values are
     data[data_offset:data_offset + 16] = b"\x00\x7c" * 8  # fp16 +inf in the classifier's first weights
     weights.write_bytes(bytes(data))
-    check = match_check(cm.wrapper(copy.deepcopy(model), "logits").state_dict(), read_back(path), PLANS["mixed"])
+    check = match_check(cm.wrapper(copy.deepcopy(model), "logits").state_dict(), read_back(path).weights,
+                        PLANS["mixed"])
     assert check.ok is False and check.value.endswith("differ: classifier.weight")
 
 
@@ -73,7 +75,7 @@ def test_the_read_back_weights_are_scored_against_the_guards_budget(model, tmp_p
     reference = np.concatenate([cm_logits(cm.wrapper(copy.deepcopy(model), "logits"), test)])
     labels = reference.argmax(-1)  # the source model is right on every row: any loss shows
     test = test.remove_columns("label").add_column("label", labels.tolist())
-    load_read_back(module, read_back(saved(model, PLANS["int8"], tmp_path)))
+    load_read_back(module, read_back(saved(model, PLANS["int8"], tmp_path)).weights)
     check = scored_check(module, test, reference, budget_points=100.0, candidate={"accuracy": 0.9, "examples": 10})
     assert check.ok is True and check.data["source_accuracy"] == 1.0 and check.data["examples"] == 48
     assert "the candidate measured 0.9000 on 10 test rows" in check.value

@@ -3,6 +3,7 @@ one format failing leaves the others; which stage a run exports."""
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import re
@@ -197,8 +198,9 @@ def test_core_ml_weights_that_lose_more_than_the_guard_fail_the_format(run, tmp_
     from alambic.ship.coreml_scoring import read_back
 
     def broken(path):
-        weights = read_back(path)
-        return weights | {name: -value for name, value in weights.items() if name.startswith("classifier")}
+        read = read_back(path)
+        negated = {name: -value for name, value in read.weights.items() if name.startswith("classifier")}
+        return dataclasses.replace(read, weights=read.weights | negated)
 
     monkeypatch.setattr(exporters, "read_back", broken)
     root, ctx, record = run
@@ -343,7 +345,8 @@ def test_cli_export_in_the_neural_engine_layout_verifies_that_layout(run, tmp_pa
     assert checks["ane layout vs PyTorch model (eager, padded batches)"]["ok"] is True
     assert checks["traced classifier (ane layout) vs PyTorch model (batch 1)"]["ok"] is True
     assert checks["Neural Engine layout: 1x1 convolutions in the program"]["ok"] is True
-    assert (out / "coreml" / "Classifier.mlpackage").is_dir() and not (out / "coreml" / "UpdatableClassifier.mlmodel").exists()
+    coreml = out / "coreml"
+    assert (coreml / "Classifier.mlpackage").is_dir() and not (coreml / "UpdatableClassifier.mlmodel").exists()
 
 
 def test_cli_export_of_a_tampered_record_says_which_file_and_key(run, tmp_path):

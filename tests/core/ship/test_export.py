@@ -345,6 +345,12 @@ def test_cli_export_in_the_neural_engine_layout_verifies_that_layout(run, tmp_pa
     assert checks["ane layout vs PyTorch model (eager, padded batches)"]["ok"] is True
     assert checks["traced classifier (ane layout) vs PyTorch model (batch 1)"]["ok"] is True
     assert checks["Neural Engine layout: 1x1 convolutions in the program"]["ok"] is True
+    # the candidate's dynamic int8, in Core ML's terms, read back and scored as the app holds it
+    assert checks["Core ML weights as the candidate's compression (read back)"]["ok"] is True
+    assert checks["Core ML weights read back = the converted module's, up to their precision"]["ok"] is True
+    assert checks["Core ML weights read back and scored (fp16 compute, test split)"]["ok"] is True
+    assert checks["tokenizer files load in swift-transformers (class and component types)"]["ok"] is True
+    assert (out / "coreml" / "tokenizer_vectors.json").is_file()
     coreml = out / "coreml"
     assert (coreml / "Classifier.mlpackage").is_dir() and not (coreml / "UpdatableClassifier.mlmodel").exists()
 

@@ -45,11 +45,12 @@ def validated(who: str, Options: type, given: Any = None, removed: Mapping[str, 
     return Options(**given)
 
 
-def choice(who: str, name: str, value: Any, allowed: tuple[str, ...]) -> None:
+def choice(who: str, name: str, value: Any, allowed: tuple[Any, ...]) -> None:
     """Raise unless ``value`` is one of ``allowed`` (for Options.__post_init__)."""
     if value not in allowed:
-        raise AlambicError(f"{who}: {name} must be one of {', '.join(allowed)}, got {value!r}"
-                           f"{did_you_mean(str(value), allowed)}")
+        names = tuple(map(str, allowed))
+        raise AlambicError(f"{who}: {name} must be one of {', '.join(names)}, got {value!r}"
+                           f"{did_you_mean(str(value), names)}")
 
 
 def set_fields(options: Any, **values: Any) -> None:

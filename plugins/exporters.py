@@ -310,12 +310,15 @@ class CoreML(Exporter):
         checks = cmc.wrapper_parity(model, source.test, source.reference_logits, layout=options.layout) \
             if source.test is not None else [Check("export wrapper vs PyTorch", None, "no test split given: not run",
                                                    covers=SOURCE_GRAPH)]
-        classifier = cm.convert_classifier(model, labels, length, target=options.target, weights=plan,
-                                           layout=options.layout)
-        cm.describe(classifier, meta)
-        classifier.save(str(folder / "Classifier.mlpackage"))
-        checks += cmc.check_classifier(folder / "Classifier.mlpackage", length, int8, options.layout)
-        checks += _read_back(source, read_back(folder / "Classifier.mlpackage"), options.layout, plan)
+        if source.runtime == "coreml":  # compressed in Core ML's own forms: ship the package that was measured
+            checks += _ship_measured(source, folder / "Classifier.mlpackage", options, plan, meta)
+        else:
+            classifier = cm.convert_classifier(model, labels, length, target=options.target, weights=plan,
+                                               layout=options.layout)
+            cm.describe(classifier, meta)
+            classifier.save(str(folder / "Classifier.mlpackage"))
+            checks += cmc.check_classifier(folder / "Classifier.mlpackage", length, int8, options.layout)
+            checks += _read_back(source, read_back(folder / "Classifier.mlpackage"), options.layout, plan)
         sizes = {"Classifier.mlpackage": cm.package_bytes(folder / "Classifier.mlpackage")}
         spec = {"Classifier.mlpackage": cmc.io_spec(cmc.load_spec(folder / "Classifier.mlpackage"))}
         if set(plan.precision.values()) == {"int8"}:  # a mixed plan keeps fp16 kinds: no ~1/4 to expect
@@ -334,8 +337,11 @@ class CoreML(Exporter):
         write_vectors(source.tokenizer, folder, length)
         checks += [swift_check(folder), vectors_check(folder)]
         checks += [*cmc.mac_checks(options.updatable), app_check()]
-        notes = [f"int8 weights: {int8}; compute fp16; target {options.target}; Classifier.mlpackage in the "
+        notes = [f"{plan.describe()}; target {_target(source, options)}; Classifier.mlpackage in the "
                  f"{options.layout} layout"]
+        if source.runtime == "coreml" and options.updatable:
+            notes.append("UpdatableClassifier.mlmodel's encoder holds fp16 weights: the neural-network format "
+                         "(the only one Core ML updates) has no grouped look-up tables or int4 blocks")
         if options.layout == "ane":
             notes.append("the Neural Engine layout is Apple's (ml-ane-transformers); its speed-up is Apple's claim, "
                          "not measured here; UpdatableClassifier.mlmodel keeps the standard layout")
@@ -352,12 +358,12 @@ class CoreML(Exporter):
                 f"target (--option coreml.target=iOS15, no int8), or --option coreml.updatable=false")
 
 
-def _read_back(source: ExportSource, read: ReadBack, layout: str, plan: WeightPlan) -> list[Check]:
+def _read_back(source: ExportSource, read: ReadBack, layout: str, plan: WeightPlan, match: bool = True) -> list[Check]:
     """The Core ML weights read back: their precision against the plan, their values against the
-    converted module's, then loaded into a copy of it and scored; an error (the format fails) when
-    they lose more than the guard's budget."""
+    converted module's (``match``), then loaded into a copy of it and scored; an error (the format
+    fails) when they lose more than the guard's budget."""
     module = cm.wrapper(copy.deepcopy(source.model), "logits", layout)  # a copy: loading and .half() change it
-    matched = [precision_check(read, plan), match_check(module.state_dict(), read.weights, plan)]
+    matched = [precision_check(read, plan)] + ([match_check(module.state_dict(), read.weights, plan)] if match else [])
     if source.test is None:
         return [*matched, Check("Core ML weights read back and scored", None, "no test split given: not run",
                                covers=WEIGHTS_SCORED)]
@@ -370,8 +376,40 @@ def _read_back(source: ExportSource, read: ReadBack, layout: str, plan: WeightPl
     return [*matched, scored]
 
 
+def _ship_measured(source: ExportSource, path: Path, options: CoreMLOptions, plan: WeightPlan,
+                   meta: dict[str, Any]) -> list[Check]:
+    """The candidate's own Classifier.mlpackage, its metadata added: its weights read back are checked
+    equal to the measured package's, in the plan's forms, and scored (as :func:`_read_back`)."""
+    if source.artifact is None or source.artifact.suffix != ".mlpackage":
+        raise AlambicError(f"{source.stage_dir}: the candidate ran in Core ML but its stage holds no .mlpackage "
+                           f"(record.json artifact: {source.record.get('artifact')!r})")
+    if options.layout != "standard" or options.int8 is not None:
+        raise AlambicError("exporter 'coreml': a candidate compressed in Core ML's own forms ships the package it "
+                           "was measured as (standard layout, its own weights): drop coreml.layout and coreml.int8")
+    import numpy as np
+
+    with cm.quiet() as ct:
+        package = ct.models.MLModel(str(source.artifact), skip_model_load=True)
+        cm.describe(package, meta)
+        package.save(str(path))
+    measured, shipped = read_back(source.artifact), read_back(path)
+    same = measured.weights.keys() == shipped.weights.keys() and all(
+        np.array_equal(measured.weights[name], shipped.weights[name]) for name in measured.weights)
+    checks = cmc.check_classifier(path, source.max_length, plan.int8, form="/".join(sorted(set(shipped.forms.values()))))
+    checks.append(Check("Core ML package = the one the candidate was measured as", same,
+                        f"{len(shipped.weights)} weight tensors read back from both, "
+                        + ("bit-equal" if same else "not equal"), covers=WEIGHTS_SCORED))
+    return checks + _read_back(source, shipped, "standard", plan, match=False)
+
+
+def _target(source: ExportSource, options: CoreMLOptions) -> str:
+    return str(source.quantization.get("target", options.target)) if source.runtime == "coreml" else options.target
+
+
 def _weight_plan(source: ExportSource, options: CoreMLOptions) -> WeightPlan:
     """The candidate's compression in Core ML's terms; ``int8`` true/false overrides it for every kind."""
+    if source.runtime == "coreml":  # its own package's plan (_ship_measured refuses an override)
+        return plan_for(source.quantization)
     if options.int8 is None and options.target == "iOS15":  # no int8 weights before iOS 16
         return WeightPlan.every("fp16", "target iOS15 holds no int8 weights")
     if options.int8 is None:

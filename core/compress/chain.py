@@ -44,11 +44,13 @@ from pathlib import Path
 from typing import Any
 
 from alambic.compress.guard import GuardDecision, describe_options, final_outcome, guarded_step
+from alambic.compress.latency import UNTIMED
 from alambic.compress.measure import (
     Measurement,
     config_vocab_size,
     measure_onnx,
     measure_pytorch,
+    measure_untimed,
     onnx_evaluate,
     vocab_files,
 )
@@ -295,9 +297,10 @@ def _quantize_and_measure(ctx: Any, folder: Path, model_dir: Path, pruned: Prune
     runtime, artifact, quant_report, agreement, quantized = "pytorch", MODEL_DIR, None, None, None
     if Quantizer is not None:
         source = QuantSource(model=model)
-        quantized, made, kept_scores = _quantize(
-            source, Quantizer, quant_opts, folder / QUANT_DIR, tokenized, scores["accuracy"], student, guard,
-            measure.threads, on_decision)
+        context = QuantContext(work_dir=folder / QUANT_DIR, calibration=tokenized["train"],  # never judged rows
+                               max_length=ctx.config.tokenizer.max_length)
+        quantized, made, kept_scores = _quantize(source, Quantizer, quant_opts, context, tokenized["validation"],
+                                                 scores["accuracy"], student, guard, measure.threads, on_decision)
         decisions += made
         summary.append({"step": f"quant:{Quantizer.id}", "outcome": final_outcome(made)})
         if quantized is not None:
@@ -325,13 +328,12 @@ def _quantize_and_measure(ctx: Any, folder: Path, model_dir: Path, pruned: Prune
     }
 
 
-def _quantize(source: Any, Quantizer: Any, opts: Any, work_dir: Path, tokenized: Any, accuracy: float,
+def _quantize(source: Any, Quantizer: Any, opts: Any, context: QuantContext, validation: Any, accuracy: float,
               student: float, guard: Any, threads: int, on_decision: Any,
               ) -> tuple[Any, list[GuardDecision], dict[str, Any]]:
     """The quantization step under the guard: no half strength, so kept or reverted. Calibrated on
-    train rows, judged on validation; returns the result, the decisions and its validation scores."""
-    validation = tokenized["validation"]
-    context = QuantContext(work_dir=work_dir, calibration=tokenized["train"])  # never the rows it is judged on
+    train rows (``context``), judged on validation; returns the result, the decisions and its
+    validation scores."""
     scored: dict[str, Any] = {}
 
     def apply(o: Any) -> Any:
@@ -346,12 +348,13 @@ def _quantize(source: Any, Quantizer: Any, opts: Any, work_dir: Path, tokenized:
                                 plugin=Quantizer.id, on_decision=on_decision, start_accuracy=student,
                                 max_total_drop=guard.total_budget)
     if result is None:
-        shutil.rmtree(work_dir, ignore_errors=True)  # a reverted quantization ships nothing
+        shutil.rmtree(context.work_dir, ignore_errors=True)  # a reverted quantization ships nothing
     return result, made, scored
 
 
 def artifact_scores(quantized: Any, split: Any, threads: int) -> dict[str, Any]:
-    """Accuracy, macro-F1 and row count of a quantizer's result on ``split``, in its runtime."""
+    """Accuracy, macro-F1 and row count of a quantizer's result on ``split``, in its runtime (for a
+    runtime that cannot run here, its module holding the shipped weights: ``Quantized.model``)."""
     if quantized.runtime == "onnxruntime":
         return onnx_evaluate(ort_session(_onnx_file(quantized), threads), split)
     from alambic.train.loop import evaluate
@@ -417,7 +420,9 @@ def _measure(folder: Path, model_dir: Path, test_before: Any, test_after: Any, *
     common = {"runs": measure.runs, "warmup": measure.warmup, "memory": measure.memory}
     before = test_before()  # memoized: every candidate of one student shares its "before"
     model_path = folder / MODEL_DIR
-    if runtime == "onnxruntime":
+    if runtime in UNTIMED:  # size and accuracy only: never a latency measured in another runtime
+        after = measure_untimed(runtime, [artifact, *vocab_files(model_path)], quantized.model, test_after)
+    elif runtime == "onnxruntime":
         after = measure_onnx(artifact, test_after, measure.lengths, measure.threads,
                              tokenizer_files=vocab_files(model_path), vocab_size=config_vocab_size(model_path), **common)
     elif quantized is not None:

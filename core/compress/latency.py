@@ -18,6 +18,12 @@ if TYPE_CHECKING:
 
 #: the runtimes an artifact runs in: a quantizer names its own (``Quantizer.runtime``), each is measured here
 RUNTIMES = ("pytorch", "onnxruntime")
+#: runtimes that cannot run on this machine, and what is measured of their artifacts instead:
+#: size and accuracy, never a latency (and never another runtime's latency in its place)
+UNTIMED = {
+    "coreml": "not measured on this machine: Core ML runs only on Apple devices (size: the .mlpackage; "
+              "accuracy: its weights read back, at fp16 compute)",
+}
 
 
 def timed(run: Callable[[], Any], runs: int = 50, warmup: int = 10) -> dict[str, float]:

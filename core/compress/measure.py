@@ -43,7 +43,7 @@ from typing import Any
 from rich.markup import escape
 from rich.table import Table
 
-from alambic.compress.latency import RUNTIMES, latency_ms, load_model, onnx_latency_ms, torch_threads
+from alambic.compress.latency import RUNTIMES, UNTIMED, latency_ms, load_model, onnx_latency_ms, torch_threads
 from alambic.compress.memory import peak_rss
 from alambic.compress.onnx_export import file_bytes, ort_logits, ort_session
 from alambic.errors import AlambicError
@@ -77,6 +77,7 @@ class Measurement:
     warmup: int
     memory: dict[str, int] = field(default_factory=dict)  # peak_rss_bytes, baseline_rss_bytes
     machine: dict[str, Any] = field(default_factory=dict)
+    latency_note: str = ""  # why latency is not measured (a runtime that cannot run here), else ""
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -100,7 +101,7 @@ class Measurement:
         return {"accuracy": self.accuracy, "macro_f1": self.macro_f1, "size_mb": self.size_bytes / 1e6,
                 "params": self.params, "latency_p50_ms": latency.get("p50"), "latency_p90_ms": latency.get("p90"),
                 "latency_length": length, "peak_mem_mb": None if peak is None else peak / 1e6,
-                "threads": self.threads}
+                "threads": self.threads, "latency_note": self.latency_note}
 
 
 # --- files ----------------------------------------------------------------------------------
@@ -138,9 +139,13 @@ def config_vocab_size(folder: str | os.PathLike[str]) -> int | None:
 
 
 def file_sizes(files: Iterable[str | os.PathLike[str]]) -> dict[str, int]:
-    """Bytes of each file, by name; an ONNX graph counts its external-data files too."""
+    """Bytes of each file, by name; an ONNX graph counts its external-data files too, a package
+    folder (``.mlpackage``) every file in it."""
     sizes = {}
     for path in map(Path, files):
+        if path.is_dir():
+            sizes[path.name] = sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
+            continue
         if not path.is_file():
             raise AlambicError(f"cannot measure {path}: no such file")
         if path.suffix == ".onnx":
@@ -246,6 +251,25 @@ def measure_pytorch(model_dir: str | os.PathLike[str], dataset: Any, lengths: Se
                        machine=describe() | {"threads": threads, "runtime": f"torch {torch.__version__}"})
 
 
+def measure_untimed(runtime: str, files: Sequence[str | os.PathLike[str]], model: Any, dataset: Any, *,
+                    batch_size: int = 64) -> Measurement:
+    """An artifact whose runtime cannot run here (:data:`UNTIMED`), measured for what can be: the
+    bytes of ``files`` (what a phone ships) and the accuracy of ``model``, which holds the
+    artifact's weights as its runtime will. Latency and memory stay empty; ``latency_note`` says why.
+    """
+    from alambic.train.loop import evaluate
+
+    if runtime not in UNTIMED:
+        raise AlambicError(f"runtime {runtime!r} can be timed here: measure it (measurable: {', '.join(RUNTIMES)})")
+    _check(dataset, ())
+    sizes = file_sizes(files)
+    scores = evaluate(model, dataset, batch_size)
+    return Measurement(runtime=runtime, artifact=str(files[0]), files=sizes, size_bytes=sum(sizes.values()),
+                       params=params(model), latency_ms={},
+                       accuracy=scores["accuracy"], macro_f1=scores["macro_f1"], examples=scores["examples"],
+                       threads=0, runs=0, warmup=0, machine=describe(), latency_note=UNTIMED[runtime])
+
+
 def measure_onnx(onnx_path: str | os.PathLike[str], dataset: Any, lengths: Sequence[int] = DEFAULT_LENGTHS,
                  threads: int | None = None, *, tokenizer_files: Sequence[str | os.PathLike[str]] = (),
                  vocab_size: int | None = None, runs: int = 50, warmup: int = 10, memory: bool = True,
@@ -310,6 +334,8 @@ def measure_speed(runtime: str, artifact: str | os.PathLike[str], lengths: Seque
         del model
         rss = peak_rss(folder, lengths[-1], threads, weights=weights) if memory else {}
         version = f"torch {torch.__version__}"
+    elif runtime in UNTIMED:
+        raise AlambicError(f"cannot time {path}: {runtime} latency is {UNTIMED[runtime]}")
     else:
         raise AlambicError(f"unknown runtime {runtime!r}; measurable: {', '.join(RUNTIMES)}")
     return {"latency_ms": latency, "memory": rss, "threads": threads, "runs": runs, "warmup": warmup,

@@ -50,6 +50,9 @@ class QuantContext:
     device: str = "cpu"  # for PyTorch work; ONNX Runtime quantization and calibration run on the CPU
     #: whether an ONNX graph exported here takes token_type_ids
     use_token_type_ids: bool = True
+    #: the longest input (tokens) the result must take, for formats with a fixed upper bound (Core ML);
+    #: None = the model's max_position_embeddings
+    max_length: int | None = None
 
     def __post_init__(self) -> None:
         self.work_dir = Path(self.work_dir)
@@ -77,9 +80,11 @@ class QuantSource:
 class Quantized:
     """A quantizer's result: where it runs, the files a phone ships, the model, a report."""
 
-    runtime: str  # "pytorch" | "onnxruntime"
+    runtime: str  # "pytorch" | "onnxruntime" | "coreml"
     files: list[Path]
-    model: Any = None  # the quantized PyTorch module when runtime is "pytorch"
+    #: the quantized PyTorch module when runtime is "pytorch"; for "coreml", a module holding the
+    #: shipped weights as Core ML will (read back from the package) that scores it here
+    model: Any = None
     report: dict[str, Any] = field(default_factory=dict)
 
 

@@ -10,6 +10,8 @@ marked, and its table.
 The results table, ``<store>/<run name>/results.parquet``, is written by the search: one row per
 candidate (:data:`RESULT_COLUMNS`). Only rows with status "ok" and every objective measured are
 ranked, plotted or selected; failed rows stay in the table (``alambic front --all``) and nowhere else.
+A candidate whose runtime cannot run here (Core ML: ``latency_note``) has no latency: it is ranked
+among its kind on the other objectives, and its latency is shown as not measured, never as a figure.
 
 Every choice (objectives, front, knee, selection limits, the accuracy tolerance) is made on the
 validation split: ``val_accuracy``, ``val_macro_f1``. ``test_accuracy`` and ``test_macro_f1`` are
@@ -51,14 +53,16 @@ RESULTS = "results.parquet"
 RESULT_COLUMNS = ("candidate_id", "trial_id", "student", "settings", "pruning", "quantization", "val_accuracy",
                   "val_macro_f1", "test_accuracy", "test_macro_f1", "val_examples", "test_examples",
                   "student_val_accuracy", "student_test_accuracy", "size_mb", "latency_p50_ms", "latency_p90_ms",
-                  "peak_mem_mb", "model_mem_mb", "params", "runtime", "latency_threads", "latency_machine", "status",
-                  "error", "distill_key", "compress_key", "stage", "artifact", "on_front")
+                  "peak_mem_mb", "model_mem_mb", "params", "runtime", "latency_threads", "latency_machine",
+                  "latency_note", "status", "error", "distill_key", "compress_key", "stage", "artifact", "on_front")
 REQUIRED = ("candidate_id", "status")  # the rest is checked where it is used
 #: the accuracy every choice is made on (the shipped artifact on the validation split)
 ACCURACY = "val_accuracy"
 METRICS = ("val_accuracy", "val_macro_f1", "test_accuracy", "test_macro_f1", "student_val_accuracy",
            "student_test_accuracy", "size_mb", "latency_p50_ms", "latency_p90_ms", "peak_mem_mb", "model_mem_mb")
 COUNTS = ("params", "val_examples", "test_examples")  # integers, null for failed rows
+#: the objectives a runtime that cannot run here leaves empty (alambic.compress.latency.UNTIMED)
+TIMED = ("latency_p50_ms", "latency_p90_ms", "peak_mem_mb", "model_mem_mb")
 #: search.objectives' default (config.SearchConfig): used when RUN is not a config
 DEFAULT_OBJECTIVES = (("val_accuracy", "max"), ("size_mb", "min"), ("latency_p50_ms", "min"))
 Objectives = Sequence[Any]  # (metric, mode) pairs or config.Objective
@@ -244,23 +248,26 @@ def mark_front(df: pd.DataFrame, objectives: Objectives = DEFAULT_OBJECTIVES,
     pairs = objective_pairs(objectives)
     need_columns(df, ["status", *(m for m, _ in pairs)], "the objectives")
     out = df.copy()
-    ok = np.flatnonzero((out["status"] == "ok").to_numpy())
-    points = float_columns(out, [m for m, _ in pairs])[ok]
-    modes = [mode for _, mode in pairs]
     rank = [None] * len(out)
     crowding = np.full(len(out), np.nan)
     knee = np.zeros(len(out), dtype=bool)
-    fronts = non_dominated_sort(points, modes)
-    for r, front in enumerate(fronts):
-        for i in ok[front]:
-            rank[i] = r
-        crowding[ok[front]] = crowding_distance(points, front)
-    tolerance = _front_tolerance(out, ok[fronts[0]] if fronts else [], accuracy_tolerance)
-    if fronts:
-        noise = [tolerance.points / 100 if metric == ACCURACY else 0.0 for metric, _ in pairs]
+    tolerance = None
+    for rows, columns in ranked_groups(out, pairs):
+        points = float_columns(out, [pairs[j][0] for j in columns])[rows]
+        modes = [pairs[j][1] for j in columns]
+        fronts = non_dominated_sort(points, modes)
+        for r, front in enumerate(fronts):
+            for i in rows[front]:
+                rank[i] = r
+            crowding[rows[front]] = crowding_distance(points, front)
+        if tolerance is not None or not fronts:
+            continue  # the knee is the first group's with a front: the timed candidates when there are any
+        tolerance = _front_tolerance(out, rows[fronts[0]], accuracy_tolerance)
+        noise = [tolerance.points / 100 if pairs[j][0] == ACCURACY else 0.0 for j in columns]
         beaten = beaten_within(points, modes, fronts[0], noise)
         among = [i for i, out_of_it in zip(fronts[0], beaten) if not out_of_it]
-        knee[ok[knee_point(points, modes, fronts[0], among)]] = True
+        knee[rows[knee_point(points, modes, fronts[0], among)]] = True
+    tolerance = tolerance or _front_tolerance(out, [], accuracy_tolerance)
     out["front_rank"] = pd.array(rank, dtype="Int64")
     out["on_front"] = (out["front_rank"] == 0).fillna(False).astype(bool)
     out["crowding"] = crowding
@@ -269,6 +276,22 @@ def mark_front(df: pd.DataFrame, objectives: Objectives = DEFAULT_OBJECTIVES,
     out.attrs["objectives"] = pairs  # format_front and plot_front name them
     out.attrs["accuracy_tolerance"] = tolerance  # and say how the knee treated noise
     return out
+
+
+def ranked_groups(df: pd.DataFrame, pairs: Sequence[tuple[str, str]]) -> list[tuple[Any, list[int]]]:
+    """The rows ranked together, and the objectives (indices of ``pairs``) they are ranked on: the ok
+    rows on every objective; then, when latency or memory is an objective, the ok rows whose runtime
+    cannot run here (``latency_note``: Core ML) on the others, among themselves: an unmeasured
+    latency is neither better nor worse than a measured one."""
+    import numpy as np
+
+    ok = (df["status"] == "ok").to_numpy()
+    notes = df["latency_note"] if "latency_note" in df else None
+    untimed = ok & (notes.fillna("").astype(str).str.len() > 0).to_numpy() if notes is not None else ok & False
+    measured = [j for j, (metric, _) in enumerate(pairs) if metric not in TIMED]  # what an untimed row has
+    if len(measured) == len(pairs) or not untimed.any():
+        return [(np.flatnonzero(ok), list(range(len(pairs))))]
+    return [(np.flatnonzero(ok & ~untimed), list(range(len(pairs)))), (np.flatnonzero(untimed), measured)]
 
 
 def _front_tolerance(df: pd.DataFrame, front: Any, setting: float | None) -> Tolerance:
@@ -350,9 +373,15 @@ def format_front(df: pd.DataFrame, all_rows: bool = False, title: str | None = N
         table.add_column(header, justify="right" if header.endswith(("MB", "ms")) else "left")
     for _, row in shown.iterrows():
         cells = ["*" if row["knee"] else ""]
-        cells += [escape(format_cell(row.get(key), key)) for _, key in columns[1:]]
+        cells += [escape("not measured" if key in TIMED and _untimed(row) else format_cell(row.get(key), key))
+                  for _, key in columns[1:]]
         table.add_row(*cells, style=None if row["status"] == "ok" else "dim")
     return table
+
+
+def _untimed(row: Mapping[str, Any]) -> bool:
+    note = row.get("latency_note")
+    return isinstance(note, str) and bool(note)
 
 
 def _caption(df: pd.DataFrame) -> str:
@@ -363,7 +392,13 @@ def _caption(df: pd.DataFrame) -> str:
             "validation split; test accuracy is measured once per candidate and only reported. ±1 SE: one "
             "standard error of val acc, in points. Latency: batch 1, "
             f"{'/'.join(threads) or '?'} thread(s), measured on {', '.join(machines) or 'this machine'}; "
-            "peak memory: a fresh process running the artifact once")
+            "peak memory: a fresh process running the artifact once" + _untimed_caption(df))
+
+
+def _untimed_caption(df: pd.DataFrame) -> str:
+    notes = sorted({str(n) for n in df.get("latency_note", []) if isinstance(n, str) and n})
+    return (f". Latency {'; '.join(notes)}; those candidates are ranked among themselves on the other objectives"
+            if notes else "")
 
 
 def format_cell(value: Any, key: str) -> str:

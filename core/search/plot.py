@@ -1,4 +1,5 @@
-"""The front's plot: validation accuracy (± one standard error) against size, coloured by latency.
+"""The front's plot: validation accuracy (± one standard error) against size, coloured by latency (Core ML
+candidates, whose latency is not measured here, as hollow diamonds).
 
 matplotlib and numpy are imported inside the functions: ``import alambic.search.plot`` is light.
 """
@@ -7,7 +8,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from alambic.errors import AlambicError
 from alambic.search.front import (
@@ -56,8 +57,9 @@ def front_figure(df: pd.DataFrame, objectives: Objectives | None = None) -> Figu
     latency = values[:, 2]
     finite = drawn & np.isfinite(latency)
     norm = Normalize(*(np.min(latency[finite]), np.max(latency[finite])) if finite.any() else (0, 1))
+    untimed = drawn & _untimed(df)  # Core ML: no latency to colour by; their own front
     front = drawn & df["on_front"].to_numpy()
-    order = np.flatnonzero(front)[np.argsort(values[front, 0], kind="stable")]
+    order = np.flatnonzero(front & ~untimed)[np.argsort(values[front & ~untimed, 0], kind="stable")]
 
     fig = Figure(figsize=(8, 5.5), dpi=120, layout="constrained")
     ax = fig.add_subplot()
@@ -67,18 +69,21 @@ def front_figure(df: pd.DataFrame, objectives: Objectives | None = None) -> Figu
     if reported.any():  # beside, not instead: the test split is never used to choose
         ax.scatter(values[reported, 0], tested[reported], marker="x", color="dimgray", s=18, linewidths=0.8,
                    zorder=2, label="test accuracy (reported only, not used to choose)")
-    rest = drawn & ~front
+    rest = drawn & ~front & ~untimed
     ax.scatter(values[rest, 0], values[rest, 1], c=latency[rest], cmap="viridis", norm=norm, s=30, alpha=0.7,
                label="candidate" if rest.any() else None)
     ax.plot(values[order, 0], values[order, 1], color="crimson", lw=1.2, zorder=2)
     ax.scatter(values[order, 0], values[order, 1], c=latency[order], cmap="viridis", norm=norm, s=90,
                edgecolors="crimson", linewidths=1.8, zorder=3, label="Pareto front")
     fig.colorbar(ScalarMappable(norm=norm, cmap="viridis"), ax=ax, label="latency p50 (ms, CPU, batch 1)")
+    if untimed.any():
+        _draw_untimed(ax, values, untimed, front)
     for i in np.flatnonzero(df["knee"].to_numpy() & drawn):
         size, accuracy, ms = values[i]
         test = f", test {tested[i]:.2%}" if np.isfinite(tested[i]) else ""
+        speed = f"{ms:,.1f} ms" if np.isfinite(ms) else "latency not measured here"
         ax.annotate(f"knee: {df['candidate_id'].iloc[i]}\nval {accuracy:.2%} ± {100 * errors[i]:.2f} pt{test}\n"
-                    f"{size:,.1f} MB, {ms:,.1f} ms",
+                    f"{size:,.1f} MB, {speed}",
                     xy=(size, accuracy), xytext=(25, -40), textcoords="offset points", fontsize=9,
                     arrowprops={"arrowstyle": "->", "color": "black"},
                     bbox={"boxstyle": "round", "fc": "white", "alpha": 0.9})
@@ -97,6 +102,27 @@ def front_figure(df: pd.DataFrame, objectives: Objectives | None = None) -> Figu
     ax.grid(alpha=0.3)
     ax.legend(loc="lower right", fontsize=8)
     return fig
+
+
+def _untimed(df: pd.DataFrame) -> Any:
+    """Rows whose runtime cannot run here (``latency_note``): no latency, never a colour for one."""
+    import numpy as np
+
+    if "latency_note" not in df:
+        return np.zeros(len(df), dtype=bool)
+    return (df["latency_note"].fillna("").astype(str).str.len() > 0).to_numpy()
+
+
+def _draw_untimed(ax: Any, values: Any, untimed: Any, front: Any) -> None:
+    """Hollow diamonds, their own front dashed: ranked on accuracy and size only."""
+    import numpy as np
+
+    ax.scatter(values[untimed, 0], values[untimed, 1], marker="D", facecolors="none", edgecolors="darkorange",
+               s=50, linewidths=1.5, zorder=3, label="Core ML: latency not measured here")
+    own = np.flatnonzero(untimed & front)
+    own = own[np.argsort(values[own, 0], kind="stable")]
+    ax.plot(values[own, 0], values[own, 1], color="darkorange", lw=1.0, ls="--", zorder=2,
+            label="their front (accuracy, size)")
 
 
 __all__ = ["front_figure", "plot_front"]

@@ -15,12 +15,13 @@ from alambic.search import front
 #: the columns of results.parquet, in order (``distill.<setting>`` columns follow ``settings``)
 #: val_*: the shipped artifact on validation, in its runtime: every choice is made on these.
 #: test_*: the same artifact on test, measured once and only reported. student_*: the distilled
-#: student before the chain. Latency and memory: the serial pass after the search (alambic.search.timing).
+#: student before the chain. Latency and memory: the serial pass after the search (alambic.search.timing);
+#: latency_note: why they are empty for a candidate whose runtime cannot run here (Core ML).
 COLUMNS = ("candidate_id", "trial_id", "node_id", "student", "settings", "pruning", "quantization",
            "val_accuracy", "val_macro_f1", "val_examples", "test_accuracy", "test_macro_f1", "test_examples",
            "student_val_accuracy", "student_test_accuracy", "size_mb", "latency_p50_ms", "latency_p90_ms",
-           "peak_mem_mb", "model_mem_mb", "params", "runtime", "latency_threads", "latency_machine", "status",
-           "error", "distill_key", "prune_key", "compress_key", "stage", "artifact", "distill_reused",
+           "peak_mem_mb", "model_mem_mb", "params", "runtime", "latency_threads", "latency_machine", "latency_note",
+           "status", "error", "distill_key", "prune_key", "compress_key", "stage", "artifact", "distill_reused",
            "prune_reused", "compress_reused", "seconds", "on_front")
 
 
@@ -30,7 +31,8 @@ def mark_front(rows: list[dict[str, Any]], objectives: Sequence[Any]) -> list[di
     import pandas as pd
 
     metrics = [metric for metric, _ in front.objective_pairs(objectives)]
-    table = pd.DataFrame({"status": [r["status"] for r in rows], **{m: [r.get(m) for r in rows] for m in metrics}})
+    table = pd.DataFrame({"status": [r["status"] for r in rows], "latency_note": [r.get("latency_note") for r in rows],
+                          **{m: [r.get(m) for r in rows] for m in metrics}})
     for r, on in zip(rows, front.mark_front(table, objectives)["on_front"], strict=True):
         r["on_front"] = bool(on)
     return rows

@@ -4,7 +4,8 @@ A trial that timed its own candidate would share the host with the trials traini
 on a cluster run on whichever node Ray gave it: its figures would measure the load, not the model.
 So trials score accuracy and size only (``compress.SCORES_ONLY``), and when every trial is done the
 driver times each shipped artifact in turn, on its own node, in the artifact's runtime, at
-``search.measure.threads``::
+``search.measure.threads``; an artifact whose runtime cannot run here (Core ML) is not timed, and its
+row's ``latency_note`` says so::
 
     rows = time_candidates(ctx, rows, settings, on_timed=print)   # latency_p50_ms, peak_mem_mb, ...
 
@@ -23,6 +24,7 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 from alambic.compress.chain import MODEL_DIR
+from alambic.compress.latency import UNTIMED
 from alambic.compress.measure import REFERENCE_LENGTH, config_vocab_size, measure_speed
 from alambic.errors import AlambicError
 from alambic.fingerprint import stable_hash
@@ -44,7 +46,10 @@ def time_candidates(ctx: Any, rows: Sequence[dict[str, Any]], settings: Any,
     :param on_timed: called with (n, total, row) after each candidate.
     """
     machine = identity()
-    todo = [r for r in rows if r.get("status") == "ok" and r.get("compress_key")]
+    for row in rows:  # size and accuracy only: its latency stays empty, and says why
+        if row.get("status") == "ok" and row.get("runtime") in UNTIMED:
+            row["latency_note"] = UNTIMED[row["runtime"]]
+    todo = [r for r in rows if r.get("status") == "ok" and r.get("compress_key") and r.get("runtime") not in UNTIMED]
     if todo:
         log.info("timing %d candidates one at a time on %s, %d thread(s)", len(todo), summary(), settings.threads)
     for n, row in enumerate(todo, start=1):

@@ -65,18 +65,22 @@ def _metadata_check(spec: Any) -> Check:
 
 
 def check_classifier(path: str | os.PathLike[str], max_length: int, int8: bool,
-                     layout: str = "standard") -> list[Check]:
+                     layout: str = "standard", form: str | None = None) -> list[Check]:
     """The ML Program loads as a spec, takes int32 (1, 1..max_length) and outputs label + probs; in
-    the ``ane`` layout, the encoder's projections are 1x1 convolutions (only pooler and head linear)."""
+    the ``ane`` layout, the encoder's projections are 1x1 convolutions (only pooler and head linear).
+
+    :param form: the compressed weights' form(s) to expect (``lut4``, ``sparse+lut4``), besides int8.
+    """
     spec = load_spec(path)
     ops = _program_ops(spec)
     checks = [Check("Classifier.mlpackage spec loads", spec.WhichOneof("Type") == "mlProgram",
                     f"{spec.WhichOneof('Type')}, spec v{spec.specificationVersion}")]
     checks += _interface_checks(spec, "INT32", max_length) + [_metadata_check(spec)]
-    # int8 weights are constexpr ops dequantizing at load (iOS16/17: affine; iOS18: blockwise)
+    # compressed weights are constexpr ops decompressing at load (int8: iOS16/17 affine, iOS18 blockwise)
     quantized = sum(count for op, count in ops.items() if op.startswith("constexpr_"))
-    checks.append(Check("int8 weights" if int8 else "fp16 weights", quantized > 0 if int8 else None,
-                        f"{quantized} int8 weight tensors", {"ops": ops}))
+    form = form or ("int8" if int8 else None)
+    checks.append(Check(f"{form} weights" if form else "fp16 weights", quantized > 0 if form else None,
+                        f"{quantized} {form or 'compressed'} weight ops", {"ops": ops}))
     if layout == "ane":
         conv, linear = ops.get("conv", 0), ops.get("linear", 0)
         checks.append(Check("Neural Engine layout: 1x1 convolutions in the program", conv > 0 and linear <= 2,

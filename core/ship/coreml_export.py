@@ -216,7 +216,11 @@ def updatable_pipeline(model: Any, labels: Sequence[str], max_length: int, *, le
     with quiet() as ct:
         encoder = ct.convert(traced, inputs=_inputs(ct, max_length), outputs=[ct.TensorType(POOLED)],
                              convert_to="neuralnetwork")
-        encoder = quantization_utils.quantize_weights(encoder, nbits=encoder_bits)
+        # constants stay as they are: position ids 0..T-1 at 8 bits would round pairs together (0,1 -> 0)
+        keep_constants = quantization_utils.AdvancedQuantizedLayerSelector(
+            skip_layer_types=["loadConstantND", "loadConstant"], minimum_conv_kernel_channels=0,
+            minimum_conv_weight_count=0)
+        encoder = quantization_utils.quantize_weights(encoder, nbits=encoder_bits, selector=keep_constants)
         encoder_spec = encoder.get_spec()
         width = model.classifier.in_features  # the pooled vector's width
         del encoder_spec.description.output[0].type.multiArrayType.shape[:]

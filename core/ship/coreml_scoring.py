@@ -12,46 +12,54 @@ runtime itself (its kernels): that needs a Mac (``examples/ios/check_coreml.py``
 
 from __future__ import annotations
 
+import copy
 import os
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
+from types import SimpleNamespace
 from typing import TYPE_CHECKING, Any
 
 from alambic.ship.coreml_checks import wrapper_logits
-from alambic.ship.coreml_compression import KINDS, WEIGHT_THRESHOLD, WeightPlan, weight_kind
-from alambic.ship.coreml_export import quiet
+from alambic.ship.coreml_compression import KINDS, SPARSE, WEIGHT_THRESHOLD, WeightPlan, weight_kind
+from alambic.ship.coreml_export import quiet, wrapper
 from alambic.ship.exporter import WEIGHTS_SCORED, Check
 
 if TYPE_CHECKING:
     import numpy as np
     import torch
 
-#: what the converter appends to a weight's parameter path (fp16 cast, then int8 quantization)
-_SUFFIXES = re.compile(r"(_to_fp16)?(_quantized)?$")
+#: what the converter and the compression passes append to a weight's parameter path
+_SUFFIXES = re.compile(r"(_to_fp16)?(_quantized|_palettized|_sparsified)*$")
 
 
 @dataclass(frozen=True)
 class ReadBack:
-    """A saved program's weights: float32 by the module's flattened parameter path, and which of
-    them the program holds as int8."""
+    """A saved program's weights: float32 by the module's flattened parameter path, and the form
+    (:data:`alambic.ship.coreml_compression.FORMS`) of each one the program holds compressed."""
 
     weights: dict[str, np.ndarray]
-    int8: frozenset[str]
+    forms: dict[str, str]
+
+    @property
+    def int8(self) -> frozenset[str]:
+        return frozenset(name for name, form in self.forms.items() if form == "int8")
 
     def precisions(self) -> dict[str, dict[str, int]]:
-        """Per kind, how many weight tensors (of more than WEIGHT_THRESHOLD elements) are int8 and fp16."""
-        found = {kind: {"int8": 0, "fp16": 0} for kind in (*KINDS, "other")}
+        """Per kind, how many weight tensors (of more than WEIGHT_THRESHOLD elements) are in each form."""
+        found: dict[str, dict[str, int]] = {kind: {} for kind in (*KINDS, "other")}
         for name, value in self.weights.items():
             if value.size > WEIGHT_THRESHOLD:
-                found[weight_kind(name)]["int8" if name in self.int8 else "fp16"] += 1
+                form = self.forms.get(name, "fp16")
+                found[weight_kind(name)][form] = found[weight_kind(name)].get(form, 0) + 1
         return found
 
 
 def read_back(path: str | os.PathLike[str]) -> ReadBack:
-    """Every weight tensor of the saved ML Program as float32, int8 ones dequantized by coremltools'
-    own reading of the ``constexpr`` ops, keyed by the converter's name without its suffixes (the
-    module's parameter path with ``_`` for ``.``)."""
+    """Every weight tensor of the saved ML Program as float32, compressed ones decompressed by
+    coremltools' own reading of the ``constexpr`` ops (what Core ML computes from them at load),
+    keyed by the converter's name without its suffixes (the module's parameter path with ``_``
+    for ``.``)."""
     import numpy as np
     from coremltools.converters.mil.frontend.milproto.load import load
 
@@ -59,29 +67,57 @@ def read_back(path: str | os.PathLike[str]) -> ReadBack:
         mlmodel = ct.models.MLModel(str(path), skip_model_load=True)
         spec = mlmodel.get_spec()
         program = load(spec, specification_version=spec.specificationVersion, file_weights_dir=mlmodel.weights_dir)
-        weights, int8 = {}, set()
+        weights, forms = {}, {}
         for op in program.functions["main"].operations:
             if op.op_type.startswith("constexpr_"):
-                value = op.materialized_val_inference()  # what Core ML computes from it at load
-            elif op.op_type == "const":
+                value = op.materialized_val_inference()
+            elif op.op_type == "const" and not _feeds_constexpr_only(op):  # a look-up table, a mask: not a weight
                 value = op.val.val
             else:
+                continue
+            if isinstance(value, tuple):  # a step of a chain (lut_to_sparse -> sparse_to_dense): its end is read
                 continue
             value, name = np.asarray(value), _SUFFIXES.sub("", op.outputs[0].name)
             if value.ndim and np.issubdtype(value.dtype, np.floating):
                 weights[name] = value.astype(np.float32)
                 if op.op_type.startswith("constexpr_"):
-                    int8.add(name)
-    return ReadBack(weights, frozenset(int8))
+                    forms[name] = stored_form(op)
+    return ReadBack(weights, forms)
+
+
+def _feeds_constexpr_only(op: Any) -> bool:
+    children = op.outputs[0].child_ops
+    return bool(children) and all(child.op_type.startswith("constexpr_") for child in children)
+
+
+def stored_form(op: Any) -> str:
+    """The form a ``constexpr`` op stores its weight in: int8, int4, lutN, sparse+lutN."""
+    from coremltools.converters.mil.mil import types
+
+    def dtype(name: str) -> str:
+        return types.builtin_to_string(op.inputs[name].dtype)
+
+    if op.op_type == "constexpr_affine_dequantize":
+        return "int8"
+    if op.op_type == "constexpr_blockwise_shift_scale":
+        return dtype("data").removeprefix("u")  # int8 / int4 (uint with an offset)
+    if op.op_type == "constexpr_lut_to_dense":
+        return f"lut{dtype('indices').removeprefix('uint')}"
+    if op.op_type == "constexpr_sparse_to_dense":
+        feeder = op.inputs["nonzero_data"].op
+        return SPARSE + (f"lut{types.builtin_to_string(feeder.inputs['indices_nonzero_data'].dtype).removeprefix('uint')}"
+                         if feeder is not None and feeder.op_type == "constexpr_lut_to_sparse" else "fp16")
+    return op.op_type
 
 
 def precision_check(read: ReadBack, plan: WeightPlan) -> Check:
-    """The saved program's weights read back: each kind int8 or fp16 as the plan (the candidate's
+    """The saved program's weights read back: each kind in the form the plan (the candidate's
     compression in Core ML's terms) says, and what Core ML could not express."""
     found = read.precisions()
-    wrong = [kind for kind in KINDS if found[kind]["int8" if plan.precision[kind] == "fp16" else "fp16"]
-             or plan.precision[kind] == "int8" and not found[kind]["int8"]]
-    shown = ", ".join(f"{kind} {found[kind]['int8']} int8 / {found[kind]['fp16']} fp16" for kind in KINDS)
+    wrong = [kind for kind in KINDS if set(found[kind]) - {plan.precision[kind]}
+             or plan.precision[kind] != "fp16" and not found[kind].get(plan.precision[kind])]
+    shown = ", ".join(f"{kind} " + (" / ".join(f"{n} {form}" for form, n in sorted(found[kind].items())) or "none")
+                      for kind in KINDS)
     differs = "; differs from the candidate: " + "; ".join(plan.differences) if plan.differences else ""
     return Check("Core ML weights as the candidate's compression (read back)", not wrong,
                  f"{plan.describe()}: {shown}{differs}" + (f"; not as planned: {', '.join(wrong)}" if wrong else ""),
@@ -102,10 +138,42 @@ def load_read_back(module: torch.nn.Module, weights: dict[str, np.ndarray]) -> i
     return len(loaded)
 
 
+def as_shipped(model: Any, read: ReadBack) -> torch.nn.Module:
+    """A copy of the classifier ``model`` holding the Core ML weights read back, computing in fp16
+    as Core ML does, through the module that was converted (the export wrapper): called like a
+    transformers classifier (``.logits``, float32), so the guard and the measurements score it as
+    they score any model."""
+    import torch
+
+    module = wrapper(copy.deepcopy(model), "logits")
+    load_read_back(module, read.weights)
+    module = module.half().eval()
+
+    class ShippedWeights(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.shipped = module
+
+        def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
+                    **_: Any) -> SimpleNamespace:  # token_type_ids: all zero in the converted graph
+            mask = torch.ones_like(input_ids) if attention_mask is None else attention_mask
+            return SimpleNamespace(logits=self.shipped(input_ids.int(), mask.int()).float())
+
+    return ShippedWeights().eval()
+
+
+def _step(form: str, largest: float) -> float:
+    """One rounding step of ``form`` for a weight whose largest magnitude is ``largest``: a linear
+    grid of the form's levels (k-means tables are finer where the weights are dense)."""
+    bits = {"int8": 8, "int4": 4}.get(form) or (int(form.rsplit("lut", 1)[1]) if "lut" in form else 0)
+    return largest / (2 ** (bits - 1) - 1) if bits else largest * 2 ** -10
+
+
 def match_check(expected: Mapping[str, torch.Tensor], weights: Mapping[str, np.ndarray], plan: WeightPlan) -> Check:
-    """The read-back weights against the converted module's own, each within its precision's
-    rounding: one int8 step (its largest magnitude / 127) for a kind the plan holds int8, else fp16's
-    (2^-10 of it). A weight altered in the file, or a plan not applied as said, shows here."""
+    """The read-back weights against the converted module's own, each within one rounding step of
+    the form the plan holds its kind in (fp16: 2^-10 of its largest magnitude; int8: 1/127; lutN and
+    int4: a linear grid of as many levels); the values a sparse form pruned to zero are not compared.
+    A weight altered in the file, or a plan not applied as said, shows here."""
     import numpy as np
 
     compared, wrong, worst = 0, [], 0.0
@@ -115,9 +183,10 @@ def match_check(expected: Mapping[str, torch.Tensor], weights: Mapping[str, np.n
             continue
         want = tensor.detach().float().numpy()
         got = weights[flat].reshape(want.shape)
+        form = plan.precision.get(weight_kind(flat), "fp16") if want.size > WEIGHT_THRESHOLD else "fp16"
+        kept = got != 0 if form.startswith(SPARSE) else np.ones(want.shape, dtype=bool)
         largest = float(np.abs(want).max()) if want.size else 0.0
-        step = max(largest / 127 if plan.precision.get(weight_kind(flat)) == "int8" else largest * 2 ** -10, 1e-6)
-        error = float(np.abs(got - want).max()) / step if want.size else 0.0
+        error = float(np.abs(got - want)[kept].max()) / max(_step(form, largest), 1e-6) if kept.any() else 0.0
         compared, worst = compared + 1, max(worst, error)
         if not error <= 1.0:  # NaN too
             wrong.append(key)

@@ -182,7 +182,7 @@ class ExportSource:
 
     @property
     def artifact(self) -> Path | None:
-        """The quantized file the candidate ships (an ONNX graph, a state dict), if any."""
+        """The quantized file the candidate ships (an ONNX graph, a state dict, a Core ML package), if any."""
         return self._stage_file(self.record.get("artifact"), "artifact")
 
     @property
@@ -191,9 +191,10 @@ class ExportSource:
         return self._stage_file(self.quantization.get("source"), "quantization.source")
 
     def _stage_file(self, name: Any, key: str) -> Path | None:
-        """The file record.json names at ``key`` (checked to lie inside the stage), if it is there."""
+        """The file (or package folder) record.json names at ``key``, checked to lie inside the stage,
+        if it is there."""
         path = self.stage_path(name, key) if name else None
-        return path if path is not None and path.is_file() else None
+        return path if path is not None and path.exists() else None
 
     def stage_path(self, value: Any, key: str) -> Path:
         """A path record.json gives at ``key``, checked to lie inside the stage folder."""

@@ -34,8 +34,8 @@ def context(tmp_path) -> QuantContext:
     return QuantContext(work_dir=tmp_path / "work", calibration=tiny_data())
 
 
-def test_the_four_quantizers_are_registered():
-    assert QUANTIZERS.ids() == ["dynamic-int8", "fp16", "mixed", "static-int8"]
+def test_the_built_in_quantizers_are_registered():
+    assert QUANTIZERS.ids() == ["dynamic-int8", "fp16", "int4-block", "mixed", "palettize", "static-int8"]
 
 
 @pytest.mark.parametrize("quantizer_id, options", [

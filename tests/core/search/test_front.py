@@ -189,3 +189,41 @@ def test_an_old_config_objective_on_accuracy_says_to_use_val_accuracy(write_conf
     message = " ".join(result.stderr.split())
     assert "search.objectives[0].metric: choices are made on the validation split: write val_accuracy" in message
     assert "search.objectives[1].metric: test_accuracy is reported only, never an objective" in message
+
+
+def coreml_frame() -> pd.DataFrame:
+    """The shared table plus three Core ML candidates: no latency (latency_note), one smaller and
+    less accurate than everything timed, one dominated among its kind on accuracy and size."""
+    from alambic.compress.latency import UNTIMED
+
+    df = results_frame()
+    base = df.iloc[0].to_dict()
+    extra = []
+    for cid, acc, size in (("m01", 0.930, 4.0), ("m02", 0.920, 3.0), ("m03", 0.910, 5.0)):
+        extra.append(base | {"candidate_id": cid, "val_accuracy": acc, "size_mb": size, "runtime": "coreml",
+                             "quantization": "palettize", "latency_p50_ms": None, "latency_p90_ms": None,
+                             "peak_mem_mb": None, "model_mem_mb": None, "latency_machine": None,
+                             "latency_note": UNTIMED["coreml"]})
+    return pd.concat([df, pd.DataFrame(extra)], ignore_index=True)
+
+
+def test_core_ml_candidates_are_ranked_among_themselves_without_a_latency(tmp_path):
+    marked = mark_front(coreml_frame()).set_index("candidate_id")
+    # the timed front is unchanged: an unmeasured latency neither beats nor loses to a measured one
+    timed = marked[marked["runtime"] != "coreml"]
+    assert set(timed.index[timed["on_front"]]) == FRONT
+    # among Core ML candidates, on accuracy and size: m03 is beaten by m01 (more accurate, smaller)
+    assert bool(marked.loc["m01", "on_front"]) and bool(marked.loc["m02", "on_front"])
+    assert not marked.loc["m03", "on_front"] and marked.loc["m03", "front_rank"] == 1
+    assert marked.loc[["m01", "m02", "m03"], "latency_p50_ms"].isna().all()  # never a figure put in
+    assert marked["knee"].sum() == 1 and not marked.loc[["m01", "m02", "m03"], "knee"].any()
+
+    write_results(tmp_path, coreml_frame())
+    shown = alambic("front", str(tmp_path), "--plot", str(tmp_path / "front.png"))
+    assert shown.returncode == 0, shown.stderr
+    assert "not measured" in shown.stdout and "m01" in shown.stdout and "m03" not in shown.stdout
+    assert "Core ML runs only on Apple devices" in " ".join(shown.stdout.split())
+    assert (tmp_path / "front.png").stat().st_size > 5_000
+    rows = json.loads(alambic("front", str(tmp_path), "--json").stdout)["rows"]
+    m01 = next(r for r in rows if r["candidate_id"] == "m01")
+    assert m01["latency_p50_ms"] is None and m01["latency_note"].startswith("not measured on this machine")

@@ -128,3 +128,15 @@ def test_a_bad_target_is_refused():
         cm.convert_classifier(model, LABELS, MAX_LENGTH, target="iOS14")
     with pytest.raises(AlambicError, match="int8 Core ML weights need target iOS16"):
         cm.convert_classifier(model, LABELS, MAX_LENGTH, target="iOS15", int8=True)
+
+
+def test_an_int8_updatable_encoder_keeps_its_constants_exact():
+    """Before: quantize_weights(nbits=8) took the position ids 0..511 to 8 bits too, so the phone
+    read positions 0,1 as 0, 2,3 as 2, ...: 0.9 point of THUCNews test accuracy lost before any update."""
+    spec = cm.updatable_pipeline(tiny_classifier("roberta-l4"), LABELS, MAX_LENGTH, encoder_bits=8)
+    encoder = spec.pipelineClassifier.pipeline.models[0]
+    layers = {layer.name: layer for layer in getattr(encoder, encoder.WhichOneof("Type")).layers}
+    positions = layers["embeddings.position_ids"].loadConstantND.data
+    assert not positions.quantization.numberOfBits and list(positions.floatValue)[:5] == [0, 1, 2, 3, 4]
+    weights = [layer.innerProduct.weights for layer in layers.values() if layer.WhichOneof("layer") == "innerProduct"]
+    assert weights and all(w.quantization.numberOfBits == 8 for w in weights)  # the weights are still int8

@@ -40,6 +40,7 @@ from alambic.options import parse_set
 from alambic.pipeline import estimate_minutes, export_selected, planned_steps, run_pipeline
 from alambic.report.build import build_report, save_report
 from alambic.report.compare import compare_dirs, format_report
+from alambic.report.monitor import monitor_command
 from alambic.run import RunContext
 from alambic.search.front import format_front, front_rows, front_tolerance, load_results, mark_front, resolve_run
 from alambic.search.plot import plot_front
@@ -47,6 +48,7 @@ from alambic.search.select import format_selection, write_selected
 from alambic.search.select import select as choose
 from alambic.search.tune import search
 from alambic.ship.export import format_verification
+from alambic.ship.personalize_command import personalize_command
 from alambic.train.distributed import quiet_ray_loggers
 
 app = typer.Typer(
@@ -275,6 +277,10 @@ def compare(
         console.print(table)
 
 
+# the prediction logs against the bundle's baseline; its options are many: defined beside its code
+app.command("monitor")(monitor_command)
+
+
 # --- front & select -------------------------------------------------------------------------
 
 
@@ -413,6 +419,9 @@ def export(
         errors.print(f"[red]{escape(failure.message)}[/red]", highlight=False, soft_wrap=True)
     if result.failed:
         raise typer.Exit(1)
+
+
+app.command("personalize")(personalize_command)
 
 
 # --- report ---------------------------------------------------------------------------------

@@ -30,6 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from alambic.data.dataset import load_golden
 from alambic.errors import AlambicError
 from alambic.fingerprint import stable_hash
 from alambic.machine import identity
@@ -170,7 +171,8 @@ def export_selected(ctx: Any, *, candidate: str | None = None, stage: Any = None
     metadata = ctx.config.export.model_dump(include={"author", "license", "description"})
     return export_stage(stage_dir, target, chosen, test_split=ctx.prepared.raw["test"], recipe=recipe,
                         metadata=metadata, options=per_format, max_length=ctx.config.tokenizer.max_length,
-                        max_examples=max_examples, registry=ctx.registry)
+                        max_examples=max_examples, registry=ctx.registry,
+                        golden_split=load_golden(ctx.config.data, ctx.prepared.label_names))
 
 
 def _exported(ctx: Any, stage_dir: Any, formats: Sequence[str]) -> bool:

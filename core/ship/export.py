@@ -20,6 +20,7 @@ The bundle is built in a scratch folder beside ``out_dir`` and renamed into plac
     export/hf/ onnx/ coreml/    one folder per format that exported
     export/verification.json    every check, per format; the failed formats and their fallbacks
     export/README.md            for the app developer: files, inputs/outputs, tokenization, labels
+    export/baseline.json        what `alambic monitor` compares production predictions with
     export/manifest.json        files (sha256, size), formats, input/output spec, metrics, recipe
 
 ``test_split`` holds raw rows (``text``, ``label``), tokenized here with the stage's own
@@ -45,6 +46,7 @@ from rich.table import Table
 from alambic.errors import AlambicError, did_you_mean
 from alambic.fingerprint import stable_hash
 from alambic.manager import build_registry
+from alambic.ship.baseline import write_baseline
 from alambic.ship.exporter import STRUCTURE, Exported, ExportSource, Failure, load_source
 from alambic.store import Store
 
@@ -79,7 +81,8 @@ class ExportResult:
 def export_stage(stage_dir: str | Path, out_dir: str | Path, formats: Sequence[str] = DEFAULT_FORMATS, *,
                  test_split: Any = None, recipe: Mapping[str, Any] | None = None,
                  metadata: Mapping[str, Any] | None = None, options: Mapping[str, Mapping[str, Any]] | None = None,
-                 max_length: int | None = None, max_examples: int = 2000, registry: Any = None) -> ExportResult:
+                 max_length: int | None = None, max_examples: int = 2000, registry: Any = None,
+                 golden_split: Any = None) -> ExportResult:
     """Export a compress stage in each of ``formats`` into ``out_dir``, verify, write the bundle.
 
     :param test_split: rows to verify on (raw ``text``/``label``, or tokenized); None = checks
@@ -88,6 +91,8 @@ def export_stage(stage_dir: str | Path, out_dir: str | Path, formats: Sequence[s
     :param metadata: ``author``, ``license``, ``description`` (and ``version``) for the model files.
     :param options: per format id, that exporter's options, e.g. ``{"coreml": {"epochs": 5}}``.
     :param max_length: the longest input (tokens) the exported models take; default: the tokenizer's.
+    :param golden_split: data.golden's raw rows, for the monitoring baseline (``baseline.json``,
+        :mod:`alambic.ship.baseline`) beside the test split's.
     """
     if registry is None:
         registry = build_registry()
@@ -122,6 +127,7 @@ def export_stage(stage_dir: str | Path, out_dir: str | Path, formats: Sequence[s
         (tmp / VERIFICATION_FILE).write_text(json.dumps(verification, ensure_ascii=False, indent=2, default=str)
                                              + "\n", encoding="utf-8")
         (tmp / README_FILE).write_text(bundle_readme(source, exported, failed), encoding="utf-8")
+        write_baseline(tmp, source, golden=golden_split)  # what `alambic monitor` compares production with
         build.meta.update(_manifest_meta(source, exported, failed, inputs))
     return ExportResult(out, exported, failed, verification, build.manifest)
 
@@ -195,6 +201,10 @@ def bundle_readme(source: ExportSource, exported: Mapping[str, Exported], failed
         lines += [f"| {_cell(c.name)} | {c.covers} | {_cell(c.value)} | {_mark(c.ok)} |" for c in result.checks] + [""]
     for failure in failed.values():
         lines += [f"## {failure.format}: not exported", "", failure.message, ""]
+    if source.test is not None:  # write_baseline wrote baseline.json
+        lines += ["## Monitoring", "", "`baseline.json` is what `alambic monitor BUNDLE LOGS...` compares the app's "
+                  "prediction logs with: log one JSON object a line with `timestamp` (ISO 8601), `label` (its name), "
+                  "`confidence` (or `probs`, in label order) and, optionally, `text`.", ""]
     if "coreml" in exported:
         lines += ["See `examples/ios/README.md` in alambic for Swift: tokenization, prediction and an "
                   "`MLUpdateTask` on `UpdatableClassifier.mlmodel`.", ""]

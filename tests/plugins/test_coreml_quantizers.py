@@ -142,3 +142,27 @@ def test_cli_export_ships_the_measured_package(trained, tmp_path):
     refused = alambic("export", str(root / "run.yaml"), "--stage", str(record.path), "--format", "coreml",
                       "--out", str(tmp_path / "ane"), "--option", "coreml.layout=ane", cwd=root)
     assert refused.returncode == 1 and "ships the package it was measured as" in " ".join(refused.stderr.split())
+
+
+def test_a_search_config_measures_core_ml_candidates_and_exports_one(tmp_path):
+    """The user's path: search.quantization names palettize; the search measures it (no latency,
+    said why), the front ranks it, and `alambic export --candidate` ships its package."""
+    from tests.core.search.test_tune import tiny_run
+    from tests.core.test_cli import alambic
+
+    path = tiny_run(tmp_path, name="coreml", students=["tinybert-4l"], pruning=[[]], quantization=["palettize"],
+                    measure={"lengths": [8], "runs": 2, "warmup": 0, "memory": False})
+    searched = alambic("search", str(path), "--json", cwd=tmp_path)
+    assert searched.returncode == 0, searched.stderr[-3000:]
+    rows = json.loads(searched.stdout[searched.stdout.index("{"):])["rows"]
+    assert len(rows) == 1 and rows[0]["status"] == "ok" and rows[0]["runtime"] == "coreml"
+    assert rows[0]["latency_p50_ms"] is None and rows[0]["latency_note"] == UNTIMED["coreml"]
+
+    front = json.loads(alambic("front", str(path), "--json", cwd=tmp_path).stdout)
+    assert [r["on_front"] for r in front["rows"]] == [True]
+    exported = alambic("export", str(path), "--candidate", rows[0]["candidate_id"], "--format", "coreml",
+                       "--option", "coreml.updatable=false", "--json", cwd=tmp_path)
+    assert exported.returncode == 0, exported.stderr[-3000:]
+    checks = {c["name"]: c["ok"] for c in json.loads(exported.stdout)["formats"]["coreml"]["checks"]}
+    assert checks["Core ML package = the one the candidate was measured as"] is True
+    assert checks["lut4 weights"] is True

@@ -202,5 +202,7 @@ def mac_checks(updatable: bool) -> list[Check]:
                     "run examples/ios/check_coreml.py on macOS", covers=NEEDS_A_MAC)]
     if updatable:
         checks.append(Check("one MLUpdateTask on UpdatableClassifier.mlmodel", None,
-                            "not automated: examples/ios/README.md shows the update in Swift", covers=NEEDS_A_MAC))
+                            "not run here: `alambic personalize BUNDLE FEEDBACK --out DIR`, then on macOS "
+                            "examples/ios/UpdateCheck (swift test) replays its update rows in MLUpdateTask and "
+                            "compares with the off-device update", covers=NEEDS_A_MAC))
     return checks

@@ -20,13 +20,17 @@ What it does, in the order the app's ``MLUpdateTask`` would (examples/ios/README
 5. accuracy before and after on the held-out feedback and on a golden set (the user's labels
    vs the rest of the world's), and what changed;
 6. write ``--out`` (default ``<bundle>-personalized/``): ``head.npz`` (weight, bias, fp32),
-   ``UpdatableClassifier.personalized.mlmodel`` (the bundle's model holding that head) and
-   ``personalization.json`` (the rule, the rows, the figures). The bundle is left as it is: its
+   ``UpdatableClassifier.personalized.mlmodel`` (the bundle's model holding that head),
+   ``personalization.json`` (the rule, the rows, the figures) and ``update_inputs.json``: the rows
+   as the app feeds ``MLUpdateTask`` (token ids and mask, label name, part: update or held_out), the
+   settings used and the off-device result on the held-out rows, for the macOS check that runs the
+   same update in Core ML (examples/ios/UpdateCheck). The bundle is left as it is: its
    ``UpdatableClassifier.mlmodel`` is the app's "reset to the initial model".
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from dataclasses import asdict, dataclass, field
@@ -46,7 +50,7 @@ from alambic.ship.personalize_update import probabilities, sgd_update
 
 MODEL_FILE = "UpdatableClassifier.mlmodel"
 PERSONALIZED_FILE = "UpdatableClassifier.personalized.mlmodel"
-HEAD_FILE, RECORD_FILE = "head.npz", "personalization.json"
+HEAD_FILE, RECORD_FILE, INPUTS_FILE = "head.npz", "personalization.json", "update_inputs.json"
 MIN_SAMPLES = 30
 MOVED = 0.05  # a golden label whose accuracy moved this much is shown in the table
 
@@ -115,7 +119,9 @@ def personalize(bundle: str | os.PathLike[str], feedback: str | os.PathLike[str]
         result.figures["golden"] = _before_after(model.head, head, gold_features, np.asarray(gold.targets),
                                                  model.labels)
     result.out = Path(out) if out is not None else _default_out(bundle)
-    result.written = write_outputs(result, model, head)
+    inputs = update_inputs(model, result, rows, token_ids(encoder, rows.texts), (update, held), head,
+                           features, seed)
+    result.written = write_outputs(result, model, head, inputs)
     return result
 
 
@@ -183,6 +189,49 @@ def _before_after(before: Head, after: Head, features: np.ndarray, targets: np.n
     return found
 
 
+def token_ids(encoder: Encoder, texts: list[str]) -> list[list[int]]:
+    """The ids the bundle's tokenizer gives each text, cut to the model's maximum length: the call
+    :meth:`Encoder.features` makes, so the very ids the features were computed from."""
+    found = encoder.tokenizer(list(texts), truncation=True, max_length=encoder.max_length)["input_ids"]
+    return [[int(i) for i in ids] for ids in found]
+
+
+def update_inputs(model: UpdatableModel, result: PersonalizeResult, rows: Feedback, ids: list[list[int]],
+                  parts: tuple[np.ndarray, np.ndarray], head: Head, features: np.ndarray, seed: int) -> dict[str, Any]:
+    """update_inputs.json: what examples/ios/UpdateCheck feeds one ``MLUpdateTask`` and what it compares
+    with. ``rows``: the update rows, then the held-out rows, each in file order, as the app feeds them
+    (``input_ids`` and ``attention_mask`` as Float32 (1, T) arrays, ``label`` a String); ``off_device``:
+    the held-out accuracy before and after, and the off-device heads' label for each held-out row,
+    in the order of the held-out rows."""
+    update, held = parts
+    rule, labels = result.rule, model.labels
+    entries = [{"part": part, "row": int(i), "text": rows.texts[i], "label": labels[rows.targets[i]],
+                "input_ids": ids[i], "attention_mask": [1] * len(ids[i])}
+               for part, indices in (("update", update), ("held_out", held)) for i in indices]
+    figures = result.figures["held_out"]
+    return {
+        "model": MODEL_FILE,
+        "model_sha256": hashlib.sha256(model.path.read_bytes()).hexdigest(),
+        "labels": list(labels),
+        "max_length": model.max_length,
+        "features": {"input_ids": "Float32 (1, T)", "attention_mask": "Float32 (1, T)", "label": "String"},
+        # spec_defaults: no --learning-rate/--batch-size/--epochs, so one MLUpdateTask with no
+        # MLModelConfiguration.parameters runs this very rule (shuffle order aside)
+        "settings": {"learning_rate": rule.learning_rate, "batch_size": rule.batch_size, "epochs": rule.epochs,
+                     "shuffle": rule.shuffle, "momentum": rule.momentum, "seed": rule.seed,
+                     "spec_defaults": rule == model.rule},
+        "counts": {"update": len(update), "held_out": len(held)},
+        "rows": entries,
+        "off_device": {
+            "held_out_before": figures["before"], "held_out_after": figures["after"],
+            "predicted_before": [labels[i] for i in probabilities(model.head, features[held]).argmax(-1)],
+            "predicted": [labels[i] for i in probabilities(head, features[held]).argmax(-1)],
+            "losses": list(result.losses),
+            "shuffle_seed": rule.seed if rule.seed is not None else seed,
+        },
+    }
+
+
 def bundle_root(bundle: Any) -> Path:
     """The export folder of a bundle given as itself, its coreml/ folder or its .mlmodel."""
     root = Path(bundle).resolve()
@@ -196,13 +245,18 @@ def _default_out(bundle: Any) -> Path:
     return root.parent / f"{root.name}-personalized"
 
 
-def write_outputs(result: PersonalizeResult, model: UpdatableModel, head: Head) -> list[str]:
-    """head.npz, the personalized .mlmodel and personalization.json into ``result.out``."""
+def write_outputs(result: PersonalizeResult, model: UpdatableModel, head: Head,
+                  inputs: dict[str, Any] | None = None) -> list[str]:
+    """head.npz, the personalized .mlmodel, personalization.json and (given ``inputs``)
+    update_inputs.json into ``result.out``."""
     out = result.out
     out.mkdir(parents=True, exist_ok=True)
     np.savez(out / HEAD_FILE, weight=head.weight, bias=head.bias, labels=np.asarray(model.labels))
     save_spec(model.with_head(head), out / PERSONALIZED_FILE)
     written = [HEAD_FILE, PERSONALIZED_FILE, RECORD_FILE]
+    if inputs is not None:
+        (out / INPUTS_FILE).write_text(json.dumps(inputs, ensure_ascii=False) + "\n", encoding="utf-8")
+        written.append(INPUTS_FILE)
     record = result.to_dict() | {"written": written, "head_layer": model.head_layer, "labels": model.labels}
     (out / RECORD_FILE).write_text(json.dumps(record, ensure_ascii=False, indent=2) + "\n", encoding="utf-8")
     return written
@@ -234,5 +288,5 @@ def format_personalization(result: PersonalizeResult) -> Table:
     return table
 
 
-__all__ = ["MIN_SAMPLES", "PersonalizeResult", "find_model", "format_personalization", "personalize", "split",
-           "stage_of"]
+__all__ = ["INPUTS_FILE", "MIN_SAMPLES", "PersonalizeResult", "find_model", "format_personalization", "personalize",
+           "split", "stage_of", "token_ids", "update_inputs"]

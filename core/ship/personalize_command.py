@@ -26,7 +26,8 @@ def personalize_command(
         "The user's corrections: .tsv/.txt (text<TAB>label), .csv (header text,label) or .jsonl "
         "({\"text\": ..., \"label\": ...}); label = one of the model's label names."))],
     out: Annotated[Path | None, typer.Option(help=(
-        "Where to write the updated head; default <bundle>-personalized/."))] = None,
+        "Where to write the updated head and update_inputs.json (for examples/ios/UpdateCheck); default "
+        "<bundle>-personalized/."))] = None,
     golden: Annotated[Path | None, typer.Option(help=(
         "A golden set, to see that the rest still holds: a file in the feedback format, or with --config "
         "in the run's data format (with --config and no --golden: its data.golden)."))] = None,
@@ -55,8 +56,10 @@ def personalize_command(
     the frozen encoder's pooled vectors are computed in PyTorch with the weights the .mlmodel
     holds. A seeded part of the feedback is held out: accuracy before and after on it and on
     --golden shows whether the update helps this user without breaking the rest. Fewer than
-    --min-samples rows to update with: no update (exit code 0). Writes head.npz and
-    UpdatableClassifier.personalized.mlmodel; the bundle's own model stays the reset.
+    --min-samples rows to update with: no update (exit code 0). Writes head.npz,
+    UpdatableClassifier.personalized.mlmodel, personalization.json and update_inputs.json (the rows
+    as the app feeds MLUpdateTask and the off-device result, for examples/ios/UpdateCheck on a Mac);
+    the bundle's own model stays the reset.
     """
     from alambic.ship.personalize import format_personalization, personalize
 

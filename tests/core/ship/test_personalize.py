@@ -267,6 +267,52 @@ def test_fewer_rows_than_the_minimum_make_no_update(bundle, tmp_path):
     assert done.exit_code == 0 and json.loads(done.output)["updated"], done.output
 
 
+def test_the_command_writes_the_rows_and_the_result_for_the_macos_update_check(bundle, tmp_path):
+    """update_inputs.json (read by examples/ios/UpdateCheck): every row as the app feeds MLUpdateTask
+    (the tokenizer's ids, a mask of ones, the label name, its part), the spec's settings, and the
+    off-device heads' labels on the held-out rows, consistent with the figures."""
+    from typer.testing import CliRunner
+
+    from alambic import cli
+
+    feedback = feedback_rows(120, relabel={1: 2})
+    source_ids = synthetic_rows(120, 3)["input_ids"]  # the ids feedback_rows wrote as text
+    path = write_tsv(tmp_path / "feedback.tsv", feedback)
+    done = CliRunner().invoke(cli.app, ["personalize", str(bundle[0]), path, "--out", str(tmp_path / "out")])
+    assert done.exit_code == 0, done.output
+    record = json.loads((tmp_path / "out" / "personalization.json").read_text(encoding="utf-8"))
+    found = json.loads((tmp_path / "out" / "update_inputs.json").read_text(encoding="utf-8"))
+    assert "update_inputs.json" in record["written"]
+    model = bundle[0] / "coreml" / "UpdatableClassifier.mlmodel"
+    assert found["model_sha256"] == hashlib.sha256(model.read_bytes()).hexdigest()
+    assert found["labels"] == LABELS and found["max_length"] == MAX_LENGTH
+    settings = found["settings"]
+    assert (settings["learning_rate"], settings["batch_size"], settings["epochs"], settings["shuffle"]) == \
+        (pytest.approx(0.05), 4, 3, True) and settings["spec_defaults"]
+    update, held = split(120, 0.2, seed=0)
+    assert found["counts"] == {"update": 96, "held_out": 24} == {k: record["rows"][k] for k in ("update", "held_out")}
+    rows = found["rows"]
+    assert [(r["part"], r["row"]) for r in rows] == [("update", i) for i in update] + [("held_out", i) for i in held]
+    for row in rows:
+        assert row["label"] == feedback[row["row"]][1] and row["text"] == feedback[row["row"]][0]
+        assert row["input_ids"] == source_ids[row["row"]] and row["attention_mask"] == [1] * len(row["input_ids"])
+    off = found["off_device"]
+    truth = [r["label"] for r in rows if r["part"] == "held_out"]
+    assert len(off["predicted"]) == len(off["predicted_before"]) == len(truth) == 24
+    assert set(off["predicted"]) <= set(LABELS) and off["predicted"] != off["predicted_before"]
+    held_out = record["figures"]["held_out"]
+    assert off["held_out_after"] == held_out["after"] == pytest.approx(np.mean(np.equal(off["predicted"], truth)))
+    assert off["held_out_before"] == held_out["before"] == \
+        pytest.approx(np.mean(np.equal(off["predicted_before"], truth)))
+    assert len(off["losses"]) == 3 and off["losses"] == record["losses"]
+    # an app's pick (--learning-rate) is recorded as such: the Mac check runs the spec's own settings
+    done = CliRunner().invoke(cli.app, ["personalize", str(bundle[0]), path, "--learning-rate", "0.5", "--json",
+                                        "--out", str(tmp_path / "picked")])
+    assert done.exit_code == 0, done.output
+    picked = json.loads((tmp_path / "picked" / "update_inputs.json").read_text(encoding="utf-8"))["settings"]
+    assert picked["learning_rate"] == 0.5 and not picked["spec_defaults"]
+
+
 def test_the_bundle_is_found_from_its_folder_its_coreml_folder_or_its_model(bundle, tmp_path):
     folder = bundle[0]
     model = folder / "coreml" / "UpdatableClassifier.mlmodel"

@@ -14,7 +14,7 @@ from rich.markup import escape
 from alambic import __version__
 from alambic.compress.chain import compress as run_compress
 from alambic.compress.records import MeasureSettings, format_record, parse_lengths, parse_steps
-from alambic.config import load_config
+from alambic.config import GOLDEN_LIMITS, load_config
 from alambic.config_reference import config_reference
 from alambic.config_reference import config_schema as schema
 from alambic.console import (
@@ -43,6 +43,7 @@ from alambic.report.compare import compare_dirs, format_report
 from alambic.report.monitor import monitor_command
 from alambic.run import RunContext
 from alambic.search.front import format_front, front_rows, front_tolerance, load_results, mark_front, resolve_run
+from alambic.search.golden import GoldenGateFailed
 from alambic.search.plot import plot_front
 from alambic.search.select import format_selection, write_selected
 from alambic.search.select import select as choose
@@ -350,7 +351,8 @@ def select(
     last digit: those within --accuracy-tolerance of it count as equally accurate, and among them
     the smaller, then the faster, wins; the reasons say which rule decided. Test accuracy is only
     reported. With no flag: the config's select section when RUN is a config, else --tier high;
-    flags replace that section (--tier with --max-* flags needs both). The choice goes to
+    flags replace that section (--tier with --max-* flags needs both) but for its golden limits, which
+    hold whatever the flags (data.golden, against the teacher). The choice goes to
     <run dir>/selected.json. Exit code 2 when nothing qualifies, with the three nearest candidates
     and what each misses.
     """
@@ -359,6 +361,7 @@ def select(
                                 ("min_accuracy", min_accuracy)) if v is not None}
     spec = ({"policy": "tier" if tier else "constraints", "tier": tier, **limits} if tier or limits
             else target.select.model_dump())
+    spec |= target.select.model_dump(include=set(GOLDEN_LIMITS))  # the run's golden gate holds
     if phone_latency_factor is not None:
         spec["phone_latency_factor"] = phone_latency_factor
     # how to rank, not a limit: the config's value holds unless the flag replaces it
@@ -389,6 +392,9 @@ def export(
         "An exporter option, format.key=value, e.g. --option coreml.epochs=5 --option coreml.int8=false."))] = None,
     max_examples: Annotated[int, typer.Option(min=1, help="Test rows the exports are verified on.")] = 2000,
     as_json: Annotated[bool, typer.Option("--json", help="Print verification.json.")] = False,
+    force: Annotated[bool, typer.Option("--force", help=(
+        "Export a candidate that misses the golden gate (select's golden limits on data.golden) all the same; "
+        "verification.json records it."))] = False,
 ) -> None:
     """Export the selected candidate (or --candidate / --stage) to Hugging Face, ONNX and Core ML.
 
@@ -396,7 +402,8 @@ def export(
     on the test split; Core ML cannot predict on Linux, so its converter's PyTorch input is checked
     against the source and its files by their specs (predictions: examples/ios on a Mac). A format
     that fails is reported with the op that failed and a fallback to try; the others are still
-    exported. Exit code 1 when a format failed.
+    exported. Exit code 1 when a format failed, or when the candidate misses the golden gate (then
+    nothing is written, unless --force).
     """
     ctx = RunContext.open(path, quiet=State.quiet or as_json)
     chosen = [f.strip() for f in formats.split(",") if f.strip()] if formats else None
@@ -407,9 +414,13 @@ def export(
         if not dot or not option:
             raise AlambicError(f"--option {key}: expected format.key=value, e.g. --option coreml.epochs=5")
         per_format.setdefault(name, {})[option] = value
-    with spinner("exporting", State.quiet or as_json):
-        result = export_selected(ctx, candidate=candidate, stage=stage, formats=chosen, options=per_format,
-                                 out=out, max_examples=max_examples)
+    try:
+        with spinner("exporting", State.quiet or as_json):
+            result = export_selected(ctx, candidate=candidate, stage=stage, formats=chosen, options=per_format,
+                                     out=out, max_examples=max_examples, force=force)
+    except GoldenGateFailed as exc:  # the model failed a check, as a failed format does: exit 1
+        errors.print(f"[bold red]error:[/bold red] {escape(str(exc))}", highlight=False, soft_wrap=True)
+        raise typer.Exit(1) from None
     if as_json:
         print(json.dumps(result.verification, ensure_ascii=False, indent=2, default=str))
     else:

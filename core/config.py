@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Annotated, Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from alambic.config_problems import check_plugin_ids, describe_errors
+from alambic.config_problems import check_plugin_ids, describe_errors, unmeasured_choices
 from alambic.errors import ConfigError, did_you_mean
 
 if TYPE_CHECKING:
@@ -220,7 +220,7 @@ class PruningStep(Section):
 class Objective(Section):
     metric: Literal[
         "val_accuracy", "val_macro_f1", "size_mb", "latency_p50_ms", "latency_p90_ms", "peak_mem_mb", "model_mem_mb",
-        "params"
+        "params", "executorch_p50_ms", "executorch_p90_ms"  # the latter: search.measure.runtimes [executorch]
     ]
     mode: Literal["max", "min"]
 
@@ -256,6 +256,11 @@ class MeasureConfig(Section):
     runs: int = Field(50, ge=1, description="timed runs per length, after warm-up")
     warmup: int = Field(10, ge=0)
     memory: bool = Field(True, description="peak RSS of a fresh process loading the artifact")
+    runtimes: list[Literal["executorch"]] = Field(
+        default_factory=list, description="runtimes each candidate is also timed in after the search, besides "
+        "its artifact's own: executorch = its model as a .pte on XNNPACK's phone-CPU kernels (int8 for an int8 "
+        "candidate, else fp32; columns executorch_p50_ms, executorch_p90_ms, executorch_size_mb; needs "
+        "alambic[phone])")
 
     @field_validator("lengths")
     @classmethod
@@ -371,6 +376,14 @@ class SelectConfig(Section):
         "count as equal, the smaller (then faster) winning: 0.2 point on 2,000 rows is noise. null = one "
         "standard error of the most accurate qualifier, sqrt(p(1-p)/val_examples); 0 = exact ranking. In "
         "points, not a fraction: 1.0 = one percentage point")
+    min_golden_accuracy: float | None = Field(None, ge=0, le=1, description="lowest data.golden accuracy, a fraction")
+    max_golden_drop: float | None = Field(None, ge=0, le=100, description="accuracy points lost to the teacher on "
+                                          "data.golden")
+    max_class_recall_drop: float | None = Field(None, ge=0, le=100, description="recall points any one class may "
+                                                "lose to the teacher on data.golden (the class is named)")
+
+
+GOLDEN_LIMITS = ("min_golden_accuracy", "max_golden_drop", "max_class_recall_drop")  # held by select and export
 
 
 class ExportConfig(Section):
@@ -481,4 +494,4 @@ def _missing_files(config: RunConfig) -> list[str]:
             problems.append(f"data.{key}: file not found: {value}")
     if data.source == "files" and data.train is None:
         problems.append("data.train: required when data.source is 'files'")
-    return problems
+    return problems + unmeasured_choices(config, GOLDEN_LIMITS)

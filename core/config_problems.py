@@ -116,6 +116,19 @@ def check_plugin_ids(raw: dict[str, Any], registry: Registry) -> list[str]:
     return problems
 
 
+def unmeasured_choices(config: Any, golden_limits: tuple[str, ...]) -> list[str]:
+    """Choices on a figure nothing will measure: a golden limit without data.golden, an objective on
+    ExecuTorch latency without ``search.measure.runtimes: [executorch]``."""
+    problems = [f"select.{key}: set to {getattr(config.select, key)!r} but data.golden is not: the golden gate is "
+                f"judged on hand-checked rows; set data.golden or remove select.{key}" for key in golden_limits
+                if config.data.golden is None and getattr(config.select, key) is not None]
+    search = config.search
+    if search is not None and "executorch" not in search.measure.runtimes:
+        problems += [f"search.objectives: {o.metric} is measured only with search.measure.runtimes: [executorch]"
+                     for o in search.objectives if o.metric.startswith("executorch_")]
+    return problems
+
+
 def _packaged_names(teacher_model: Any, inits: Any) -> list[tuple[str, str]]:
     """(key, name) for each ``<source>:<model>`` the config names as weights."""
     inits = inits if isinstance(inits, dict) else {}

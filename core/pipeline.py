@@ -10,7 +10,8 @@
     #            holds this very search with every candidate ok
     # <front>    front.png beside results.parquet
     # <select>   selected.json, by the config's select section (a selection-policy plugin)
-    # <export>   export/: the bundle, skipped when it already holds the selected candidate
+    # <export>   export/: the bundle, skipped when it already holds the selected candidate; with
+    #            data.golden, refused (GoldenGateFailed) when the candidate misses the golden gate
     # <report>   report.md, report.html
 
 A run without a ``search`` section stops after the teacher (and says so). When nothing meets the
@@ -37,11 +38,12 @@ from alambic.machine import identity
 from alambic.model_sources import resolve_model
 from alambic.report.build import write_report
 from alambic.search.front import Run, load_results, mark_front
+from alambic.search.golden import export_gate
 from alambic.search.plot import plot_front
 from alambic.search.results import memo_counts
 from alambic.search.select import select, write_selected
 from alambic.search.tune import SearchResult, search, search_key
-from alambic.ship.export import EXPORT_DIR, export_stage, resolve_stage
+from alambic.ship.export import EXPORT_DIR, VERIFICATION_FILE, export_stage, resolve_stage
 
 log = logging.getLogger(__name__)
 
@@ -55,6 +57,7 @@ class PipelineResult:
     search: Any = None  # SearchResult
     selection: Any = None  # select.Selection
     export: Any = None  # export.ExportResult, or None when reused / not reached
+    golden: Any = None  # the export's golden section (figures, the teacher's, the gate's verdict); None without
     report: dict[str, str] = field(default_factory=dict)
     skipped: list[str] = field(default_factory=list)  # steps whose artifacts were reused
     notes: list[str] = field(default_factory=list)
@@ -101,9 +104,10 @@ def run_pipeline(ctx: Any, local: bool = False, on_step: Callable[[str, int, int
         result.seconds = time.perf_counter() - start
         return result
     step("export")
-    result.export = export_selected(ctx, skip_if_done=True)
+    result.export = export_selected(ctx, skip_if_done=True)  # GoldenGateFailed: the run stops, naming the miss
     if result.export is None:
         result.skipped.append("export")
+    result.golden = _golden_verdict(ctx, result.export)
     step("report")
     result.report = _report(ctx)
     result.seconds = time.perf_counter() - start
@@ -154,10 +158,14 @@ def _select(ctx: Any) -> Any:
 
 def export_selected(ctx: Any, *, candidate: str | None = None, stage: Any = None,
                     formats: Sequence[str] | None = None, options: dict[str, dict[str, Any]] | None = None,
-                    out: Any = None, max_examples: int = 2000, skip_if_done: bool = False) -> Any:
+                    out: Any = None, max_examples: int = 2000, skip_if_done: bool = False, force: bool = False) -> Any:
     """Export the selected candidate (or ``candidate`` / ``stage``) with the config's export
-    settings; with ``skip_if_done``, None when ``export/`` already holds that very candidate."""
+    settings; with ``skip_if_done``, None when ``export/`` already holds that very candidate.
+
+    With data.golden the candidate is scored on it first and held to the select section's golden
+    limits: GoldenGateFailed when it misses one, unless ``force`` (verification.json says so)."""
     stage_dir, recipe = resolve_stage(ctx.store, candidate=candidate, stage=stage)
+    golden = export_gate(ctx, stage_dir, candidate=(recipe or {}).get("candidate_id"), force=force)
     chosen = list(formats or ctx.config.export.formats)
     per_format = {"onnx": {"opset": ctx.config.export.opset}} if "onnx" in chosen else {}
     for name, values in (options or {}).items():
@@ -172,7 +180,15 @@ def export_selected(ctx: Any, *, candidate: str | None = None, stage: Any = None
     return export_stage(stage_dir, target, chosen, test_split=ctx.prepared.raw["test"], recipe=recipe,
                         metadata=metadata, options=per_format, max_length=ctx.config.tokenizer.max_length,
                         max_examples=max_examples, registry=ctx.registry,
-                        golden_split=load_golden(ctx.config.data, ctx.prepared.label_names))
+                        golden_split=load_golden(ctx.config.data, ctx.prepared.label_names), golden=golden)
+
+
+def _golden_verdict(ctx: Any, export: Any) -> Any:
+    """The golden section of the bundle just written, or of the one reused."""
+    if export is not None:
+        return export.verification.get("golden")
+    where = f"{EXPORT_DIR}/{VERIFICATION_FILE}"
+    return ctx.store.read_json(where).get("golden") if ctx.store.exists(where) else None
 
 
 def _exported(ctx: Any, stage_dir: Any, formats: Sequence[str]) -> bool:

@@ -27,6 +27,8 @@ latency limit (the tier's and ``max_latency_ms``) follows. The output says which
 
 Both policies take the explicit limits too: ``tier: mid`` with ``max_size_mb: 20`` needs both.
 ``min_accuracy`` applies to ``val_accuracy``: every choice is made on the validation split.
+Both take the golden gate too (``min_golden_accuracy``, ``max_golden_drop``, ``max_class_recall_drop``:
+on data.golden, against the teacher, per class for the last; :mod:`alambic.search.golden`).
 Which qualifying candidate wins is :func:`alambic.search.select.select`'s rule: the most accurate on
 validation, accuracies within ``accuracy_tolerance`` of it counting as equal (default one standard
 error), and among those the smaller, then the faster.
@@ -38,7 +40,9 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import alambic
+from alambic.config import GOLDEN_LIMITS
 from alambic.errors import AlambicError
+from alambic.search.golden import golden_limits
 from alambic.search.select import Limit, SelectionPolicy
 
 if TYPE_CHECKING:
@@ -93,6 +97,15 @@ MEMORY_NOTE = ("model memory = model_mem_mb: the peak RSS of a fresh process run
                "runtime differs from Python's)")
 
 
+def _ranking_options(config: SelectConfig) -> dict[str, Any]:
+    return {"phone_latency_factor": config.phone_latency_factor, "accuracy_tolerance": config.accuracy_tolerance}
+
+
+def _golden_options(config: SelectConfig) -> dict[str, Any]:
+    """The select section's golden gate, for a policy to add to its limits."""
+    return {key: getattr(config, key) for key in GOLDEN_LIMITS}
+
+
 def _check_factor(who: str, factor: float) -> None:
     if not factor > 0:
         raise AlambicError(f"selection policy '{who}': phone_latency_factor must be > 0, got {factor!r}")
@@ -116,6 +129,9 @@ class Tier(SelectionPolicy):
     phone_latency_factor: float = DEFAULT_PHONE_LATENCY_FACTOR
     memory_mb: float | None = None  # None = the tier's budget
     accuracy_tolerance: float | None = None  # points; None = one standard error (select's rule)
+    min_golden_accuracy: float | None = None  # the golden gate (data.golden, against the teacher)
+    max_golden_drop: float | None = None
+    max_class_recall_drop: float | None = None
 
     def __post_init__(self) -> None:
         if self.tier not in TIERS:
@@ -125,8 +141,7 @@ class Tier(SelectionPolicy):
 
     @classmethod
     def from_config(cls, config: SelectConfig, **options: Any) -> Tier:
-        options.setdefault("phone_latency_factor", config.phone_latency_factor)
-        options.setdefault("accuracy_tolerance", config.accuracy_tolerance)
+        options = _golden_options(config) | _ranking_options(config) | options
         return cls(tier=config.tier or "high", max_size_mb=config.max_size_mb, max_latency_ms=config.max_latency_ms,
                    min_accuracy=config.min_accuracy, **options)
 
@@ -138,7 +153,8 @@ class Tier(SelectionPolicy):
         memory = self.device.memory_mb if self.memory_mb is None else self.memory_mb
         return [phone_latency("<", self.device.latency_ms, self.phone_latency_factor),
                 Limit("model_mem_mb", "<=", memory, "model memory", "MB"),
-                *explicit_limits(self.max_size_mb, self.max_latency_ms, self.min_accuracy, self.phone_latency_factor)]
+                *explicit_limits(self.max_size_mb, self.max_latency_ms, self.min_accuracy, self.phone_latency_factor),
+                *golden_limits(self.min_golden_accuracy, self.max_golden_drop, self.max_class_recall_drop)]
 
     def summary(self) -> str:
         return f"tier '{self.tier}' ({self.device.chips}): " + ", ".join(limit.rule() for limit in self.limits())
@@ -161,12 +177,15 @@ class Constraints(SelectionPolicy):
     min_accuracy: float | None = None
     phone_latency_factor: float = DEFAULT_PHONE_LATENCY_FACTOR
     accuracy_tolerance: float | None = None  # points; None = one standard error (select's rule)
+    min_golden_accuracy: float | None = None  # the golden gate (data.golden, against the teacher)
+    max_golden_drop: float | None = None
+    max_class_recall_drop: float | None = None
 
     def __post_init__(self) -> None:
-        if self.max_size_mb is None and self.max_latency_ms is None and self.min_accuracy is None:
+        if not self.limits():
             raise AlambicError("selection policy 'constraints': give at least one of max_size_mb, max_latency_ms, "
                                "min_accuracy (the select section, or --max-size-mb / --max-latency-ms / "
-                               "--min-accuracy)")
+                               f"--min-accuracy) or of the golden limits ({', '.join(GOLDEN_LIMITS)})")
         _check_factor(self.id, self.phone_latency_factor)
         _check_tolerance(self.id, self.accuracy_tolerance)
 
@@ -175,13 +194,13 @@ class Constraints(SelectionPolicy):
         if config.tier is not None:
             raise AlambicError(f"select.tier {config.tier!r} is set but select.policy is 'constraints': "
                                "use policy 'tier' (which takes the explicit limits too), or drop the tier")
-        options.setdefault("phone_latency_factor", config.phone_latency_factor)
-        options.setdefault("accuracy_tolerance", config.accuracy_tolerance)
+        options = _golden_options(config) | _ranking_options(config) | options
         return cls(max_size_mb=config.max_size_mb, max_latency_ms=config.max_latency_ms,
                    min_accuracy=config.min_accuracy, **options)
 
     def limits(self) -> list[Limit]:
-        return explicit_limits(self.max_size_mb, self.max_latency_ms, self.min_accuracy, self.phone_latency_factor)
+        return [*explicit_limits(self.max_size_mb, self.max_latency_ms, self.min_accuracy, self.phone_latency_factor),
+                *golden_limits(self.min_golden_accuracy, self.max_golden_drop, self.max_class_recall_drop)]
 
     def notes(self) -> list[str]:
         return [latency_note(self.phone_latency_factor)] if self.max_latency_ms is not None else []

@@ -75,7 +75,7 @@ MIN_AGREEMENT = 0.99
 
 def _timing(measure: MeasureSettings) -> Any:
     """What a stage's key holds of the settings: without timing, none of them changes its result."""
-    return measure if measure.lengths else "scores only"
+    return measure.key() if measure.lengths else "scores only"
 
 
 # --- inputs ---------------------------------------------------------------------------------

@@ -1,5 +1,6 @@
-"""Batch-1 latency in PyTorch and ONNX Runtime: the timing loop, seeded inputs that are the same in
-every process, torch's threads pinned, and a measured model loaded (with quantized weights)."""
+"""Batch-1 latency in PyTorch and ONNX Runtime (ExecuTorch: alambic.compress.executorch): the timing
+loop, seeded inputs that are the same in every process, torch's threads pinned, and a measured model
+loaded (with quantized weights)."""
 
 from __future__ import annotations
 
@@ -17,7 +18,10 @@ if TYPE_CHECKING:
     from torch import Tensor
 
 #: the runtimes an artifact runs in: a quantizer names its own (``Quantizer.runtime``), each is measured here
-RUNTIMES = ("pytorch", "onnxruntime")
+#: (executorch: a .pte on XNNPACK's CPU kernels, alambic.compress.executorch; needs alambic[phone])
+RUNTIMES = ("pytorch", "onnxruntime", "executorch")
+#: runtimes a search also times each candidate in, from its model folder (``search.measure.runtimes``)
+EXTRA_RUNTIMES = ("executorch",)
 #: runtimes that cannot run on this machine, and what is measured of their artifacts instead:
 #: size and accuracy, never a latency (and never another runtime's latency in its place)
 UNTIMED = {

@@ -5,6 +5,7 @@
     m = measure_pytorch("stages/<key>/model", test, lengths=(16, 32, 64, 128), threads=1)
     m = measure_onnx("stages/<key>/onnx/model.int8-dynamic.onnx", test, (16, 32), threads=1,
                      tokenizer_files=vocab_files("stages/<key>/model"))
+    m = measure_executorch("model.pte", test, (16, 32), threads=1, vocab_size=21128)   # XNNPACK
     m.size_bytes, m.params, m.latency_ms["32"]["p50"], m.memory["peak_rss_bytes"], m.accuracy
     m.headline()     # the search's objective metrics: accuracy, size_mb, latency_p50_ms, ...
     format_measurements({"before": a, "after": b})   # a rich table, B against A
@@ -18,8 +19,9 @@ What each figure means:
 * **params**: the PyTorch model's parameters (shared tensors once); for ONNX, the elements of the
   graph's initializers (an int8 weight counts once, its scale and zero point count too).
 * **latency**: p50/p90 milliseconds of one forward pass at batch 1, for each sequence length,
-  after ``warmup`` untimed passes, in the runtime the artifact targets (PyTorch, or ONNX Runtime
-  on the CPU), with ``threads`` intra-op threads, stated in the result.
+  after ``warmup`` untimed passes, in the runtime the artifact targets (PyTorch, ONNX Runtime on
+  the CPU, or ExecuTorch's Python runtime on XNNPACK's kernels), with ``threads`` intra-op threads
+  (ExecuTorch: its thread pool, set before loading), stated in the result.
 * **peak RSS**: VmHWM of a fresh Python process that imports the runtime, loads the artifact and
   runs one batch-1 inference at the longest length; ``baseline_rss_bytes`` is its peak after the
   imports, before loading: the difference is what the model costs.
@@ -27,11 +29,13 @@ What each figure means:
 
 Every measurement carries the machine (CPU model, cores, memory) and the thread count. Latency
 is timed by :mod:`alambic.compress.latency`, peak RSS taken by :mod:`alambic.compress.memory`.
-torch, onnx and onnxruntime are imported inside the functions: ``import alambic.compress.measure`` is light.
+torch, onnx, onnxruntime and executorch are imported inside the functions: ``import alambic.compress.measure``
+is light.
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import os
@@ -43,6 +47,8 @@ from typing import Any
 from rich.markup import escape
 from rich.table import Table
 
+from alambic.compress.executorch import load_pte, pte_evaluate, pte_latency_ms
+from alambic.compress.executorch import version as executorch_version
 from alambic.compress.latency import RUNTIMES, UNTIMED, latency_ms, load_model, onnx_latency_ms, torch_threads
 from alambic.compress.memory import peak_rss
 from alambic.compress.onnx_export import file_bytes, ort_logits, ort_session
@@ -63,7 +69,7 @@ VOCAB_FILES = ("vocab.txt", "tokenizer.json")  # the first one present is what a
 class Measurement:
     """One artifact, measured. ``latency_ms`` is keyed by the sequence length, as a string (JSON)."""
 
-    runtime: str  # "pytorch" | "onnxruntime"
+    runtime: str  # "pytorch" | "onnxruntime" | "executorch"
     artifact: str  # the folder or file measured
     files: dict[str, int]  # what a phone ships: file name -> bytes
     size_bytes: int
@@ -180,18 +186,9 @@ def weight_bytes(model: Any) -> dict[str, int]:
 
 def onnx_evaluate(session: Any, dataset: Any, batch_size: int = 64) -> dict[str, Any]:
     """Accuracy, macro-F1, per-class report of an ONNX Runtime session on a tokenized split."""
-    import numpy as np
+    from alambic.train.loop import evaluate_logits
 
-    from alambic.train.loop import classification_metrics, confusion_matrix, iterate
-
-    names = dataset.features["label"].names
-    labels, predictions = [], []
-    for _, batch in iterate(dataset, batch_size):
-        predictions.append(ort_logits(session, batch).argmax(-1))
-        labels.append(batch["labels"].numpy())
-    y = np.concatenate(labels) if labels else np.zeros(0, dtype=int)
-    p = np.concatenate(predictions) if predictions else np.zeros(0, dtype=int)
-    return classification_metrics(confusion_matrix(y, p, len(names)), names)
+    return evaluate_logits(functools.partial(ort_logits, session), dataset, batch_size)
 
 
 def _max_token_id(dataset: Any) -> int:
@@ -300,15 +297,43 @@ def measure_onnx(onnx_path: str | os.PathLike[str], dataset: Any, lengths: Seque
                        machine=describe() | {"threads": threads, "runtime": f"onnxruntime {onnxruntime.__version__}"})
 
 
+def measure_executorch(pte_path: str | os.PathLike[str], dataset: Any, lengths: Sequence[int] = DEFAULT_LENGTHS,
+                       threads: int | None = None, *, tokenizer_files: Sequence[str | os.PathLike[str]] = (),
+                       vocab_size: int | None = None, params: int = 0, runs: int = 50, warmup: int = 10,
+                       memory: bool = True, batch_size: int = 64) -> Measurement:
+    """Measure an ExecuTorch program (.pte) in ExecuTorch's Python runtime, on XNNPACK's CPU kernels
+    (``threads``: its thread pool). Accuracy runs each row alone at batch 1, as a phone does.
+
+    :param tokenizer_files: shipped beside the program (the vocabulary: :func:`vocab_files`).
+    :param vocab_size: latency inputs draw token ids below it; None = the largest id in ``dataset`` + 1.
+    :param params: the source model's parameters (the program's XNNPACK blobs do not say); 0 = unknown.
+    """
+    lengths = _check(dataset, lengths)
+    threads = threads or DEFAULT_THREADS
+    path = Path(pte_path)
+    sizes = file_sizes([path, *tokenizer_files])
+    vocab_size = vocab_size or _max_token_id(dataset) + 1
+    method = load_pte(path, threads)
+    latency = {str(n): pte_latency_ms(method, vocab_size, n, runs, warmup) for n in lengths}
+    scores = pte_evaluate(method, dataset, batch_size)
+    del method
+    rss = (peak_rss(path, lengths[-1], threads, runtime="executorch", vocab_size=vocab_size)
+           if memory and lengths else {})
+    return Measurement(runtime="executorch", artifact=str(path), files=sizes, size_bytes=sum(sizes.values()),
+                       params=params, latency_ms=latency, accuracy=scores["accuracy"], macro_f1=scores["macro_f1"],
+                       examples=scores["examples"], threads=threads, runs=runs, warmup=warmup, memory=rss,
+                       machine=describe() | {"threads": threads, "runtime": executorch_version()})
+
+
 def measure_speed(runtime: str, artifact: str | os.PathLike[str], lengths: Sequence[int], threads: int, *,
                   model_dir: str | os.PathLike[str] | None = None, vocab_size: int | None = None,
                   runs: int = 50, warmup: int = 10, memory: bool = True) -> dict[str, Any]:
     """Latency at each length and peak memory of a shipped artifact, without scoring it: what the
     search's serial pass measures, after the trials, with nothing else running.
 
-    :param artifact: an ONNX file (``onnxruntime``), a save_pretrained folder, or a quantized state
-        dict loaded over ``model_dir`` (``pytorch``).
-    :param vocab_size: ONNX inputs draw token ids below it (PyTorch reads the model's).
+    :param artifact: an ONNX file (``onnxruntime``), an ExecuTorch program (``executorch``), a
+        save_pretrained folder, or a quantized state dict loaded over ``model_dir`` (``pytorch``).
+    :param vocab_size: ONNX and ExecuTorch inputs draw token ids below it (PyTorch reads the model's).
     """
     lengths = sorted({int(n) for n in lengths})
     if not lengths or lengths[0] < 2:
@@ -324,6 +349,14 @@ def measure_speed(runtime: str, artifact: str | os.PathLike[str], lengths: Seque
         del session
         rss = peak_rss(path, lengths[-1], threads, runtime=runtime, vocab_size=vocab_size) if memory else {}
         version = f"onnxruntime {onnxruntime.__version__}"
+    elif runtime == "executorch":
+        if not vocab_size:
+            raise AlambicError(f"timing {path}: no vocab_size to draw its inputs from (its model folder's config.json)")
+        method = load_pte(path, threads)
+        latency = {str(n): pte_latency_ms(method, vocab_size, n, runs, warmup) for n in lengths}
+        del method
+        rss = peak_rss(path, lengths[-1], threads, runtime=runtime, vocab_size=vocab_size) if memory else {}
+        version = executorch_version()
     elif runtime == "pytorch":
         import torch
 

@@ -10,6 +10,7 @@ import subprocess
 import sys
 
 import alambic.train.models  # noqa: F401 - loaded before the baseline: its import is not the model's cost
+from alambic.compress.executorch import load_pte, pte_logits, quiet
 from alambic.compress.latency import RUNTIMES, fixed_input, load_model, onnx_input
 from alambic.compress.onnx_export import ort_logits, ort_session
 from alambic.errors import AlambicError
@@ -22,9 +23,10 @@ def peak_rss(path: str | os.PathLike[str], length: int = 32, threads: int | None
              weights: str | os.PathLike[str] | None = None, timeout: float = 600) -> dict[str, int]:
     """Peak RSS of a fresh Python process that loads an artifact and runs one batch-1 inference.
 
-    :param path: a save_pretrained folder (``runtime="pytorch"``) or an ONNX file (``"onnxruntime"``).
+    :param path: a save_pretrained folder (``runtime="pytorch"``), an ONNX file (``"onnxruntime"``) or
+        an ExecuTorch program (``"executorch"``, ``threads`` its thread pool).
     :param threads: intra-op threads in the child; None = this process's torch threads.
-    :param vocab_size: token ids of the ONNX input are drawn below it (PyTorch reads the model's).
+    :param vocab_size: token ids of the ONNX or ExecuTorch input are drawn below it (PyTorch reads the model's).
     :param weights: a state dict (e.g. a torchao int8 one) loaded over the folder's model.
     :return: ``peak_rss_bytes``, and ``baseline_rss_bytes``, the child's peak after its imports.
     """
@@ -56,6 +58,13 @@ def _memory_child(runtime: str, path: str, length: int, threads: int, vocab_size
         baseline = own_peak_rss()
         session = ort_session(path, threads)
         ort_logits(session, onnx_input(vocab_size, length))
+    elif runtime == "executorch":
+        import torch  # noqa: F401 - the imports count in the baseline, not in the model's cost
+
+        with quiet():
+            import executorch.runtime  # noqa: F401
+        baseline = own_peak_rss()
+        pte_logits(load_pte(path, threads), fixed_input(vocab_size, length))
     else:
         import torch
         import transformers  # noqa: F401 - the imports count in the baseline, not in the model's cost

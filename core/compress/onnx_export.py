@@ -25,11 +25,12 @@ onnx and onnxruntime are imported inside the functions, so plugin discovery stay
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import os
 import shutil
 import warnings
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -251,18 +252,49 @@ def ort_logits(session: onnxruntime.InferenceSession, batch: Mapping[str, Any]) 
 def compare_logits(reference: torch.nn.Module | str | os.PathLike[str], onnx_path: str | os.PathLike[str],
                    dataset: Any, max_examples: int = 2000, batch_size: int = 64,
                    threads: int | None = None) -> dict[str, Any]:
-    """Logits of an ONNX graph against its reference on the first ``max_examples`` rows.
+    """Logits of an ONNX graph against its reference on the first ``max_examples`` rows
+    (:func:`compare_outputs`).
 
     :param reference: the PyTorch model it was exported from, or another ONNX graph (the fp32
         source of a quantized one).
     :param dataset: a tokenized Dataset (``input_ids``, ``attention_mask``, maybe
         ``token_type_ids``; ``length`` for bucketing, else computed).
+    """
+    candidate = ort_session(onnx_path, threads)
+    if isinstance(reference, (str, os.PathLike)):
+        ref_session = ort_session(reference, threads)
+        run_reference = functools.partial(ort_logits, ref_session)
+    else:
+        run_reference = torch_logits(reference)
+    return compare_outputs(run_reference, functools.partial(ort_logits, candidate), dataset, max_examples, batch_size)
+
+
+def torch_logits(model: torch.nn.Module) -> Callable[[dict[str, Any]], np.ndarray]:
+    """``batch -> logits`` (float32 numpy) of a PyTorch classifier, in eval mode, on its device."""
+    import torch
+
+    model = model.eval()
+    device = next(model.parameters()).device
+
+    def run(batch: dict[str, Any]) -> np.ndarray:
+        with torch.inference_mode():
+            inputs = {k: v.to(device) for k, v in batch.items() if k in MODEL_INPUTS}
+            return model(**inputs).logits.float().cpu().numpy()
+
+    return run
+
+
+def compare_outputs(run_reference: Callable[[dict[str, Any]], np.ndarray],
+                    run_candidate: Callable[[dict[str, Any]], np.ndarray], dataset: Any, max_examples: int = 2000,
+                    batch_size: int = 64) -> dict[str, Any]:
+    """Two ``batch -> logits`` functions (another runtime's against its source) on the first
+    ``max_examples`` rows of a tokenized dataset.
+
     :returns: ``max_abs_diff`` and ``mean_abs_diff`` of the logits, ``argmax_agreement`` (share
         of rows whose predicted class is the same) and ``examples``; with labels (>= 0) in the
-        dataset, ``accuracy`` of the graph and ``reference_accuracy`` of its reference too.
+        dataset, ``accuracy`` of the candidate and ``reference_accuracy`` of its reference too.
     """
     import numpy as np
-    import torch
 
     from alambic.train.loop import iterate
 
@@ -272,24 +304,9 @@ def compare_logits(reference: torch.nn.Module | str | os.PathLike[str], onnx_pat
     labelled = "label" in rows.column_names and len(rows) > 0 and min(rows["label"]) >= 0
     if "label" not in rows.column_names:  # collate wants one; the comparison does not read it
         rows = rows.add_column("label", [0] * len(rows))
-    candidate = ort_session(onnx_path, threads)
-    if isinstance(reference, (str, os.PathLike)):
-        ref_session = ort_session(reference, threads)
-
-        def run_reference(batch: dict[str, torch.Tensor]) -> np.ndarray:
-            return ort_logits(ref_session, batch)
-    else:
-        model = reference.eval()
-        device = next(model.parameters()).device
-
-        def run_reference(batch: dict[str, torch.Tensor]) -> np.ndarray:
-            with torch.inference_mode():
-                inputs = {k: v.to(device) for k, v in batch.items() if k in MODEL_INPUTS}
-                return model(**inputs).logits.float().cpu().numpy()
-
     diffs, agree, seen, right, right_reference = [], 0, 0, 0, 0
     for _, batch in iterate(rows, batch_size):
-        expected, got = run_reference(batch), ort_logits(candidate, batch)
+        expected, got = run_reference(batch), run_candidate(batch)
         diffs.append(np.abs(expected - got).reshape(-1))
         agree += int((expected.argmax(-1) == got.argmax(-1)).sum())
         labels = batch["labels"].numpy()
@@ -297,7 +314,7 @@ def compare_logits(reference: torch.nn.Module | str | os.PathLike[str], onnx_pat
         right_reference += int((expected.argmax(-1) == labels).sum())
         seen += len(expected)
     if not seen:
-        raise AlambicError("compare_logits: the dataset has no rows")
+        raise AlambicError("comparing logits: the dataset has no rows")
     diff = np.concatenate(diffs)
     found = {"max_abs_diff": float(diff.max()), "mean_abs_diff": float(diff.mean()),
              "argmax_agreement": agree / seen, "examples": seen}

@@ -3,6 +3,7 @@ prune stages), the pruning steps parsed from the command line, and a record's ta
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -11,6 +12,7 @@ from typing import Any
 from rich.table import Table
 
 from alambic.compress.guard import GuardDecision, format_decisions
+from alambic.compress.latency import EXTRA_RUNTIMES
 from alambic.compress.measure import DEFAULT_LENGTHS, Measurement, format_measurements
 from alambic.config import PruningStep
 from alambic.errors import AlambicError
@@ -25,6 +27,22 @@ class MeasureSettings:
     runs: int = 50
     warmup: int = 10
     memory: bool = True  # peak RSS in a child process
+    #: runtimes a search also times each candidate in, from its model folder, besides the artifact's
+    #: own (``search.measure.runtimes``: executorch); the compress chain reads none of them
+    runtimes: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "runtimes", tuple(dict.fromkeys(self.runtimes)))  # a list from the config
+        unknown = [r for r in self.runtimes if r not in EXTRA_RUNTIMES]
+        if unknown:
+            raise AlambicError(f"measure runtimes {unknown}: a search can also time candidates in "
+                               f"{', '.join(EXTRA_RUNTIMES)}")
+
+    def key(self) -> dict[str, Any]:
+        """What a stage key holds of these settings: without extra runtimes, what it held before
+        ``runtimes`` existed (the stages made then stay valid)."""
+        found = dataclasses.asdict(self)
+        return found if self.runtimes else {k: v for k, v in found.items() if k != "runtimes"}
 
 
 #: how a search's trials measure: accuracy and size only; latency and memory come from the serial

@@ -12,13 +12,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from alambic.compress.chain import MODEL_DIR, RECORD_FILE
-from alambic.data.dataset import load_golden
 from alambic.errors import AlambicError
-from alambic.fingerprint import file_sha256, stable_hash
 from alambic.paths import UnsafePathError, inside
-from alambic.report.teacher import Teacher, evaluate_artifact, measure_config, timed_teacher
+from alambic.report.teacher import Teacher, measure_config, timed_teacher
 from alambic.run import RunContext
 from alambic.search.front import RESULTS, Run, json_row, load_results, mark_front, resolve_run
+from alambic.search.golden import evaluate_rows, golden_set, stage_scores, teacher_scores
 from alambic.search.select import SELECTED
 from alambic.ship.exporter import check_record_paths
 from alambic.store import Store
@@ -91,8 +90,8 @@ def candidate_scores(run: GatheredRun, row: dict[str, Any], rows: Any, rows_key:
     """A candidate's shipped artifact (its stage's record.json says which, in which runtime) on rows."""
     stage, record = compress_stage(run, row, source)
     artifact = inside(stage, record["artifact"], source=f"{stage}/{RECORD_FILE}", key="artifact")
-    return evaluate_artifact(run.ctx, record["key"], stage / MODEL_DIR, rows, rows_key, runtime=record["runtime"],
-                             artifact=artifact)
+    return evaluate_rows(run.ctx, record["key"], stage / MODEL_DIR, rows, rows_key, runtime=record["runtime"],
+                         artifact=artifact)
 
 
 def _results_source(row: dict[str, Any]) -> str:
@@ -100,17 +99,19 @@ def _results_source(row: dict[str, Any]) -> str:
 
 
 def _golden(run: GatheredRun) -> None:
-    """Every ok candidate, and the teacher, on data.golden (the user's hand-checked rows)."""
+    """Every ok candidate, and the teacher, on data.golden (the user's hand-checked rows): the
+    scores the search made for its golden columns (alambic.search.golden), found in the store."""
     ctx = run.ctx
-    run.golden = load_golden(ctx.config.data, ctx.prepared.label_names)
-    if run.golden is None:
+    golden = golden_set(ctx)
+    if golden is None:
         return
-    key = stable_hash({"golden": file_sha256(ctx.config.data.golden), "data": ctx.prepared.report.fingerprint})
+    run.golden = golden.rows
     if run.teacher is not None:
-        run.golden_scores["teacher"] = evaluate_artifact(ctx, run.teacher.key, run.teacher.path, run.golden, key)
+        run.golden_scores["teacher"] = teacher_scores(ctx, run.teacher.key, run.teacher.path, golden)
     for row in ok_rows(run.results):
         try:
-            run.golden_scores[row["candidate_id"]] = candidate_scores(run, row, run.golden, key, _results_source(row))
+            stage, record = compress_stage(run, row, _results_source(row))
+            run.golden_scores[row["candidate_id"]] = stage_scores(ctx, stage, record, golden)
         except UnsafePathError:
             raise  # a tampered record is not a missing stage: the report stops and says where
         except (AlambicError, OSError) as exc:  # its stage gone from the store: the others still count

@@ -7,16 +7,13 @@ from __future__ import annotations
 import json
 import logging
 import tempfile
-import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from alambic.compress.measure import Measurement, measure_onnx, measure_pytorch, onnx_evaluate, vocab_files
-from alambic.compress.onnx_export import attention_dims, export_onnx, optimize_onnx, ort_session
+from alambic.compress.measure import Measurement, measure_onnx, measure_pytorch, vocab_files
+from alambic.compress.onnx_export import attention_dims, export_onnx, optimize_onnx
 from alambic.config import MeasureConfig
-from alambic.data.dataset import progress_bars
-from alambic.data.tokenize import MODEL_INPUTS
 from alambic.errors import AlambicError
 from alambic.fingerprint import stable_hash
 from alambic.machine import identity
@@ -122,50 +119,5 @@ def _time_teacher(ctx: RunContext, path: Path, runtime: str, threads: int, setti
     return found
 
 
-def evaluate_artifact(ctx: RunContext, model_key: str, model_dir: Path, rows: Any, rows_key: str, *,
-                      runtime: str = "pytorch", artifact: Path | None = None) -> dict[str, Any]:
-    """Accuracy, macro-F1, per-class report and confusion of a shipped artifact on raw rows (text,
-    label), tokenized by the model folder's own tokenizer (a pruned vocabulary has its own); cached
-    as an ``evaluation`` stage keyed by the model's stage and ``rows_key`` (what the rows are)."""
-    stage = stable_hash({"stage": "evaluation", "model": model_key, "rows": rows_key, "runtime": runtime,
-                         "max_length": ctx.config.tokenizer.max_length})[:32]
-
-    def build(folder: Path) -> dict[str, Any]:
-        metrics = _evaluate(ctx, model_dir, rows, runtime, artifact)
-        (folder / METRICS_FILE).write_text(json.dumps(metrics, ensure_ascii=False, indent=2), encoding="utf-8")
-        return {k: metrics[k] for k in ("accuracy", "macro_f1", "examples")}
-
-    ctx.store.get_or_build_stage(stage, "evaluation", build)
-    done = ctx.store.local_path(ctx.store.stage_path(stage)) / METRICS_FILE
-    return json.loads(done.read_text(encoding="utf-8"))
-
-
-def _evaluate(ctx: RunContext, model_dir: Path, rows: Any, runtime: str, artifact: Path | None) -> dict[str, Any]:
-    from transformers import AutoModelForSequenceClassification, AutoTokenizer
-
-    tokenizer = AutoTokenizer.from_pretrained(str(model_dir)) if vocab_files(model_dir) else ctx.prepared.tokenizer
-    length = ctx.config.tokenizer.max_length
-
-    def encode(batch: dict[str, list[Any]]) -> dict[str, Any]:
-        found = tokenizer(batch["text"], truncation=True, max_length=length)
-        return {k: found[k] for k in MODEL_INPUTS if k in found} | {"length": [len(i) for i in found["input_ids"]]}
-
-    with progress_bars(False):  # a given fingerprint spares datasets from hashing the tokenizer
-        tokenized = rows.map(encode, batched=True, remove_columns=["text"], new_fingerprint=uuid.uuid4().hex)
-    if runtime == "onnxruntime":
-        return onnx_evaluate(ort_session(artifact, 1), tokenized)
-    if runtime != "pytorch":
-        raise AlambicError(f"cannot evaluate runtime {runtime!r} here (pytorch and onnxruntime can be)")
-    from alambic.train.loop import evaluate
-
-    model = load_pretrained(model_dir, AutoModelForSequenceClassification).eval()
-    if artifact is not None and artifact.is_file():  # a quantized state dict shipped instead of the weights
-        import torch
-        import torchao.quantization  # noqa: F401 - registers the int8 tensor classes for loading
-
-        model.load_state_dict(torch.load(artifact, weights_only=True, mmap=True), assign=True)
-    return evaluate(model, tokenized)
-
-
-__all__ = ["METRICS_FILE", "TEACHER_RUNTIMES", "Teacher", "evaluate_artifact", "measure_config", "p50_ms",
+__all__ = ["METRICS_FILE", "TEACHER_RUNTIMES", "Teacher", "measure_config", "p50_ms",
            "teacher_measurement", "timed_teacher"]

@@ -21,7 +21,7 @@ from typing import Any
 #: what Tune optimizes in place of an objective a trial cannot measure (latency and memory are
 #: timed after the search, alambic.search.timing): the candidate's parameters, its shipped size
 PROXIES = {"latency_p50_ms": "params", "latency_p90_ms": "params", "peak_mem_mb": "size_mb",
-           "model_mem_mb": "size_mb"}
+           "model_mem_mb": "size_mb", "executorch_p50_ms": "params", "executorch_p90_ms": "params"}
 #: what a "min" objective a candidate did not measure reports: worse than any real figure
 UNMEASURED = 1e12
 

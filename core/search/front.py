@@ -59,10 +59,11 @@ REQUIRED = ("candidate_id", "status")  # the rest is checked where it is used
 #: the accuracy every choice is made on (the shipped artifact on the validation split)
 ACCURACY = "val_accuracy"
 METRICS = ("val_accuracy", "val_macro_f1", "test_accuracy", "test_macro_f1", "student_val_accuracy",
-           "student_test_accuracy", "size_mb", "latency_p50_ms", "latency_p90_ms", "peak_mem_mb", "model_mem_mb")
+           "student_test_accuracy", "size_mb", "latency_p50_ms", "latency_p90_ms", "peak_mem_mb", "model_mem_mb",
+           "executorch_p50_ms", "executorch_p90_ms")
 COUNTS = ("params", "val_examples", "test_examples")  # integers, null for failed rows
 #: the objectives a runtime that cannot run here leaves empty (alambic.compress.latency.UNTIMED)
-TIMED = ("latency_p50_ms", "latency_p90_ms", "peak_mem_mb", "model_mem_mb")
+TIMED = ("latency_p50_ms", "latency_p90_ms", "peak_mem_mb", "model_mem_mb", "executorch_p50_ms", "executorch_p90_ms")
 #: search.objectives' default (config.SearchConfig): used when RUN is not a config
 DEFAULT_OBJECTIVES = (("val_accuracy", "max"), ("size_mb", "min"), ("latency_p50_ms", "min"))
 Objectives = Sequence[Any]  # (metric, mode) pairs or config.Objective

@@ -17,12 +17,18 @@ from alambic.search import front
 #: test_*: the same artifact on test, measured once and only reported. student_*: the distilled
 #: student before the chain. Latency and memory: the serial pass after the search (alambic.search.timing);
 #: latency_note: why they are empty for a candidate whose runtime cannot run here (Core ML).
+#: golden_*: with data.golden, the artifact on those rows in its runtime (a Core ML candidate: its stage's
+#: PyTorch model, alambic.search.golden.NOTES), golden_recall per class (JSON); golden_teacher_*: the
+#: teacher's, the same in every row. Empty without data.golden. The golden gate of select reads them.
+#: executorch_*: with search.measure.runtimes [executorch], the model as a .pte on XNNPACK (alambic.search.timing).
 COLUMNS = ("candidate_id", "trial_id", "node_id", "student", "settings", "pruning", "quantization",
            "val_accuracy", "val_macro_f1", "val_examples", "test_accuracy", "test_macro_f1", "test_examples",
-           "student_val_accuracy", "student_test_accuracy", "size_mb", "latency_p50_ms", "latency_p90_ms",
+           "student_val_accuracy", "student_test_accuracy", "golden_accuracy", "golden_examples", "golden_recall",
+           "golden_teacher_accuracy", "golden_teacher_recall", "size_mb", "latency_p50_ms", "latency_p90_ms",
            "peak_mem_mb", "model_mem_mb", "params", "runtime", "latency_threads", "latency_machine", "latency_note",
-           "status", "error", "distill_key", "prune_key", "compress_key", "stage", "artifact", "distill_reused",
-           "prune_reused", "compress_reused", "seconds", "on_front")
+           "executorch_p50_ms", "executorch_p90_ms", "executorch_size_mb", "status", "error", "distill_key",
+           "prune_key", "compress_key", "stage", "artifact", "distill_reused", "prune_reused", "compress_reused",
+           "seconds", "on_front")
 
 
 def mark_front(rows: list[dict[str, Any]], objectives: Sequence[Any]) -> list[dict[str, Any]]:
@@ -67,17 +73,18 @@ def write_results(store: Any, rows: Sequence[Mapping[str, Any]]) -> str:
 
 
 def _cell(value: Any) -> Any:
-    return json.dumps(value) if isinstance(value, (list, dict)) else value
+    return json.dumps(value, ensure_ascii=False) if isinstance(value, (list, dict)) else value  # names as written
 
 
 def _arrow_types() -> dict[str, Any]:
     import pyarrow as pa
 
     floats = ("val_accuracy", "val_macro_f1", "test_accuracy", "test_macro_f1", "student_val_accuracy",
-              "student_test_accuracy", "size_mb", "latency_p50_ms", "latency_p90_ms", "peak_mem_mb", "model_mem_mb",
-              "seconds")
+              "student_test_accuracy", "golden_accuracy", "golden_teacher_accuracy", "size_mb", "latency_p50_ms",
+              "latency_p90_ms", "peak_mem_mb", "model_mem_mb", "seconds", "executorch_p50_ms", "executorch_p90_ms",
+              "executorch_size_mb")
     bools = ("distill_reused", "prune_reused", "compress_reused", "on_front")
-    ints = ("params", "latency_threads", "val_examples", "test_examples")
+    ints = ("params", "latency_threads", "val_examples", "test_examples", "golden_examples")
     return ({k: pa.float64() for k in floats} | {k: pa.bool_() for k in bools} | {k: pa.int64() for k in ints}
             | {k: pa.string() for k in COLUMNS if k not in floats + bools + ints})
 

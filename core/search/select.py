@@ -31,7 +31,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from alambic import __version__
-from alambic.config import SelectConfig
+from alambic.config import GOLDEN_LIMITS, SelectConfig
 from alambic.config_problems import describe_errors
 from alambic.errors import AlambicError, ConfigError
 from alambic.manager import build_registry
@@ -113,11 +113,16 @@ class SelectionPolicy:
     accurate on validation, where accuracies within ``accuracy_tolerance`` of the best count as
     equal; among those, the smaller, then the faster. Subclasses set ``id`` and implement
     ``from_config`` and ``limits``; a dataclass field ``accuracy_tolerance`` (points, None = one
-    standard error, 0 = exact ranking) lets the select section's value through.
+    standard error, 0 = exact ranking) lets the select section's value through. The golden gate
+    (``min_golden_accuracy``, ``max_golden_drop``, ``max_class_recall_drop``: alambic.search.golden)
+    is a policy's to add to its limits, as the built-ins do; export holds to it whatever the policy.
     """
 
     id: ClassVar[str] = ""
     accuracy_tolerance: float | None = None  # select's rule, not a limit: see select()
+    min_golden_accuracy: float | None = None  # the golden gate: None = not asked
+    max_golden_drop: float | None = None
+    max_class_recall_drop: float | None = None
 
     @classmethod
     def from_config(cls, config: SelectConfig, **options: Any) -> SelectionPolicy:
@@ -133,8 +138,9 @@ class SelectionPolicy:
         return f"policy '{self.id}': " + ", ".join(limit.rule() for limit in self.limits())
 
     def settings(self) -> dict[str, Any]:
-        """What was asked, as JSON (selected.json's ``constraints``)."""
-        return dataclasses.asdict(self) if dataclasses.is_dataclass(self) else {}
+        """What was asked, as JSON (selected.json's ``constraints``); a golden limit only when set."""
+        found = dataclasses.asdict(self) if dataclasses.is_dataclass(self) else {}
+        return {k: v for k, v in found.items() if not (k in GOLDEN_LIMITS and v is None)}
 
     def notes(self) -> list[str]:
         """Caveats to print with the choice (e.g. how phone latency is estimated)."""
@@ -224,7 +230,9 @@ class NothingQualifies(AlambicError):
         for near in selection.nearest:
             lines.append(f"  {near.candidate_id} (val accuracy {format_cell(near.row.get(ACCURACY), ACCURACY)}, "
                          f"{format_cell(near.row.get('size_mb'), 'size_mb')} MB): {'; '.join(near.misses)}")
-        lines.append("Relax a limit (--max-size-mb, --max-latency-ms, --min-accuracy, another --tier) "
+        asked = any(k in selection.constraints for k in GOLDEN_LIMITS)
+        golden = " or the select section's golden limits" if asked else ""
+        lines.append(f"Relax a limit (--max-size-mb, --max-latency-ms, --min-accuracy, another --tier{golden}) "
                      "or search further.")
         super().__init__("\n".join(lines))
 
@@ -265,6 +273,7 @@ def select(df: pd.DataFrame, policy: SelectionPolicy | SelectConfig | Mapping[st
     setting = policy.accuracy_tolerance
     df = mark_front(df, objectives or df.attrs.get("objectives") or DEFAULT_OBJECTIVES, setting)
     limits = tuple(policy.limits())
+    _need_golden(df, policy)
     need_columns(df, [ACCURACY, "size_mb", "latency_p50_ms", *(limit.metric for limit in limits)],
                  f"policy '{policy.id}'")
     rows = [json_row(row) for _, row in df[df["status"] == "ok"].iterrows()]
@@ -287,6 +296,15 @@ def select(df: pd.DataFrame, policy: SelectionPolicy | SelectConfig | Mapping[st
     reasons = [f"meets {limit.describe(best)}" for limit in limits]
     reasons += [_why_best(best, fits, equal, tolerance), _front_note(best, base["objectives"])]
     return Selection(row=best, reasons=tuple(reasons), tolerance=tolerance, **base)
+
+
+def _need_golden(df: pd.DataFrame, policy: SelectionPolicy) -> None:
+    """A golden limit needs the golden figures a search with data.golden writes."""
+    asked = [k for k in GOLDEN_LIMITS if getattr(policy, k, None) is not None]
+    if asked and ("golden_accuracy" not in df or df["golden_accuracy"].isna().all()):
+        raise AlambicError(f"select.{asked[0]}: the results table has no golden figures (golden_accuracy): set "
+                           "data.golden in the run config and run the search again (alambic search RUN); "
+                           "its stages are reused")
 
 
 def _number(row: Mapping[str, Any], key: str, sign: float = 1.0) -> float:
@@ -363,11 +381,13 @@ def format_selection(selection: Selection) -> Group:
                        ("runtime", "runtime"), ("val accuracy", "val_accuracy"),
                        ("val accuracy ±1 SE, pt", "val_accuracy_se"), ("val macro-F1", "val_macro_f1"),
                        ("test accuracy (reported only)", "test_accuracy"),
-                       ("test macro-F1 (reported only)", "test_macro_f1"), ("size MB", "size_mb"),
+                       ("test macro-F1 (reported only)", "test_macro_f1"),
+                       ("golden accuracy", "golden_accuracy"), ("teacher's golden accuracy", "golden_teacher_accuracy"),
+                       ("size MB", "size_mb"),
                        ("latency p50 ms", "latency_p50_ms"), ("latency p90 ms", "latency_p90_ms"),
                        ("peak memory MB", "peak_mem_mb"), ("latency measured on", "latency_machine"),
                        ("artifact", "artifact")):
-        if key in row:
+        if key in row and not (key.startswith("golden") and row[key] is None):  # golden: only a run with it
             table.add_row(label, escape(format_cell(row[key], key)))
     if selection.tolerance is not None:
         table.add_row("accuracy tolerance", escape(selection.tolerance.text().removeprefix("the tolerance of ")))

@@ -16,6 +16,8 @@ reuses everything::
                                                        #   workers_per_trial > 1, else in-process
              prune(steps) -> quantize + score          # stages (alambic.compress.chain): validation and
                                                        #   test accuracy, size; no timing here
+             golden                                    # with data.golden: the artifact on it (a stage;
+                                                       #   the teacher's scored once by the driver)
              candidates/<id>.json                      # the row, written atomically
     driver:  time each candidate, one at a time        # alambic.search.timing: latency, memory, this node
              results.parquet (one row per candidate, on_front marked), alambic_after_search
@@ -58,6 +60,7 @@ from alambic.fingerprint import stable_hash
 from alambic.manager import get_plugin_manager
 from alambic.run import RunContext
 from alambic.search.algorithms import search_algorithm, tune_metrics
+from alambic.search.golden import golden_figures, golden_set, stage_scores, teacher_scores
 from alambic.search.results import COLUMNS, mark_front, memo_counts, write_results
 from alambic.search.space import Candidate, Space, check_space
 from alambic.search.timing import time_candidates
@@ -89,6 +92,8 @@ class SearchJob:
     tokenized_key: str = ""  # the driver's ctx.prepared.tokenized_key: what the stage keys need
     name: str = ""  # the search (search_key): a candidate's row counts only for the search that wrote it
     resumed: bool = False  # a resumed search keeps the rows its interrupted run finished
+    golden: Any = None  # GoldenSet: data.golden's rows, read once by the driver; None without data.golden
+    golden_teacher: dict[str, Any] = field(default_factory=dict)  # the teacher's golden columns, every row
     space: Space = field(init=False)
 
     def __post_init__(self) -> None:
@@ -163,11 +168,12 @@ def run_candidate(ctx: Any, candidate: Candidate, job: SearchJob, trial_id: str 
                           teacher=job.teacher)
         row |= {"distill_key": student.key, "distill_reused": student.reused}
         record = compress(ctx, student.path, list(candidate.pruning), candidate.quantization, measure=SCORES_ONLY)
+        golden = _golden_columns(ctx, record, job)
     except Exception as exc:  # noqa: BLE001 - a candidate's failure is data, the search goes on
         log.warning("candidate %s failed: %s", candidate.id, exc, exc_info=log.isEnabledFor(logging.DEBUG))
         row |= {"status": "failed", "error": f"{type(exc).__name__}: {exc}"}
     else:
-        row |= scores(record) | {"status": "ok", "runtime": record.runtime, "prune_key": record.prune_key,
+        row |= scores(record) | golden | {"status": "ok", "runtime": record.runtime, "prune_key": record.prune_key,
                                  "compress_key": record.key, "prune_reused": record.prune_reused,
                                  "compress_reused": record.reused}
         run_dir = ctx.store.local_path("")
@@ -189,6 +195,13 @@ def scores(record: Any) -> dict[str, Any]:
             "test_macro_f1": after["macro_f1"], "test_examples": record.after.examples,
             "student_val_accuracy": record.record["validation_accuracy"]["before"],
             "student_test_accuracy": before["accuracy"], "size_mb": after["size_mb"], "params": after["params"]}
+
+
+def _golden_columns(ctx: Any, record: Any, job: SearchJob) -> dict[str, Any]:
+    """The shipped artifact on data.golden (a stage), beside the teacher's figures; {} without it."""
+    if job.golden is None:
+        return {}
+    return golden_figures(stage_scores(ctx, record.path, record.record, job.golden)) | job.golden_teacher
 
 
 def _base_row(candidate: Candidate, trial_id: str) -> dict[str, Any]:
@@ -214,9 +227,15 @@ class SearchResult:
 
 
 def search_key(ctx: Any, teacher_key: str) -> str:
-    """Names the Tune experiment: the same search of the same run resumes the same experiment."""
-    return stable_hash({"search": ctx.config.search, "distill": ctx.config.distill, "guard": ctx.config.guard,
-                        "teacher": teacher_key, "data": ctx.prepared.tokenized_key})[:12]
+    """Names the Tune experiment: the same search of the same run resumes the same experiment.
+    data.golden counts (its rows give every row golden figures); a run without one keys as before."""
+    search = ctx.config.search.model_dump(mode="json")
+    if not search["measure"]["runtimes"]:  # a search without extra runtimes keys as before they existed
+        del search["measure"]["runtimes"]
+    inputs = {"search": search, "distill": ctx.config.distill, "guard": ctx.config.guard,
+              "teacher": teacher_key, "data": ctx.prepared.tokenized_key}
+    golden = golden_set(ctx)
+    return stable_hash(inputs | ({"golden": golden.key} if golden is not None else {}))[:12]
 
 
 def trial_resources(search: Any, gpus_available: bool) -> tuple[dict[str, float], bool, float]:
@@ -270,6 +289,9 @@ def search(ctx: Any, *, resume: bool = False, on_row: Callable[[dict[str, Any]],
     check_space(ctx)
     teacher = train_teacher(ctx)
     teacher_logits(ctx, teacher)  # once, here: no trial waits for another to compute them
+    golden = golden_set(ctx)  # read once, here; the teacher scored on it once (a stage)
+    golden_teacher = {} if golden is None else golden_figures(teacher_scores(ctx, teacher.key, teacher.path, golden),
+                                                               "golden_teacher")
     ensure_ray(ctx.config.ray.address, quiet=ctx.quiet)
     import ray
 
@@ -293,7 +315,7 @@ def search(ctx: Any, *, resume: bool = False, on_row: Callable[[dict[str, Any]],
     resumed = resume and tune.Tuner.can_restore(experiment)
     job = SearchJob(config=config, registry=ctx.registry, teacher=teacher,
                     train_in_trial=in_trial, since=time.time(), tokenized_key=ctx.prepared.tokenized_key, name=name,
-                    resumed=resumed)
+                    resumed=resumed, golden=golden, golden_teacher=golden_teacher)
     trainable = tune.with_resources(tune.with_parameters(candidate_trial, job=job), resources)
     plan = {"name": name, "storage": storage, "algorithm": ctx.config.search.algorithm,
             "candidates": space.size() if algo is None and samples == 1 else samples,

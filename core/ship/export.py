@@ -18,7 +18,8 @@ The bundle is built in a scratch folder beside ``out_dir`` and renamed into plac
 ``build_artifact``), so a reader sees the previous export or the new one, whole::
 
     export/hf/ onnx/ coreml/    one folder per format that exported
-    export/verification.json    every check, per format; the failed formats and their fallbacks
+    export/verification.json    every check, per format; the failed formats and their fallbacks; with
+                                data.golden, the candidate's and the teacher's figures there and the gate's verdict
     export/README.md            for the app developer: files, inputs/outputs, tokenization, labels
     export/baseline.json        what `alambic monitor` compares production predictions with
     export/manifest.json        files (sha256, size), formats, input/output spec, metrics, recipe
@@ -82,7 +83,7 @@ def export_stage(stage_dir: str | Path, out_dir: str | Path, formats: Sequence[s
                  test_split: Any = None, recipe: Mapping[str, Any] | None = None,
                  metadata: Mapping[str, Any] | None = None, options: Mapping[str, Mapping[str, Any]] | None = None,
                  max_length: int | None = None, max_examples: int = 2000, registry: Any = None,
-                 golden_split: Any = None) -> ExportResult:
+                 golden_split: Any = None, golden: Mapping[str, Any] | None = None) -> ExportResult:
     """Export a compress stage in each of ``formats`` into ``out_dir``, verify, write the bundle.
 
     :param test_split: rows to verify on (raw ``text``/``label``, or tokenized); None = checks
@@ -93,6 +94,8 @@ def export_stage(stage_dir: str | Path, out_dir: str | Path, formats: Sequence[s
     :param max_length: the longest input (tokens) the exported models take; default: the tokenizer's.
     :param golden_split: data.golden's raw rows, for the monitoring baseline (``baseline.json``,
         :mod:`alambic.ship.baseline`) beside the test split's.
+    :param golden: verification.json's ``golden`` section (:func:`alambic.search.golden.export_gate`):
+        the candidate on data.golden, the teacher's figures, the gate's verdict.
     """
     if registry is None:
         registry = build_registry()
@@ -123,7 +126,7 @@ def export_stage(stage_dir: str | Path, out_dir: str | Path, formats: Sequence[s
                 log.warning("%s", failed[cls.id].message)
                 log.debug("%s export failed", cls.id, exc_info=True)
                 shutil.rmtree(folder, ignore_errors=True)
-        verification = _verification(source, exported, failed)
+        verification = _verification(source, exported, failed) | ({"golden": dict(golden)} if golden else {})
         (tmp / VERIFICATION_FILE).write_text(json.dumps(verification, ensure_ascii=False, indent=2, default=str)
                                              + "\n", encoding="utf-8")
         (tmp / README_FILE).write_text(bundle_readme(source, exported, failed), encoding="utf-8")
@@ -263,7 +266,21 @@ def format_verification(result: ExportResult) -> Table:
             table.add_row(name, escape(f"size {file}"), STRUCTURE, f"{size / 1e6:.2f} MB", "")
     for failure in result.failed.values():
         table.add_row(failure.format, "[red]not exported[/red]", "", escape(failure.message), "[red]FAILED[/red]")
+    golden = result.verification.get("golden")
+    if golden:
+        gate = golden["gate"]
+        mark = "[green]ok[/green]" if gate["passed"] else "[red]FAILED (forced)[/red]" if gate["forced"] else ""
+        table.add_row("golden", "the gate: " + escape(", ".join(gate["limits"]) or "no limit set"),
+                      f"{golden['scored_in']}, data.golden", escape(golden_line(golden)), mark)
     return table
+
+
+def golden_line(golden: Mapping[str, Any]) -> str:
+    """"accuracy 0.950 on 40 rows (teacher 0.975)", then what the gate missed."""
+    teacher = golden.get("teacher")
+    text = f"accuracy {golden['accuracy']:.3f} on {golden['rows']} rows"
+    text += f" (teacher {teacher['accuracy']:.3f})" if teacher else " (the teacher not trained: no figure)"
+    return "; ".join([text, *golden["gate"]["misses"]])
 
 
 # --- which stage ----------------------------------------------------------------------------

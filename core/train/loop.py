@@ -184,6 +184,20 @@ def evaluate(model: torch.nn.Module, dataset: Any, batch_size: int = 128, *, ran
     return classification_metrics(confusion.numpy(), names)
 
 
+def evaluate_logits(logits_of: Callable[[dict[str, torch.Tensor]], np.ndarray], dataset: Any,
+                    batch_size: int = 64) -> dict[str, Any]:
+    """Metrics of another runtime on ``dataset``: ``logits_of(batch)`` gives its logits (numpy) for
+    each batch (ONNX Runtime, ExecuTorch)."""
+    names = dataset.features["label"].names
+    labels, predictions = [], []
+    for _, batch in iterate(dataset, batch_size):
+        predictions.append(logits_of(batch).argmax(-1))
+        labels.append(batch["labels"].numpy())
+    y = np.concatenate(labels) if labels else np.zeros(0, dtype=int)
+    p = np.concatenate(predictions) if predictions else np.zeros(0, dtype=int)
+    return classification_metrics(confusion_matrix(y, p, len(names)), names)
+
+
 # --- the loop -------------------------------------------------------------------------------
 
 #: compute_loss(model, batch, rows) -> (loss, {name: float}) ; rows are the dataset row indices

@@ -97,3 +97,12 @@ def test_unknown_model_sources_and_student_ids_in_init_are_named(write_config, m
                for p in found), found
     assert any(p.startswith("search.student_init.roberta-l5: unknown students id 'roberta-l5' "
                             "(did you mean 'roberta-l4'?)") for p in found), found
+
+
+def test_an_executorch_objective_needs_the_executorch_timing(write_config, minimal_config):
+    objectives = [{"metric": "val_accuracy", "mode": "max"}, {"metric": "executorch_p50_ms", "mode": "min"}]
+    minimal_config["search"] = {"students": ["roberta-l4"], "objectives": objectives}
+    (problem,) = problems(write_config(minimal_config), registry=fake_registry())
+    assert problem == "search.objectives: executorch_p50_ms is measured only with search.measure.runtimes: [executorch]"
+    minimal_config["search"]["measure"] = {"runtimes": ["executorch"]}
+    assert load_config(write_config(minimal_config), registry=fake_registry()).search.measure.runtimes == ["executorch"]

@@ -20,6 +20,8 @@ LAZY = {
     "onnx": "only export, quantization and measurement read graphs",
     "onnxruntime": "loads native runtime libraries; only scoring and timing ONNX graphs use it",
     "coremltools": "slow to import and warns about torch versions; only the Core ML export uses it",
+    "executorch": "seconds to import (torch, its compiler, native kernels), an optional extra; only the .pte "
+                  "export and its timing use it",
     "matplotlib": "half a second to import; only the front's plot and the HTML report draw",
     "optuna": "only the search's algorithm (TPE / NSGA-II) uses it",
     "numpy": "only the numeric modules use it; the frame and the CLI's start stay without it",

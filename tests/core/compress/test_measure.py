@@ -1,5 +1,6 @@
 """core/compress/measure.py: size on disk, parameters, latency, peak RSS and accuracy of an artifact, in
-PyTorch and in ONNX Runtime, with the machine and the thread count stated."""
+PyTorch and in ONNX Runtime, with the machine and the thread count stated; and the runtime contract:
+every runtime in RUNTIMES timed the same way (ExecuTorch's own measurement: test_executorch.py)."""
 
 from __future__ import annotations
 
@@ -11,11 +12,13 @@ import torch
 from datasets import ClassLabel, Dataset, Features, List, Value
 from rich.console import Console
 
+from alambic.compress.latency import RUNTIMES, UNTIMED
 from alambic.compress.measure import (
     Measurement,
     format_measurements,
     measure_onnx,
     measure_pytorch,
+    measure_speed,
     model_files,
     size_on_disk,
     vocab_files,
@@ -131,3 +134,48 @@ def test_bad_inputs_are_refused(folder, test_split):
         measure_pytorch(folder, test_split, (1,), threads=1, memory=False, **FAST)
     with pytest.raises(AlambicError, match="rows"):
         measure_pytorch(folder, test_split.select([]), LENGTHS, threads=1, memory=False, **FAST)
+
+
+# --- the runtime contract -------------------------------------------------------------------
+
+
+def _artifact(runtime: str, folder, tmp_path):
+    """An artifact of the test model in ``runtime``: what its measurement times."""
+    from transformers import AutoModelForSequenceClassification
+
+    if runtime == "pytorch":
+        return folder
+    model = AutoModelForSequenceClassification.from_pretrained(folder).eval()
+    if runtime == "onnxruntime":
+        from alambic.compress.onnx_export import export_onnx
+
+        return export_onnx(model, tmp_path / "model.onnx")
+    if runtime == "executorch":
+        pytest.importorskip("executorch", reason="ExecuTorch is not installed: pip install -e '.[phone]'")
+        from alambic.compress.executorch import export_pte
+
+        return export_pte(model, tmp_path / "model.pte", max_length=16).path
+    raise AssertionError(f"a runtime without a contract: make an artifact of {runtime!r} here")
+
+
+@pytest.mark.parametrize("runtime", RUNTIMES)
+def test_every_runtime_is_timed_with_its_memory_threads_and_version(runtime, folder, tmp_path):
+    """What a search's serial pass asks of every runtime in RUNTIMES: latency at each length, the
+    peak RSS of a fresh process running it, the threads, and the runtime's name and version."""
+    found = measure_speed(runtime, _artifact(runtime, folder, tmp_path), (8, 16), threads=1, vocab_size=VOCAB,
+                          model_dir=folder, runs=2, warmup=0, memory=True)
+    assert set(found["latency_ms"]) == {"8", "16"}
+    assert all(0 < t["p50"] <= t["p90"] < 5000 for t in found["latency_ms"].values())
+    assert found["memory"]["peak_rss_bytes"] > found["memory"]["baseline_rss_bytes"] > 0
+    assert found["threads"] == found["machine"]["threads"] == 1 and found["machine"]["cpu"]
+    package = {"pytorch": "torch", "onnxruntime": "onnxruntime", "executorch": "executorch"}[runtime]
+    assert found["machine"]["runtime"].split()[0] == package
+
+
+def test_runtimes_that_cannot_run_here_are_never_timed(folder):
+    for runtime in UNTIMED:
+        with pytest.raises(AlambicError, match="cannot time"):
+            measure_speed(runtime, folder, (8,), threads=1)
+    with pytest.raises(AlambicError, match="unknown runtime"):
+        measure_speed("tflite", folder, (8,), threads=1)
+    assert not set(UNTIMED) & set(RUNTIMES)

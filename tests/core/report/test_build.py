@@ -18,6 +18,7 @@ from alambic.errors import DataError
 from alambic.report import build as report_module
 from alambic.report import teacher as teacher_module
 from alambic.report.document import Items, Table
+from alambic.search import golden as golden_module
 
 LABELS = ("体育", "财经")
 
@@ -214,7 +215,7 @@ def test_a_second_report_measures_and_evaluates_nothing_and_shows_the_export(run
                  max_length=16, registry=ctx.registry)
     monkeypatch.setattr(teacher_module, "measure_pytorch", lambda *a, **k: pytest.fail("the teacher was measured again"))
     monkeypatch.setattr(teacher_module, "measure_onnx", lambda *a, **k: pytest.fail("the teacher was timed again"))
-    monkeypatch.setattr(teacher_module, "_evaluate", lambda *a, **k: pytest.fail("evaluated again"))
+    monkeypatch.setattr(golden_module, "_evaluate", lambda *a, **k: pytest.fail("evaluated again"))
     report = report_module.build_report(ctx)
     assert report.missing == []
     export = section(report, "export")

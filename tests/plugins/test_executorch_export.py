@@ -57,6 +57,7 @@ def test_a_model_folder_exports_fp32_and_agrees_on_every_row():
         json.dumps(result.to_dict(), default=str)
 
 
+@pytest.mark.slow  # ~30 s: int8 lowering; the fp32 export's checks run in CI
 def test_cli_export_of_an_int8_stage_writes_a_verified_int8_pte(run, tmp_path):  # noqa: F811 - the fixture
     from alambic.compress.executorch import compare_pte, load_pte
     from alambic.ship.exporter import load_source

@@ -2,6 +2,7 @@
 
     python benchmarks/inference.py [--models teacher,roberta-l4,tinybert-4l,mobilebert-adapter]
                                    [--lengths 16,32,64,128] [--threads 2] [--runs 50] [--warmup 10]
+                                   [--runtimes "ONNX Runtime fused,ExecuTorch XNNPACK fp32,..."]
                                    [--config examples/thucnews.yaml] [--out results.json]
 
 Models: full size with random weights (latency does not depend on their values), 10 labels,
@@ -24,6 +25,11 @@ config; the others are the student plugins. Runtimes, one row per (model, runtim
                                      the dynamic-int8 quantizer ships and measures by default
   ONNX Runtime static int8 (QDQ)     int8_static (minmax) on the unfused export, calibrated on the
                                      first 64 THUCNews training headlines (the config's tokenizer)
+  ExecuTorch XNNPACK fp32 / int8     export_pte: the model as an ExecuTorch program lowered to the
+                                     XNNPACK delegate (the kernels ExecuTorch runs on iOS and Android
+                                     CPUs), int8 by PT2E (per-channel weights, calibrated on those
+                                     headlines), run in ExecuTorch's Python runtime with its thread
+                                     pool sized to --threads; the note: argmax agreement with PyTorch
 
 ``--artifact LABEL=FILE.onnx`` adds rows for a model alambic built (e.g. a compress stage's
 ``model.int8-dynamic.onnx``), timed in alambic's session; its FLOPs come from the config.json of
@@ -77,7 +83,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
 from typing import Any
@@ -91,6 +97,7 @@ from onnx import TensorProto, helper, numpy_helper
 from transformers import BertForSequenceClassification
 
 from alambic import machine
+from alambic.compress.executorch import compare_pte, export_pte, load_pte, pte_latency_ms
 from alambic.compress.latency import latency_ms, onnx_latency_ms, timed, torch_threads
 from alambic.compress.measure import REFERENCE_LENGTH
 from alambic.compress.onnx_export import (
@@ -112,6 +119,7 @@ from alambic.train.models import teacher_config
 MODELS = ("teacher", "roberta-l4", "tinybert-4l", "mobilebert-adapter")
 NUM_LABELS = 10
 CALIBRATION_EXAMPLES = 64
+MAX_PTE_LENGTH = 128  # the ExecuTorch programs' longest input (their dynamic length's bound)
 BASELINE = ("teacher", "PyTorch fp32")  # the speed-ups are against this row at the same length
 FUSED_INT8 = "ONNX Runtime fused + dynamic int8"
 #: (M, K, N) of the ceiling's matrix products: large enough for peak, and one BERT FFN at 32 tokens
@@ -132,6 +140,7 @@ class Subject:
     config: Any = None  # the architecture the FLOPs are counted from; None = the model's
     fused_ops: dict[str, int] | None = None  # what optimize_onnx fused; None until it has run
     ort_fused_ops: dict[str, int] | None = None  # the same, with every fusion ORT knows
+    agreement: dict[str, str] = field(default_factory=dict)  # .pte file -> its logits against PyTorch
 
     def __post_init__(self) -> None:
         self.config = self.config or self.model.config
@@ -182,8 +191,23 @@ RUNTIMES = (
     Runtime(FUSED_INT8, "int8", lambda s: int8_dynamic(s.fused, s.file("fused.int8")), fused=True),
     Runtime("ONNX Runtime static int8 (QDQ)", "int8",
             lambda s: int8_static(s.exported, s.file("qdq"), s.calibration, examples=CALIBRATION_EXAMPLES)),
+    Runtime("ExecuTorch XNNPACK fp32", "fp32", lambda s: pte(s, int8=False)),
+    Runtime("ExecuTorch XNNPACK int8", "int8", lambda s: pte(s, int8=True)),
 )
 ARTIFACT = Runtime("alambic artifact (ONNX Runtime, alambic's session)", "int8", lambda s: s.model)
+
+
+def pte(subject: Subject, int8: bool) -> Path:
+    """The model as an ExecuTorch program lowered to XNNPACK (int8: PT2E, per-channel weights,
+    calibrated on the headlines), as ``alambic export --format executorch`` writes it; its logits'
+    agreement with PyTorch on those headlines is printed and kept for the rows' note."""
+    path = subject.work / f"{subject.name}.{'int8' if int8 else 'fp32'}.pte"
+    export_pte(subject.model, path, int8=int8, max_length=MAX_PTE_LENGTH, calibration=subject.calibration)
+    found = compare_pte(subject.model, path, subject.calibration, max_examples=CALIBRATION_EXAMPLES)
+    subject.agreement[path.name] = (f"argmax vs PyTorch {found['argmax_agreement']:.0%} of {found['examples']} "
+                                    f"headlines, max |diff| {found['max_abs_diff']:.2g}")
+    print(f"{subject.name}: {path.name}: {subject.agreement[path.name]}", flush=True)
+    return path
 
 
 def build_model(name: str, registry: Any, vocab_size: int) -> Any:
@@ -336,6 +360,9 @@ def state_dict_bytes(model: torch.nn.Module) -> int:
 def timer(artifact: Any, vocab_size: int, args: argparse.Namespace,
           ort_defaults: bool = False) -> tuple[Callable[[int], dict], int]:
     """A function of the length that times ``artifact`` (an ONNX file or a torch model); its bytes."""
+    if isinstance(artifact, Path) and artifact.suffix == ".pte":  # XNNPACK's pool sized to --threads
+        method = load_pte(artifact, args.threads)
+        return (lambda n: pte_latency_ms(method, vocab_size, n, args.runs, args.warmup)), artifact.stat().st_size
     if isinstance(artifact, Path):
         session = ort_session(artifact, args.threads, *([()] if ort_defaults else []))
         return (lambda n: onnx_latency_ms(session, vocab_size, n, args.runs, args.warmup)), file_bytes(artifact)
@@ -355,7 +382,10 @@ def runtime_rows(subject: Subject, runtime: Runtime, vocab_size: int, args: argp
              "flops": flops(subject.config, n), "p50_ms": None, "p90_ms": None, "size_mb": None,
              "note": ""} for n in args.lengths]
     try:
-        run_at, size = timer(runtime.make(subject), vocab_size, args, runtime.ort_defaults)
+        made = runtime.make(subject)
+        run_at, size = timer(made, vocab_size, args, runtime.ort_defaults)
+        if isinstance(made, Path) and made.name in subject.agreement:
+            rows = [row | {"note": subject.agreement[made.name]} for row in rows]
         if runtime.fused and not (subject.ort_fused_ops if runtime.ort_defaults else subject.fused_ops):
             rows = [row | {"note": "nothing fused"} for row in rows]
         print(f"{subject.name} / {runtime.name}: ready in {time.perf_counter() - start:.1f} s", flush=True)
@@ -472,7 +502,13 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--out", type=Path, help="write every row (and the ceilings) as JSON")
     parser.add_argument("--artifact", action="append", default=[], type=artifact_arg, metavar="LABEL=FILE.onnx",
                         help="also time an ONNX file alambic built (repeatable)")
+    parser.add_argument("--runtimes", type=lambda s: s.split(","), default=[r.name for r in RUNTIMES],
+                        help="comma-separated runtime names to run (default: all); the baseline, "
+                             f"{BASELINE[1]!r}, is always run")
     args = parser.parse_args()
+    unknown = sorted(set(args.runtimes) - {r.name for r in RUNTIMES})
+    if unknown:
+        parser.error(f"unknown runtimes {', '.join(unknown)}; choose from {', '.join(r.name for r in RUNTIMES)}")
     unknown = sorted(set(args.models) - set(MODELS))
     if unknown:
         parser.error(f"unknown models {', '.join(unknown)}; choose from {', '.join(MODELS)}")
@@ -513,7 +549,8 @@ def main() -> None:
         for name in args.models:
             subject = Subject(name, build_model(name, registry, len(tokenizer)), work, calibration)
             for runtime in RUNTIMES:
-                rows += runtime_rows(subject, runtime, len(tokenizer), args)
+                if runtime.name in args.runtimes or runtime.name == BASELINE[1]:
+                    rows += runtime_rows(subject, runtime, len(tokenizer), args)
             fused_ops[name] = subject.fused_ops
         for label, path in args.artifact:
             subject = artifact_subject(label, path, work)

@@ -36,6 +36,7 @@ from alambic.ship.coreml_compression import WeightPlan, plan_for
 from alambic.ship.coreml_export import LAYOUTS, TARGETS
 from alambic.ship.coreml_scoring import ReadBack, load_read_back, match_check, precision_check, read_back
 from alambic.ship.coreml_scoring import scored_check as score_read_back
+from alambic.ship.coreml_scoring import size_check as package_size_check
 from alambic.ship.exporter import (
     MAX_INT8_RATIO,
     MIN_QUANTIZED_AGREEMENT,
@@ -310,20 +311,21 @@ class CoreML(Exporter):
         checks = cmc.wrapper_parity(model, source.test, source.reference_logits, layout=options.layout) \
             if source.test is not None else [Check("export wrapper vs PyTorch", None, "no test split given: not run",
                                                    covers=SOURCE_GRAPH)]
+        package = folder / "Classifier.mlpackage"
         if source.runtime == "coreml":  # compressed in Core ML's own forms: ship the package that was measured
-            checks += _ship_measured(source, folder / "Classifier.mlpackage", options, plan, meta)
+            checks += _ship_measured(source, package, options, plan, meta)
+            read = read_back(package)
         else:
             classifier = cm.convert_classifier(model, labels, length, target=options.target, weights=plan,
                                                layout=options.layout)
             cm.describe(classifier, meta)
-            classifier.save(str(folder / "Classifier.mlpackage"))
-            checks += cmc.check_classifier(folder / "Classifier.mlpackage", length, int8, options.layout)
-            checks += _read_back(source, read_back(folder / "Classifier.mlpackage"), options.layout, plan)
-        sizes = {"Classifier.mlpackage": cm.package_bytes(folder / "Classifier.mlpackage")}
-        spec = {"Classifier.mlpackage": cmc.io_spec(cmc.load_spec(folder / "Classifier.mlpackage"))}
-        if set(plan.precision.values()) == {"int8"}:  # a mixed plan keeps fp16 kinds: no ~1/4 to expect
-            fp32 = 4 * sum(p.numel() for p in model.parameters())
-            checks.append(size_check("Classifier.mlpackage (int8)", sizes["Classifier.mlpackage"], fp32))
+            classifier.save(str(package))
+            checks += cmc.check_classifier(package, length, int8, options.layout)
+            read = read_back(package)
+            checks += _read_back(source, read, options.layout, plan)
+        sizes = {package.name: cm.package_bytes(package)}
+        spec = {package.name: cmc.io_spec(cmc.load_spec(package))}
+        checks.append(package_size_check(package, sizes[package.name], read))
         if options.updatable:
             pipeline = cm.updatable_pipeline(model, labels, length, learning_rate=options.learning_rate,
                                              batch_size=options.batch_size, epochs=options.epochs,

@@ -45,6 +45,19 @@ class ReadBack:
     def int8(self) -> frozenset[str]:
         return frozenset(name for name, form in self.forms.items() if form == "int8")
 
+    def held_bytes(self) -> int:
+        """Bytes the weights take as the program holds them: 2 per fp16 element, 1 per int8, half
+        per int4, N/8 per lutN index; a sparse form a mask bit per element and an index per kept one
+        (tables, scales and the spec come on top)."""
+        bits = 0.0
+        for name, value in self.weights.items():
+            form = self.forms.get(name, "fp16")
+            width = {"fp16": 16, "int8": 8, "int4": 4}.get(form.removeprefix(SPARSE)) \
+                or int(form.rsplit("lut", 1)[1])
+            kept = float((value != 0).mean()) if form.startswith(SPARSE) else 1.0
+            bits += value.size * ((1 + kept * width) if form.startswith(SPARSE) else width)
+        return int(bits / 8)
+
     def precisions(self) -> dict[str, dict[str, int]]:
         """Per kind, how many weight tensors (of more than WEIGHT_THRESHOLD elements) are in each form."""
         found: dict[str, dict[str, int]] = {kind: {} for kind in (*KINDS, "other")}
@@ -123,6 +136,22 @@ def precision_check(read: ReadBack, plan: WeightPlan) -> Check:
                  f"{plan.describe()}: {shown}{differs}" + (f"; not as planned: {', '.join(wrong)}" if wrong else ""),
                  {"plan": plan.precision, "granularity": plan.granularity, "found": found,
                   "differences": plan.differences})
+
+
+#: a package may exceed its weights' bytes by this share (scales, look-up tables) plus a fixed
+#: allowance (the spec, the manifest): more means a weight is held larger than planned
+SIZE_SLACK, SIZE_ALLOWANCE = 0.15, 64_000
+
+
+def size_check(path: str | os.PathLike[str], size: int, read: ReadBack) -> Check:
+    """The package's bytes against its weights as the program holds them (:meth:`ReadBack.held_bytes`):
+    what a plan should weigh, whatever its forms; replaces a fixed ~1/4-of-fp32 ratio, which a small
+    model's fp16 pooler and head miss."""
+    held = read.held_bytes()
+    bound = held * (1 + SIZE_SLACK) + SIZE_ALLOWANCE
+    return Check(f"{os.path.basename(path)} size vs its weights as held", size <= bound,
+                 f"{size / 1e6:.2f} MB for {held / 1e6:.2f} MB of weights as held (<= +{SIZE_SLACK:.0%} "
+                 f"+ {SIZE_ALLOWANCE / 1e3:.0f} KB)", {"bytes": size, "weights_bytes": held, "bound": int(bound)})
 
 
 def load_read_back(module: torch.nn.Module, weights: dict[str, np.ndarray]) -> int:

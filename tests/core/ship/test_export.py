@@ -52,9 +52,13 @@ def table_text(result) -> str:
 
 def test_all_three_formats_are_exported_and_verified(exported):
     assert not exported.failed, table_text(exported)
-    # every check passes but the ~1/4 size ratio: a 2 x 64 model is mostly fixed overhead
+    # every check passes but ONNX's ~1/4 size ratio: a 2 x 64 graph is mostly fixed overhead (Core ML's
+    # package is held to its weights as held instead, which a small model meets)
     failing = [c.name for e in exported.exported.values() for c in e.checks if c.ok is False]
-    assert all(" size vs fp32" in name for name in failing), table_text(exported)
+    assert failing == ["model.onnx (int8) size vs fp32"] or not failing, table_text(exported)
+    sized = next(c for c in exported.exported["coreml"].checks
+                 if c.name == "Classifier.mlpackage size vs its weights as held")
+    assert sized.ok and sized.data["weights_bytes"] < sized.data["bytes"] <= sized.data["bound"]
     assert set(exported.exported) == {"hf", "onnx", "coreml"}
     bundle = exported.path
     for name in ("hf/model.safetensors", "hf/config.json", "hf/vocab.txt", "hf/tokenizer.json", "hf/README.md",

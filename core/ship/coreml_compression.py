@@ -239,7 +239,7 @@ def _lut_config(form: str, value: Any, plan: WeightPlan) -> Any:
 
 
 def table_group(channels: int, group_size: int) -> int:
-    """The output channels per look-up table: ``group_size``, or its largest divisor-sized group
-    that divides ``channels`` (coremltools skips a weight whose channels a group does not divide:
-    a 21,128-row embedding table gets tables of 8 rows where 16 were asked)."""
+    """The output channels per look-up table: ``group_size``, or the largest smaller group that
+    divides ``channels`` (coremltools skips a weight whose channels a group does not divide: a
+    21,128-row embedding table gets tables of 8 rows where 16 were asked)."""
     return max(g for g in range(1, min(group_size, channels) + 1) if channels % g == 0)

@@ -17,9 +17,10 @@ each row at its own length, its padding dropped. ``token_type_ids`` are all zero
 T >= 3: MobileBERT's trigram input does not export at T = 2, so a 2-token row ([CLS] [SEP], an
 empty text) is given one masked padding token (for BERT students the same logits).
 
-The graph is ``torch.export`` of the model's ``PteWrapper`` (:func:`wrapper`), which calls its
-embeddings and encoder itself with an additive (1, 1, 1, T) mask made from ``attention_mask`` (as
-the Core ML wrapper does: transformers' mask helpers are left out of the graph), then
+The graph is ``torch.export`` of the export wrapper Core ML converts too (:func:`wrapper`,
+:mod:`alambic.compress.export_wrapper`), which calls the model's embeddings and encoder itself with
+an additive (1, 1, 1, T) mask made from ``attention_mask`` (transformers' mask helpers are left out
+of the graph), then
 ``to_edge_transform_and_lower`` with the XNNPACK partitioner: the ops XNNPACK takes run in its
 kernels (the ones ExecuTorch runs on Android and iOS CPUs), the rest (the embedding look-up, the
 mask, LayerNorm) in ExecuTorch's portable kernels. int8 is PT2E quantization with the XNNPACK
@@ -53,6 +54,7 @@ from importlib.metadata import version as installed
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from alambic.compress.export_wrapper import ClassifierWrapper
 from alambic.compress.latency import fixed_input, timed
 from alambic.compress.onnx_export import compare_outputs, torch_logits
 from alambic.errors import AlambicError
@@ -67,7 +69,6 @@ INPUTS = ("input_ids", "attention_mask")
 OUTPUT = "logits"
 MIN_LENGTH = 3  # the shortest input the program takes (MobileBERT's trigram input fixes T = 2 otherwise)
 PAD_ID = 0  # the token a shorter row is padded with, masked out
-MASK_VALUE = -10000.0  # additive mask; finfo.min would be clamped by an int8 add, -10000 still masks
 #: rows int8 activation ranges are calibrated on (each at batch 1, at its own length)
 CALIBRATION_ROWS = 32
 INSTALL = "pip install 'alambic[phone]' (executorch==1.5.1)"
@@ -111,36 +112,10 @@ def is_int8(quantization: Mapping[str, Any] | str | None) -> bool:
 # --- export ---------------------------------------------------------------------------------
 
 
-@functools.cache
-def _wrapper_class() -> type:
-    import torch
-
-    class PteWrapper(torch.nn.Module):
-        """(input_ids, attention_mask) int64 (1, T) -> logits (1, labels), built from the model's parts."""
-
-        def __init__(self, model: Any) -> None:
-            super().__init__()
-            base = model.base_model  # BertModel or MobileBertModel
-            if getattr(base, "pooler", None) is None or not hasattr(model, "classifier"):
-                raise AlambicError(f"{type(model).__name__}: the ExecuTorch export needs a pooler and a classifier "
-                                   f"(a *ForSequenceClassification model)")
-            self.embeddings, self.encoder, self.pooler = base.embeddings, base.encoder, base.pooler
-            self.classifier = model.classifier
-            self.layers = len(self.encoder.layer)
-
-        def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-            mask = (1.0 - attention_mask.to(torch.float32)[:, None, None, :]) * MASK_VALUE  # (1, 1, 1, T)
-            hidden = self.embeddings(input_ids=input_ids, token_type_ids=torch.zeros_like(input_ids))  # (1, T, H)
-            # head_mask: MobileBERT's encoder indexes it per layer; BERT's accepts it too
-            hidden = self.encoder(hidden, attention_mask=mask, head_mask=[None] * self.layers, return_dict=False)[0]
-            return self.classifier(self.pooler(hidden))  # (1, labels)
-
-    return PteWrapper
-
-
 def wrapper(model: Any) -> torch.nn.Module:
-    """The export wrapper of a BERT or MobileBERT classifier, in eval mode (the model's own modules)."""
-    return _wrapper_class()(model).eval()
+    """The export wrapper of a BERT or MobileBERT classifier, logits out, in eval mode (the model's own
+    modules): :class:`alambic.compress.export_wrapper.ClassifierWrapper`, as Core ML converts it."""
+    return ClassifierWrapper(model, "logits")
 
 
 @dataclass(frozen=True)

@@ -22,9 +22,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from alambic.compress.export_wrapper import MASK_VALUE
 from alambic.errors import AlambicError
-
-MASK_VALUE = -10000.0  # as the standard wrapper: finfo(float32).min overflows fp16 compute to -inf
 
 
 def conv(linear: nn.Linear) -> nn.Conv2d:

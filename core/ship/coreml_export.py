@@ -12,7 +12,8 @@
 The checks of what this writes are in :mod:`alambic.ship.coreml_checks`.
 
 The stock transformers classifier does not convert (coremltools 9 has no ``new_ones``, which
-``get_extended_attention_mask`` uses), so :class:`CoreMLWrapper` calls the model's embeddings and
+``get_extended_attention_mask`` uses), so the export wrapper
+(:mod:`alambic.compress.export_wrapper`) calls the model's embeddings and
 encoder itself with an additive (B, 1, 1, T) mask built from int32 inputs, then its pooler and
 classifier. Both products take ``input_ids`` and ``attention_mask`` of shape (1, T), T flexible
 from 1 to ``max_length`` (``RangeDim``); ``token_type_ids`` are all zero (single sentences).
@@ -45,6 +46,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from alambic.compress.export_wrapper import ClassifierWrapper
 from alambic.errors import AlambicError
 from alambic.ship.coreml_compression import WeightPlan, compress_weights
 
@@ -55,9 +57,8 @@ log = logging.getLogger(__name__)
 
 INPUTS = ("input_ids", "attention_mask")
 LABEL, PROBS = "label", "label_probs"  # the classifier's outputs (ClassifierConfig names the second)
-POOLED = "pooled"
+POOLED = "pooled"  # the export wrapper's output for the updatable pipeline's encoder
 HEAD, LOSS = "head", "loss"
-MASK_VALUE = -10000.0  # additive mask: finfo(float32).min overflows fp16 compute to -inf
 TARGETS = ("iOS15", "iOS16", "iOS17", "iOS18")  # ML Program targets; int8 weights need iOS16+
 #: standard: the transformers graph, (B, S, C); ane: Apple's Neural Engine layout, (B, C, 1, S)
 #: (alambic.ship.ane_layout), for Classifier.mlpackage
@@ -65,46 +66,6 @@ LAYOUTS = ("standard", "ane")
 
 
 # --- the export wrapper ---------------------------------------------------------------------
-
-
-def _torch_module() -> type:
-    import torch
-
-    class CoreMLWrapper(torch.nn.Module):
-        """(input_ids, attention_mask) int32 (1, T) -> probabilities, logits or the pooled vector.
-
-        The mask is made additive here (0 kept, -10000 masked) and given to the encoder as
-        (B, 1, 1, T), so nothing of transformers' mask helpers reaches the converter.
-        """
-
-        def __init__(self, model: Any, output: str = "probabilities") -> None:
-            super().__init__()
-            base = model.base_model  # BertModel or MobileBertModel
-            if getattr(base, "pooler", None) is None or not hasattr(model, "classifier"):
-                raise AlambicError(f"{type(model).__name__}: the Core ML export needs a pooler and a classifier "
-                                   f"(a *ForSequenceClassification model)")
-            self.embeddings, self.encoder, self.pooler = base.embeddings, base.encoder, base.pooler
-            self.classifier, self.output = model.classifier, output
-            self.layers = len(self.encoder.layer)
-
-        def pooled(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-            ids = input_ids.long()
-            mask = (1.0 - attention_mask.to(torch.float32)[:, None, None, :]) * MASK_VALUE  # (B, 1, 1, T)
-            hidden = self.embeddings(input_ids=ids, token_type_ids=torch.zeros_like(ids))  # (B, T, H)
-            # head_mask: MobileBERT's encoder indexes it per layer; BERT's accepts it too
-            hidden = self.encoder(hidden, attention_mask=mask, head_mask=[None] * self.layers, return_dict=False)[0]
-            return self.pooler(hidden)  # (B, H)
-
-        def logits(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-            return self.classifier(self.pooled(input_ids, attention_mask))  # (B, labels)
-
-        def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-            if self.output == POOLED:
-                return self.pooled(input_ids, attention_mask)[0]  # (H,): the head's rank-1 input
-            logits = self.logits(input_ids, attention_mask)
-            return logits if self.output == "logits" else torch.softmax(logits, dim=-1)
-
-    return CoreMLWrapper
 
 
 def wrapper(model: Any, output: str = "probabilities", layout: str = "standard") -> torch.nn.Module:
@@ -116,7 +77,7 @@ def wrapper(model: Any, output: str = "probabilities", layout: str = "standard")
         from alambic.ship.ane_layout import AneClassifier
 
         return AneClassifier(model, output).eval()
-    return _torch_module()(model, output).eval()
+    return ClassifierWrapper(model, output)
 
 
 def trace(module: torch.nn.Module, max_length: int) -> torch.jit.ScriptModule:

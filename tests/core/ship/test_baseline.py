@@ -123,3 +123,34 @@ def test_a_missing_split_is_named(bundle, tmp_path):
     (tmp_path / BASELINE_FILE).write_text(json.dumps(data), encoding="utf-8")
     with pytest.raises(AlambicError, match="no 'golden' split in the baseline .it has test.; .*data.golden"):
         read_baseline(tmp_path, "golden")
+
+
+def test_alambic_export_writes_what_alambic_monitor_reads(run, tmp_path):
+    """The user's path: `alambic export` writes baseline.json; `alambic monitor` reads it against a
+    log that keeps the test split's label shares (no drift, exit 0) and one of a single label (exit 1)."""
+    from tests.core.test_cli import alambic
+
+    root, ctx, folder = run
+    bundle = tmp_path / "bundle"
+    done = alambic("export", str(root / "run.yaml"), "--stage", str(folder), "--format", "hf", "--out", str(bundle),
+                   cwd=root)
+    assert done.returncode == 0, done.stderr
+    test = json.loads((bundle / BASELINE_FILE).read_text(encoding="utf-8"))["splits"]["test"]["predictions"]
+    labels = ["体育", "财经"]
+
+    def log(path, counts, hist):  # label and confidence shares as given, 10 times over (>= 200 rows)
+        named = [label for label, n in zip(labels, counts, strict=True) for _ in range(n)] * 10
+        confidence = [(i + 0.5) / CONFIDENCE_BINS for i, n in enumerate(hist) for _ in range(n)] * 10
+        rows = [{"timestamp": f"2026-05-01T00:{i // 60:02d}:{i % 60:02d}Z", "label": label, "confidence": c}
+                for i, (label, c) in enumerate(zip(named, confidence, strict=True))]
+        path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
+        return path
+
+    counts, hist = test["label_counts"], test["confidence_hist"]
+    steady = alambic("monitor", str(bundle), str(log(tmp_path / "steady.jsonl", counts, hist)), "--window", "1000",
+                     "--json")
+    assert steady.returncode == 0, steady.stdout + steady.stderr
+    assert not json.loads(steady.stdout)["drift"]
+    one_label = [sum(counts), 0]
+    shifted = alambic("monitor", str(bundle), str(log(tmp_path / "shifted.jsonl", one_label, hist)), "--json")
+    assert shifted.returncode == 1 and json.loads(shifted.stdout)["drift"]

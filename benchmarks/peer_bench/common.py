@@ -1,0 +1,81 @@
+"""alambic's side of the peers benchmark: the run, its teacher and student, the splits both sides
+read, and ONNX graphs measured one way for every tool."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from peer_bench.side.exchange import write_split
+
+#: the student every comparison starts from: 4 of the teacher's 12 layers (alambic's best on THUCNews)
+STUDENT = "teacher-layers"
+
+
+@dataclass
+class Setup:
+    """What every part shares: the run, the teacher, the distilled student, files for the peers."""
+
+    ctx: Any
+    teacher: Any  # alambic.train.teacher.TeacherRecord
+    student: Any  # alambic.train.distill.StudentRecord: the student distilled with the config's settings
+    tokenized: dict[str, Any]  # the student's splits, tokenized by its own (the teacher's) tokenizer
+    splits: dict[str, str]  # split name -> .npz both sides read (peer_bench.side.exchange)
+    pad_id: int
+    num_labels: int
+    work: Path
+    venvs: Path
+    threads: int
+    lengths: list[int]
+    runs: int
+    notes: list[str] = field(default_factory=list)
+
+
+def open_setup(config: str, work: Path, venvs: Path, threads: int, lengths: list[int], runs: int) -> Setup:
+    """The config's teacher and ``STUDENT`` (reused from the store, else trained here) and the
+    student's splits written for the peers."""
+    from alambic.run import RunContext
+    from alambic.train.distill import distill
+    from alambic.train.teacher import train_teacher
+
+    ctx = RunContext.open(config, quiet=True)
+    teacher = train_teacher(ctx, local=True)
+    student = distill(ctx, STUDENT, teacher=teacher, local=True)
+    tokenizer = teacher.tokenizer()  # teacher-layers reads with the teacher's tokenizer
+    tokenized, _ = ctx.tokenize(tokenizer)
+    data = work / "data"
+    data.mkdir(parents=True, exist_ok=True)
+    splits = {}
+    for name in ("train", "validation", "test"):
+        path = data / f"{name}.npz"
+        if not path.exists():
+            write_split(tokenized[name], path)
+        splits[name] = str(path)
+    return Setup(ctx=ctx, teacher=teacher, student=student, tokenized=tokenized, splits=splits,
+                 pad_id=int(tokenizer.pad_token_id or 0), num_labels=len(ctx.prepared.label_names), work=work,
+                 venvs=venvs, threads=threads, lengths=lengths, runs=runs)
+
+
+def measure_graph(setup: Setup, path: str | Path, *, alambic_session: bool) -> dict[str, Any]:
+    """Test accuracy, size and batch-1 latency of an ONNX graph, in this environment's ONNX Runtime
+    (the same for every tool's graph), ``setup.threads`` threads.
+
+    :param alambic_session: load it as alambic's runtime does (ORT's optimizations at load but the
+        fusions alambic measured slower, ``SLOW_FUSIONS``); else with ORT's defaults, as Optimum's
+        ``ORTModel`` and Neural Compressor load a graph.
+    """
+    from alambic.compress.measure import measure_onnx
+    from alambic.compress.onnx_export import SLOW_FUSIONS
+
+    measured = measure_onnx(path, setup.tokenized["test"], setup.lengths, setup.threads, runs=setup.runs, warmup=10,
+                            memory=False, disabled_optimizers=SLOW_FUSIONS if alambic_session else ())
+    return {"accuracy": measured.accuracy, "macro_f1": measured.macro_f1, "examples": measured.examples,
+            "size_mb": measured.size_bytes / 1e6, "params": measured.params,
+            "p50_ms": {n: measured.latency_ms[str(n)]["p50"] for n in setup.lengths},
+            "p90_ms": {n: measured.latency_ms[str(n)]["p90"] for n in setup.lengths}}
+
+
+def save(rows: list[dict[str, Any]], path: Path) -> None:
+    path.write_text(json.dumps(rows, indent=2, ensure_ascii=False, default=str), encoding="utf-8")

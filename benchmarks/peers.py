@@ -1,15 +1,15 @@
 """alambic beside the tools users would pick instead, on THUCNews, one run per table.
 
     cd examples && python ../benchmarks/peers.py [--config thucnews.yaml] [--parts distill prune quantize tune]
-        [--epochs 1] [--threads 2] [--lengths 16,32,64] [--runs 50] [--work peers-work]
+        [--epochs 1] [--distill-train-rows 16000] [--threads 2] [--lengths 16,32,64] [--runs 50] [--work peers-work]
         [--venvs ~/.cache/alambic/peers]
 
 Every part starts from the config's teacher and its student ``teacher-layers`` (4 of the teacher's 12
 layers), reused from the store (trained first when absent), on the same tokenized splits:
 
 - distill:  TextBrewer's GeneralDistiller against ``alambic distill``, the same student start, loss
-            (logits KD: temperature, alpha), epochs, batch size, learning rate and schedule: test
-            accuracy and wall time per epoch;
+            (logits KD: temperature, alpha), epochs, batch size, learning rate and schedule, on the
+            same --distill-train-rows train headlines: test accuracy and wall time per epoch;
 - prune:    TextPruner's TransformerPruner (heads and FFN to the same sizes) and VocabularyPruner
             against alambic's pruners, without and with recovery: accuracy at equal size;
 - quantize: Hugging Face Optimum (ORTOptimizer at each level, ORTQuantizer dynamic int8 with this CPU's
@@ -42,6 +42,9 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--config", default="thucnews.yaml")
     parser.add_argument("--parts", nargs="*", choices=PARTS, default=list(PARTS))
     parser.add_argument("--epochs", type=int, default=1, help="distillation epochs, both tools (default 1)")
+    parser.add_argument("--distill-train-rows", type=int, default=16000,
+                        help="train headlines both tools distill on (alambic's seeded sample; 0: the whole split): "
+                             "TextBrewer runs the teacher on every batch, an epoch of all 45,000 takes it ~30 min")
     parser.add_argument("--threads", type=int, default=2, help="threads for training and timing")
     parser.add_argument("--lengths", type=lambda s: [int(n) for n in s.split(",")], default=[16, 32, 64])
     parser.add_argument("--runs", type=int, default=50, help="timed runs per length (after 10 warm-up)")

@@ -18,19 +18,24 @@ from typing import Any
 
 SIDE = Path(__file__).parent / "side"
 
-#: peer -> (pip requirements, the distributions whose versions the table reports)
+#: peer -> (pip requirements, the distributions whose versions the table reports); a requirement
+#: prefixed "nodeps:" installs without its own dependencies (see textpruner)
 PEERS: dict[str, tuple[list[str], list[str]]] = {
     "textbrewer": (["torch==2.13.0", "transformers==4.57.6", "textbrewer==0.2.1.post1"],
                    ["textbrewer", "torch", "transformers"]),
-    "textpruner": (["torch==2.13.0", "transformers==4.57.6", "textpruner==1.1.post2"],
-                   ["textpruner", "torch", "transformers"]),
+    # textpruner 1.1.post2 asks for numpy<1.22, which has no wheel for Python 3.11 and does not build
+    # here: it installs without its dependencies, the others (all but that numpy pin) named instead
+    "textpruner": (["torch==2.13.0", "transformers==4.57.6", "tqdm", "sentencepiece", "protobuf",
+                    "nodeps:textpruner==1.1.post2"],
+                   ["textpruner", "torch", "transformers", "numpy"]),
     # optimum-onnx 0.1.0 resolves to optimum 2.1.0 and onnxruntime 1.32.0 (alambic's ONNX Runtime)
     "optimum": (["torch==2.13.0", "transformers==4.57.6", "optimum-onnx[onnxruntime]==0.1.0"],
                 ["optimum", "optimum-onnx", "onnxruntime", "onnx", "torch", "transformers"]),
     # 2.6 is the last Neural Compressor whose accuracy-driven tuning quantizes ONNX models (3.x: PyTorch
-    # and TensorFlow; ONNX moved to onnx-neural-compressor); it needs numpy < 2 and pkg_resources
+    # and TensorFlow; ONNX moved to onnx-neural-compressor); it needs numpy < 2 and pkg_resources, and
+    # its quantizer calls onnx.mapping, which onnx 1.19 removed (alambic's onnx is 1.23.2)
     "neural-compressor": (["torch==2.13.0", "transformers==4.57.6", "neural-compressor==2.6", "onnxruntime==1.32.0",
-                           "onnx==1.23.2", "setuptools<81", "six"],
+                           "onnx==1.18.0", "setuptools<81", "six"],
                           ["neural-compressor", "onnxruntime", "onnx", "numpy"]),
 }
 
@@ -53,7 +58,11 @@ def peer_python(peer: str, root: Path) -> Path:
     start = time.perf_counter()
     subprocess.run([sys.executable, "-m", "venv", "--clear", str(folder)], check=True)
     subprocess.run([str(python), "-m", "pip", "install", "--quiet", "--upgrade", "pip"], check=True)
-    subprocess.run([str(python), "-m", "pip", "install", "--quiet", *requirements], check=True)
+    pip = [str(python), "-m", "pip", "install", "--quiet"]
+    subprocess.run([*pip, *(r for r in requirements if not r.startswith("nodeps:"))], check=True)
+    no_deps = [r.removeprefix("nodeps:") for r in requirements if r.startswith("nodeps:")]
+    if no_deps:
+        subprocess.run([*pip, "--no-deps", *no_deps], check=True)
     marker.write_text(_digest(requirements) + "\n" + "\n".join(requirements) + "\n")
     print(f"[peers] {peer}: ready in {time.perf_counter() - start:.0f} s", flush=True)
     return python

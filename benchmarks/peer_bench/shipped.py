@@ -1,0 +1,99 @@
+"""What the quantize and tune parts share: alambic's shipped int8 graph of the student, and ONNX graphs
+measured (test and validation accuracy, size, latency) under either runtime setting.
+
+Both are made once per run: the second part reads them from here, not from the store, so the
+compress stage's time is still the one measured in this run, and no graph is timed twice.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+from peer_bench.common import Setup, measure_graph
+from peer_bench.venvs import versions
+
+_SHIPPED: dict[str, dict[str, Any]] = {}
+_MEASURED: dict[tuple[str, bool], dict[str, Any]] = {}
+
+
+def shipped(setup: Setup) -> dict[str, Any]:
+    """The student quantized as ``alambic compress --quant dynamic-int8`` ships it, under the run's
+    guard: ``graph`` (None when the guard reverted the quantization), its stage's wall time, whether
+    the stage came from the store, the guard's decision, the quantizer's report."""
+    from alambic.compress.chain import compress
+
+    key = str(setup.student.path)
+    if key not in _SHIPPED:
+        start = time.perf_counter()
+        record = compress(setup.ctx, setup.student.path, [], "dynamic-int8")
+        decision = record.decisions[-1] if record.decisions else None
+        _SHIPPED[key] = {
+            "graph": str(record.artifact) if record.runtime == "onnxruntime" else None,
+            "stage": record.key, "reused": record.reused, "wall_time_s": record.record.get("wall_time_s"),
+            "call_s": round(time.perf_counter() - start, 1), "guard": setup.ctx.config.guard.model_dump(),
+            "decision": decision.to_dict() if decision else None,
+            "quantization": record.record.get("quantization") or {},
+            "measure": record.record.get("inputs", {}).get("measure")}
+    return _SHIPPED[key]
+
+
+def stage_time(ship: dict[str, Any]) -> str:
+    """The compress stage's time as the table says it: measured here, or made before this run."""
+    if ship["reused"]:
+        return f"{ship['wall_time_s']} s (stage made before this run: reused from the store, not timed here)"
+    return f"{ship['wall_time_s']} s"
+
+
+def stage_work(ship: dict[str, Any]) -> str:
+    """What the compress stage's wall time holds besides quantizing: the guard and its measuring."""
+    measure = ship["measure"] if isinstance(ship["measure"], dict) else {}
+    timing = (f"latency at {', '.join(map(str, measure['lengths']))} tokens x {measure.get('runs')} runs"
+              f"{', peak memory' if measure.get('memory') else ''}, " if measure.get("lengths") else "")
+    return (f"export, fusion, quantization, the guard's validation pass, and measuring the student before and the "
+            f"graph after: {timing}test accuracy, agreement with the fp32 graph")
+
+
+def student_validation(setup: Setup, ship: dict[str, Any]) -> float:
+    """The fp32 student's validation accuracy as the guard saw it (its start), else as distilled."""
+    if ship["decision"]:
+        return ship["decision"]["accuracy_before"]
+    return setup.student.metrics["validation"]["accuracy"]
+
+
+def measure(setup: Setup, path: str | Path, alambic_session: bool) -> dict[str, Any]:
+    """``measure_graph`` plus validation accuracy in the same session setting; once per graph and setting."""
+    from alambic.compress.measure import onnx_evaluate
+    from alambic.compress.onnx_export import SLOW_FUSIONS, ort_session
+
+    key = (str(path), alambic_session)
+    if key not in _MEASURED:
+        found = measure_graph(setup, path, alambic_session=alambic_session)
+        session = ort_session(path, setup.threads, SLOW_FUSIONS if alambic_session else ())
+        found["val_accuracy"] = onnx_evaluate(session, setup.tokenized["validation"])["accuracy"]
+        _MEASURED[key] = found
+    return _MEASURED[key]
+
+
+def mean_p50(measured: dict[str, Any]) -> float:
+    return sum(measured["p50_ms"].values()) / len(measured["p50_ms"])
+
+
+def latency_cells(measured: dict[str, Any] | None, lengths: list[int]) -> list[str]:
+    """``p50 / p90`` per length, '-' when not measured."""
+    if measured is None:
+        return ["-"] * len(lengths)
+    return [f"{measured['p50_ms'][n]:.2f} / {measured['p90_ms'][n]:.2f}" for n in lengths]
+
+
+def peer_versions(peer: str, setup: Setup) -> str:
+    """``name version, ...`` of the peer's environment, or why it could not be read."""
+    try:
+        return ", ".join(f"{k} {v}" for k, v in versions(peer, setup.venvs).items())
+    except Exception as exc:  # noqa: BLE001 - an environment that does not install is a note, not a crash
+        return f"(versions unavailable: {type(exc).__name__}: {exc})"
+
+
+def pct(value: float | None) -> str:
+    return "-" if value is None else f"{100 * value:.2f}"

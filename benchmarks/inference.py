@@ -205,7 +205,7 @@ def pte(subject: Subject, int8: bool) -> Path:
     export_pte(subject.model, path, int8=int8, max_length=MAX_PTE_LENGTH, calibration=subject.calibration)
     found = compare_pte(subject.model, path, subject.calibration, max_examples=CALIBRATION_EXAMPLES)
     subject.agreement[path.name] = (f"argmax vs PyTorch {found['argmax_agreement']:.0%} of {found['examples']} "
-                                    f"headlines, max |diff| {found['max_abs_diff']:.2g}")
+                                    f"headlines, max abs diff {found['max_abs_diff']:.2g}")
     print(f"{subject.name}: {path.name}: {subject.agreement[path.name]}", flush=True)
     return path
 

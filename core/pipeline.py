@@ -180,7 +180,8 @@ def export_selected(ctx: Any, *, candidate: str | None = None, stage: Any = None
     return export_stage(stage_dir, target, chosen, test_split=ctx.prepared.raw["test"], recipe=recipe,
                         metadata=metadata, options=per_format, max_length=ctx.config.tokenizer.max_length,
                         max_examples=max_examples, registry=ctx.registry,
-                        golden_split=load_golden(ctx.config.data, ctx.prepared.label_names), golden=golden)
+                        golden_split=load_golden(ctx.config.data, ctx.prepared.label_names), golden=golden,
+                        calibration_split=ctx.prepared.raw["train"])
 
 
 def _golden_verdict(ctx: Any, export: Any) -> Any:

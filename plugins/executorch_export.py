@@ -42,7 +42,8 @@ SIZE_SLACK = 1.15
 @dataclass(frozen=True)
 class ExecuTorchOptions:
     int8: bool | None = None  # int8 weights and activations; None = when the candidate was quantized to int8
-    #: test rows int8 activation ranges are calibrated on (held out of the check); the stage keeps no train rows
+    #: rows int8 activation ranges are calibrated on: the run's train rows (a seeded sample); without a
+    #: train split (a bare model folder), test rows held out of the check
     calibration_rows: int = pte.CALIBRATION_ROWS
 
     def __post_init__(self) -> None:
@@ -70,9 +71,11 @@ class ExecuTorch(Exporter):
                   size_of_weights_check(source.model, info), delegation_check(info)]
         notes = [f"{info.describe()}; lowered in {info.seconds:.0f} s"]
         if int8:
+            rows = ("train rows" if source.calibration is not None else "test rows held out of the check (no "
+                    "train split given)")
             notes.append(f"int8: PT2E with the XNNPACK quantizer (per-channel weights), calibrated on "
-                         f"{len(calibration)} test rows held out of the check; the embedding tables stay fp32 "
-                         f"(no quantized look-up in XNNPACK)")
+                         f"{len(calibration)} {rows}; the embedding tables stay fp32 (no quantized look-up in "
+                         f"XNNPACK)")
         elif source.quantization:
             notes.append(f"fp32: the candidate is {source.quantization.get('quantizer')} for {source.runtime}, "
                          f"not int8 weights; --option executorch.int8=true lowers it to int8")
@@ -95,11 +98,14 @@ class ExecuTorch(Exporter):
 
 
 def _split(source: ExportSource, rows: int) -> tuple[list[dict[str, Any]], Any]:
-    """(calibration rows, the rows the check scores): a seeded share of the test rows calibrates,
-    at most a quarter of them, and the check runs on the others."""
+    """(calibration rows, the rows the check scores): the first ``rows`` of the train sample the
+    source holds (seeded already), the check on every test row; without train rows, a seeded share
+    of the test rows calibrates, at most a quarter of them, and the check runs on the others."""
+    if source.calibration is not None and len(source.calibration):
+        return list(source.calibration.select(range(min(rows, len(source.calibration))))), source.test
     if source.test is None or len(source.test) < 2:
-        raise AlambicError("an int8 ExecuTorch export calibrates on test rows (the stage keeps no train rows): "
-                           "give the run's test split, or --option executorch.int8=false")
+        raise AlambicError("an int8 ExecuTorch export calibrates on the run's train rows, or else on test rows: "
+                           "give the run's config (or a test split), or --option executorch.int8=false")
     picked = sorted(random.Random(0).sample(range(len(source.test)), min(rows, len(source.test) // 4) or 1))
     rest = sorted(set(range(len(source.test))) - set(picked))
     return list(source.test.select(picked)), source.test.select(rest)

@@ -83,7 +83,8 @@ def export_stage(stage_dir: str | Path, out_dir: str | Path, formats: Sequence[s
                  test_split: Any = None, recipe: Mapping[str, Any] | None = None,
                  metadata: Mapping[str, Any] | None = None, options: Mapping[str, Mapping[str, Any]] | None = None,
                  max_length: int | None = None, max_examples: int = 2000, registry: Any = None,
-                 golden_split: Any = None, golden: Mapping[str, Any] | None = None) -> ExportResult:
+                 golden_split: Any = None, golden: Mapping[str, Any] | None = None,
+                 calibration_split: Any = None) -> ExportResult:
     """Export a compress stage in each of ``formats`` into ``out_dir``, verify, write the bundle.
 
     :param test_split: rows to verify on (raw ``text``/``label``, or tokenized); None = checks
@@ -94,6 +95,8 @@ def export_stage(stage_dir: str | Path, out_dir: str | Path, formats: Sequence[s
     :param max_length: the longest input (tokens) the exported models take; default: the tokenizer's.
     :param golden_split: data.golden's raw rows, for the monitoring baseline (``baseline.json``,
         :mod:`alambic.ship.baseline`) beside the test split's.
+    :param calibration_split: the run's train rows (raw or tokenized): exporters that calibrate int8
+        activations (ExecuTorch) calibrate on a seeded sample of them, never on the rows they verify on.
     :param golden: verification.json's ``golden`` section (:func:`alambic.search.golden.export_gate`):
         the candidate on data.golden, the teacher's figures, the gate's verdict.
     """
@@ -106,7 +109,7 @@ def export_stage(stage_dir: str | Path, out_dir: str | Path, formats: Sequence[s
             raise AlambicError(f"options given for format '{name}', which is not exported ({', '.join(formats)})")
     chosen = {cls.id: cls.options((options or {}).get(cls.id)) for cls in exporters}
     source = load_source(stage_dir, test_split=test_split, recipe=recipe, metadata=metadata,
-                         max_length=max_length, max_examples=max_examples)
+                         max_length=max_length, max_examples=max_examples, calibration_split=calibration_split)
     out = Path(out_dir).expanduser().resolve()
     inputs = {"stage": source.record.get("key", str(source.stage_dir)), "formats": formats,
               "options": {k: dataclasses.asdict(v) for k, v in chosen.items()}, "metadata": source.metadata,

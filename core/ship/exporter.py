@@ -27,6 +27,8 @@ if TYPE_CHECKING:
 MAX_INT8_RATIO = 0.3
 #: a quantized graph predicts as the fp32 model on at least this share of the test rows
 MIN_QUANTIZED_AGREEMENT = 0.995
+#: train rows tokenized for exporters that calibrate int8 activations (each takes what it needs)
+CALIBRATION_EXAMPLES = 256
 _OP = re.compile(r"\b(?:op|operator)\s+['\"]([\w.:]+)['\"]")
 
 
@@ -147,6 +149,9 @@ class ExportSource:
     test: Any = None  # tokenized rows (input_ids, attention_mask, token_type_ids, label, length)
     texts: list[str] | None = None  # their text, for the Hugging Face pipeline
     tokenizer: Any = None  # the stage's own (a pruned vocabulary has its own)
+    #: tokenized train rows (a seeded sample) for exporters that calibrate int8 activations: rows no
+    #: check judges, so the test rows stay whole for verification; None when no train split was given
+    calibration: Any = None
 
     @cached_property
     def model(self) -> Any:
@@ -214,8 +219,9 @@ def check_record_paths(stage_dir: Path, record: Mapping[str, Any]) -> None:
 
 def load_source(stage_dir: str | Path, *, test_split: Any = None, recipe: Mapping[str, Any] | None = None,
                 metadata: Mapping[str, Any] | None = None, max_length: int | None = None,
-                max_examples: int = 2000) -> ExportSource:
-    """Read a stage folder (``model/``, ``record.json``) and tokenize up to ``max_examples`` test rows."""
+                max_examples: int = 2000, calibration_split: Any = None) -> ExportSource:
+    """Read a stage folder (``model/``, ``record.json``) and tokenize up to ``max_examples`` test rows
+    and up to :data:`CALIBRATION_EXAMPLES` rows of ``calibration_split`` (the run's train split)."""
     stage = Path(stage_dir).expanduser().resolve()
     model_dir = stage / MODEL_DIR if (stage / MODEL_DIR / "config.json").is_file() else stage
     if not (model_dir / "config.json").is_file():
@@ -238,6 +244,8 @@ def load_source(stage_dir: str | Path, *, test_split: Any = None, recipe: Mappin
                           dict(recipe or default_recipe), tokenizer=tokenizer)
     if test_split is not None:
         source.test, source.texts = _tokenized(test_split, tokenizer, max_length, max_examples)
+    if calibration_split is not None and len(calibration_split):
+        source.calibration, _ = _tokenized(calibration_split, tokenizer, max_length, CALIBRATION_EXAMPLES, "train")
     return source
 
 
@@ -250,7 +258,8 @@ def _tokenizer(model_dir: Path) -> Any:
     return AutoTokenizer.from_pretrained(str(model_dir))
 
 
-def _tokenized(split: Any, tokenizer: Any, max_length: int, max_examples: int) -> tuple[Any, list[str] | None]:
+def _tokenized(split: Any, tokenizer: Any, max_length: int, max_examples: int,
+               name: str = "test") -> tuple[Any, list[str] | None]:
     from datasets import Dataset
 
     picked = range(len(split))
@@ -258,7 +267,7 @@ def _tokenized(split: Any, tokenizer: Any, max_length: int, max_examples: int) -
         picked = sorted(random.Random(0).sample(picked, max_examples))
     rows = split.select(picked)
     if len(rows) == 0:
-        raise AlambicError("the test split given to export has no rows")
+        raise AlambicError(f"the {name} split given to export has no rows")
     texts = [str(t) for t in rows["text"]] if "text" in rows.column_names else None
     if "input_ids" in rows.column_names:  # tokenized already: give it what batching reads
         if "length" not in rows.column_names:
@@ -267,7 +276,7 @@ def _tokenized(split: Any, tokenizer: Any, max_length: int, max_examples: int) -
             rows = rows.add_column("label", [-1] * len(rows))
         return rows, texts
     if texts is None:
-        raise AlambicError("the test split needs a 'text' column (raw rows) or 'input_ids' (tokenized rows)")
+        raise AlambicError(f"the {name} split needs a 'text' column (raw rows) or 'input_ids' (tokenized rows)")
     encoded = tokenizer(texts, truncation=True, max_length=max_length)
     columns = {k: encoded[k] for k in ("input_ids", "attention_mask", "token_type_ids") if k in encoded}
     columns["length"] = [len(ids) for ids in encoded["input_ids"]]

@@ -1,6 +1,7 @@
 """plugins/executorch_export.py: the `executorch` exporter: registered, its options, the contract's
 checks on a model folder, and `alambic export --format executorch` on a tiny compress stage (an int8
-candidate: its .pte is int8, calibrated on held-out test rows), verified in ExecuTorch's runtime."""
+candidate: its .pte is int8, calibrated on the run's train rows), verified in ExecuTorch's runtime on
+every test row."""
 
 from __future__ import annotations
 
@@ -74,11 +75,10 @@ def test_cli_export_of_an_int8_stage_writes_a_verified_int8_pte(run, tmp_path): 
     checks = {c["name"]: c for c in exported["checks"]}
     runtime = checks["ExecuTorch (XNNPACK) vs PyTorch (test split)"]
     assert exported["ok"] and runtime["ok"] and runtime["covers"] == "runtime"
-    # an int8 program is held to the guard's budget on labelled rows, the calibration rows held out
-    held = runtime["data"]["examples"]
-    assert 0 < held < verification["test_rows"] and runtime["data"]["budget_points"] == 1.0
+    # an int8 program is held to the guard's budget on every test row: it calibrated on train rows
+    assert runtime["data"]["examples"] == verification["test_rows"] and runtime["data"]["budget_points"] == 1.0
     assert runtime["data"]["accuracy"] >= runtime["data"]["reference_accuracy"] - 0.01
-    assert "int8" in exported["notes"][0] and "calibrated on" in exported["notes"][1]
+    assert "int8" in exported["notes"][0] and "calibrated on 32 train rows" in exported["notes"][1]
     for name in ("executorch/model.pte", "executorch/config.json", "executorch/vocab.txt", "manifest.json"):
         assert (out / name).is_file(), name
     manifest = json.loads((out / "manifest.json").read_text(encoding="utf-8"))
@@ -95,5 +95,28 @@ def test_an_int8_export_without_test_rows_says_what_to_do():
 
     with tempfile.TemporaryDirectory() as tmp:
         source = load_source(tiny_folder(Path(tmp)), max_length=16)
-        with pytest.raises(AlambicError, match="calibrates on test rows"):
+        with pytest.raises(AlambicError, match="calibrates on the run's train rows, or else on test rows"):
             ExecuTorch.export(source, Path(tmp), ExecuTorch.options({"int8": True}))
+
+
+def test_int8_calibrates_on_train_rows_and_checks_every_test_row():
+    """With the run's train split, calibration takes train rows (a seeded sample: not the file's
+    first rows) and the check keeps every test row; without it, a quarter of the test rows at most."""
+    from datasets import Dataset
+
+    from alambic.plugins.executorch_export import _split
+    from alambic.ship.exporter import load_source
+
+    test = Dataset.from_dict({"text": TEXTS, "label": [i % 3 for i in range(len(TEXTS))]})
+    train_texts = [f"{t} {i}" for i, t in enumerate(TEXTS * 40)]
+    train = Dataset.from_dict({"text": train_texts, "label": [i % 3 for i in range(len(train_texts))]})
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = tiny_folder(Path(tmp))
+        source = load_source(folder, test_split=test, calibration_split=train, max_length=16)
+        calibration, checked = _split(source, 8)
+        assert len(calibration) == 8 and len(checked) == len(TEXTS)
+        assert source.calibration["input_ids"][:8] != source.tokenizer(train_texts[:8])["input_ids"]
+        assert all(row["input_ids"] in source.calibration["input_ids"] for row in calibration)
+        held_out = load_source(folder, test_split=test, max_length=16)
+        calibration, checked = _split(held_out, 8)
+        assert len(calibration) == max(1, len(TEXTS) // 4) and len(checked) == len(TEXTS) - len(calibration)

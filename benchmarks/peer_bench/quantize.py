@@ -15,9 +15,9 @@ from typing import Any
 
 from peer_bench.common import Setup, save
 from peer_bench.shipped import (
+    graph_row,
     latency_cells,
     mean_p50,
-    measure,
     pct,
     peer_versions,
     shipped,
@@ -66,13 +66,7 @@ def run(setup: Setup, args: Any) -> str:
 
 def _row(setup: Setup, name: str, tool: str, precision: str, path: str | None, alambic_session: bool, made: str,
          error: str | None) -> dict[str, Any]:
-    """One graph measured in its own tool's setting (``own``) and the other (``other``)."""
-    row: dict[str, Any] = {"graph": name, "tool": tool, "precision": precision, "path": path, "made": made,
-                           "error": error, "alambic_session": alambic_session}
-    if path and not error:
-        row["own"] = measure(setup, path, alambic_session)
-        row["other"] = measure(setup, path, not alambic_session)
-    return row
+    return graph_row(setup, path, alambic_session, error, graph=name, tool=tool, precision=precision, made=made)
 
 
 def _best(rows: list[dict[str, Any]], reference: float) -> dict[str, Any] | None:

@@ -76,6 +76,17 @@ def measure(setup: Setup, path: str | Path, alambic_session: bool) -> dict[str, 
     return _MEASURED[key]
 
 
+def graph_row(setup: Setup, path: str | None, alambic_session: bool, error: str | None, **fields: Any
+              ) -> dict[str, Any]:
+    """A table row for one graph: ``fields``, and the graph measured in its own tool's setting
+    (``own``) and the other (``other``); unmeasured when there is no graph or an ``error``."""
+    row: dict[str, Any] = {**fields, "path": path, "error": error, "alambic_session": alambic_session}
+    if path and not error:
+        row["own"] = measure(setup, path, alambic_session)
+        row["other"] = measure(setup, path, not alambic_session)
+    return row
+
+
 def mean_p50(measured: dict[str, Any]) -> float:
     return sum(measured["p50_ms"].values()) / len(measured["p50_ms"])
 

@@ -15,9 +15,9 @@ from typing import Any
 
 from peer_bench.common import Setup, save
 from peer_bench.shipped import (
+    graph_row,
     latency_cells,
     mean_p50,
-    measure,
     pct,
     peer_versions,
     shipped,
@@ -75,12 +75,7 @@ def _export(setup: Setup, path: Path) -> Path:
 
 def _row(setup: Setup, name: str, path: str | None, alambic_session: bool, made: str, what: str, trials: str,
          error: str | None) -> dict[str, Any]:
-    row: dict[str, Any] = {"graph": name, "path": path, "made": made, "what": what, "trials": trials,
-                           "error": error, "alambic_session": alambic_session}
-    if path and not error:
-        row["own"] = measure(setup, path, alambic_session)
-        row["other"] = measure(setup, path, not alambic_session)
-    return row
+    return graph_row(setup, path, alambic_session, error, graph=name, made=made, what=what, trials=trials)
 
 
 def _chosen(side: dict[str, Any]) -> str:

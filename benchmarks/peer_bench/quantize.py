@@ -15,6 +15,7 @@ from typing import Any
 
 from peer_bench.common import Setup, save
 from peer_bench.shipped import (
+    ROUNDS,
     graph_row,
     latency_cells,
     mean_p50,
@@ -24,6 +25,7 @@ from peer_bench.shipped import (
     stage_time,
     stage_work,
     student_validation,
+    time_in_turns,
 )
 from peer_bench.venvs import run_side
 
@@ -56,6 +58,7 @@ def run(setup: Setup, args: Any) -> str:
         rows.append(_row(setup, f"Optimum {graph['name']}", "Optimum", graph["precision"], graph["path"], False,
                          f"{graph['seconds']} s", None) | {"per_channel": graph["per_channel"]})
     rows += [{"graph": f"Optimum {s['name']}", "tool": "Optimum", "error": s["why"]} for s in side.get("skipped", [])]
+    time_in_turns(setup, rows)
     reference = student_validation(setup, ship)
     best = _best(rows, reference)
     save(rows + [{"side": {k: v for k, v in side.items() if k != "graphs"}, "student_validation": reference,
@@ -95,7 +98,8 @@ def _intro(setup: Setup, ship: dict[str, Any], side: dict[str, Any], reference: 
         f"step's own. ORTQuantizer cannot type the fused O2/O3 graphs (rows below say why): they are quantized "
         f"again after ORT's `quant_pre_process(skip_optimization=True, auto_merge=True)`, the pre-processing "
         f"ORT's quantizer advises (its time included). Measured here (ONNX Runtime of alambic's environment), {setup.threads} threads, batch 1, "
-        f"p50 / p90 of {setup.runs} runs after 10 warm-up; accuracy on {len(setup.tokenized['test']):,} test / "
+        f"every graph and load setting timed in turns ({ROUNDS} rounds of {max(1, setup.runs // ROUNDS)} runs at each "
+        f"length, after a pause and 5 warm-up; the median of the rounds' p50 / p90); accuracy on {len(setup.tokenized['test']):,} test / "
         f"{len(setup.tokenized['validation']):,} validation rows. Each graph in its tool's load setting (alambic: "
         f"ORT's optimizations minus SkipLayerNormFusion; Optimum: ORT defaults, as ORTModel loads it); the last "
         f"latency column loads it the other way. Optimum's best int8 graph: the fastest (mean p50) whose validation "

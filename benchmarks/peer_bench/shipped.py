@@ -14,6 +14,13 @@ from typing import Any
 from peer_bench.common import Setup, measure_graph
 from peer_bench.venvs import versions
 
+#: graphs compared by speed are timed in turns: ``ROUNDS`` rounds, each timing every graph for
+#: runs / ROUNDS calls, the median of the rounds' p50 (p90) reported; a drift in the machine's speed
+#: then falls on every graph alike (timing one graph after another had put 7-20% of drift between them)
+ROUNDS = 5
+#: before each turn: the previous session's ONNX Runtime threads spin-wait after a run and would
+#: otherwise take the cores from the next graph; then warm-up calls
+PAUSE_S, TURN_WARMUP = 0.05, 5
 _SHIPPED: dict[str, dict[str, Any]] = {}
 _MEASURED: dict[tuple[str, bool], dict[str, Any]] = {}
 
@@ -69,11 +76,39 @@ def measure(setup: Setup, path: str | Path, alambic_session: bool) -> dict[str, 
 
     key = (str(path), alambic_session)
     if key not in _MEASURED:
-        found = measure_graph(setup, path, alambic_session=alambic_session)
+        found = measure_graph(setup, path, alambic_session=alambic_session, timed=False)
         session = ort_session(path, setup.threads, SLOW_FUSIONS if alambic_session else ())
         found["val_accuracy"] = onnx_evaluate(session, setup.tokenized["validation"])["accuracy"]
         _MEASURED[key] = found
     return _MEASURED[key]
+
+
+def time_in_turns(setup: Setup, rows: list[dict[str, Any]]) -> None:
+    """Batch-1 latency of every graph the rows measured, in each load setting measured, timed in
+    turns (:data:`ROUNDS`) at each length; written into the rows' ``own``/``other`` dicts."""
+    import numpy as np
+
+    from alambic.compress.latency import onnx_latency_ms
+    from alambic.compress.onnx_export import SLOW_FUSIONS, ort_session
+    from peer_bench.side.exchange import Split
+
+    targets: dict[tuple[str, bool], dict[str, Any]] = {}
+    for row in rows:
+        for side, setting in (("own", row.get("alambic_session")), ("other", not row.get("alambic_session"))):
+            if side in row:
+                targets[(str(row["path"]), setting)] = row[side]
+    sessions = {key: ort_session(key[0], setup.threads, SLOW_FUSIONS if key[1] else ()) for key in targets}
+    vocab_size = int(Split(setup.splits["test"]).ids.max()) + 1  # ids every graph accepts
+    per_round = max(1, setup.runs // ROUNDS)
+    for n in setup.lengths:
+        found: dict[tuple[str, bool], list[dict[str, float]]] = {key: [] for key in sessions}
+        for _ in range(ROUNDS):
+            for key, session in sessions.items():
+                time.sleep(PAUSE_S)
+                found[key].append(onnx_latency_ms(session, vocab_size, n, per_round, warmup=TURN_WARMUP))
+        for key, rounds in found.items():
+            targets[key].setdefault("p50_ms", {})[n] = float(np.median([r["p50"] for r in rounds]))
+            targets[key].setdefault("p90_ms", {})[n] = float(np.median([r["p90"] for r in rounds]))
 
 
 def graph_row(setup: Setup, path: str | None, alambic_session: bool, error: str | None, **fields: Any

@@ -15,6 +15,7 @@ from typing import Any
 
 from peer_bench.common import Setup, save
 from peer_bench.shipped import (
+    ROUNDS,
     graph_row,
     latency_cells,
     mean_p50,
@@ -24,6 +25,7 @@ from peer_bench.shipped import (
     stage_time,
     stage_work,
     student_validation,
+    time_in_turns,
 )
 from peer_bench.venvs import run_side
 
@@ -58,6 +60,7 @@ def run(setup: Setup, args: Any) -> str:
                   _chosen(side), str(side.get("trials", "-")), error)
     start = _row(setup, "fp32 student (the graph both start from)", str(fp32), True, "-", "fp32", "-", None)
     rows = [ours, theirs, start]
+    time_in_turns(setup, rows)
     save(rows + [{"side": side, "shipped": ship}], setup.work / "tune.json")
     return "\n".join([_intro(setup, ship, student_validation(setup, ship)), "", *_table(rows, setup.lengths), "",
                       *_verdict(ours, theirs)])
@@ -107,8 +110,8 @@ def _intro(setup: Setup, ship: dict[str, Any], reference: float) -> str:
         f"TuningCriterion(max_trials={INC['max_trials']}, timeout={INC['timeout']}))`, calibrated on 100 train rows "
         f"(INC's default sampling size; seeded random order, {INC['calib_batch_size']} row a batch), `eval_func` = "
         f"validation accuracy in ORT with its defaults; its time is `fit`'s wall time (baseline evaluation, "
-        f"calibration, every trial). Measured here, {setup.threads} threads, batch 1, p50 / p90 of {setup.runs} "
-        f"runs; accuracy on {len(setup.tokenized['test']):,} test / {len(setup.tokenized['validation']):,} "
+        f"calibration, every trial). Measured here, {setup.threads} threads, batch 1, the graphs timed in turns ({ROUNDS} rounds of "
+        f"{max(1, setup.runs // ROUNDS)} runs at each length; the median of the rounds' p50 / p90); accuracy on {len(setup.tokenized['test']):,} test / {len(setup.tokenized['validation']):,} "
         f"validation rows; each graph in its tool's load setting (alambic's session; ORT defaults), the last "
         f"latency column the other way.")
 

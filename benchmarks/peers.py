@@ -19,7 +19,8 @@ layers), reused from the store (trained first when absent), on the same tokenize
 
 Each peer runs in a virtual environment of its own (made under --venvs on first use; its versions
 are in the table). A peer that fails gives a row saying why; the other rows go on. Every ONNX
-graph is measured by the same code in this environment's ONNX Runtime. Choices (a peer's best
+graph is measured by the same code in this environment's ONNX Runtime, the graphs a table compares
+timed in turns (a drift in the machine's speed then falls on all of them alike). Choices (a peer's best
 level, the guard's) are made on validation; test accuracy is measured once and reported.
 """
 
@@ -38,16 +39,18 @@ PARTS = ("distill", "prune", "quantize", "tune")
 
 
 def parse_args() -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--config", default="thucnews.yaml")
-    parser.add_argument("--parts", nargs="*", choices=PARTS, default=list(PARTS))
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config", default="thucnews.yaml", help="the run config (its store holds the teacher)")
+    parser.add_argument("--parts", nargs="*", choices=PARTS, default=list(PARTS), help="which tables (default: all)")
     parser.add_argument("--epochs", type=int, default=1, help="distillation epochs, both tools (default 1)")
     parser.add_argument("--distill-train-rows", type=int, default=16000,
                         help="train headlines both tools distill on (alambic's seeded sample; 0: the whole split): "
                              "TextBrewer runs the teacher on every batch, an epoch of all 45,000 takes it ~30 min")
     parser.add_argument("--threads", type=int, default=2, help="threads for training and timing")
-    parser.add_argument("--lengths", type=lambda s: [int(n) for n in s.split(",")], default=[16, 32, 64])
-    parser.add_argument("--runs", type=int, default=50, help="timed runs per length (after 10 warm-up)")
+    parser.add_argument("--lengths", type=lambda s: [int(n) for n in s.split(",")], default=[16, 32, 64],
+                        help="input lengths (tokens) latency is measured at, comma-separated")
+    parser.add_argument("--runs", type=int, default=50,
+                        help="timed runs per graph and length, in 5 turns among the graphs compared")
     parser.add_argument("--work", type=Path, default=Path("peers-work"), help="models, graphs, logs, results")
     parser.add_argument("--venvs", type=Path, default=Path.home() / ".cache" / "alambic" / "peers",
                         help="where each peer's virtual environment is made")

@@ -58,26 +58,23 @@ def open_setup(config: str, work: Path, venvs: Path, threads: int, lengths: list
                  venvs=venvs, threads=threads, lengths=lengths, runs=runs)
 
 
-def measure_graph(setup: Setup, path: str | Path, *, alambic_session: bool, timed: bool = True) -> dict[str, Any]:
-    """Test accuracy, size and batch-1 latency of an ONNX graph, in this environment's ONNX Runtime
-    (the same for every tool's graph), ``setup.threads`` threads.
+def measure_graph(setup: Setup, path: str | Path, *, alambic_session: bool) -> dict[str, Any]:
+    """Test and validation accuracy, size and parameters of an ONNX graph, in this environment's
+    ONNX Runtime (the same code for every tool's graph). Latency is not here: the graphs a table
+    compares are timed together, in turns (``peer_bench.shipped.time_in_turns``).
 
     :param alambic_session: load it as alambic's runtime does (ORT's optimizations at load but the
         fusions alambic measured slower, ``SLOW_FUSIONS``); else with ORT's defaults, as Optimum's
         ``ORTModel`` and Neural Compressor load a graph.
-    :param timed: False: accuracy and size only (graphs compared by speed are timed together, in turns:
-        ``peer_bench.shipped.time_in_turns``).
     """
-    from alambic.compress.measure import measure_onnx
-    from alambic.compress.onnx_export import SLOW_FUSIONS
+    from alambic.compress.measure import onnx_evaluate, onnx_params
+    from alambic.compress.onnx_export import SLOW_FUSIONS, file_bytes, ort_session
 
-    lengths = setup.lengths if timed else []
-    measured = measure_onnx(path, setup.tokenized["test"], lengths, setup.threads, runs=setup.runs, warmup=10,
-                            memory=False, disabled_optimizers=SLOW_FUSIONS if alambic_session else ())
-    return {"accuracy": measured.accuracy, "macro_f1": measured.macro_f1, "examples": measured.examples,
-            "size_mb": measured.size_bytes / 1e6, "params": measured.params,
-            "p50_ms": {n: measured.latency_ms[str(n)]["p50"] for n in lengths},
-            "p90_ms": {n: measured.latency_ms[str(n)]["p90"] for n in lengths}}
+    session = ort_session(path, setup.threads, SLOW_FUSIONS if alambic_session else ())
+    test = onnx_evaluate(session, setup.tokenized["test"])
+    validation = onnx_evaluate(session, setup.tokenized["validation"])
+    return {"accuracy": test["accuracy"], "macro_f1": test["macro_f1"], "examples": test["examples"],
+            "val_accuracy": validation["accuracy"], "size_mb": file_bytes(path) / 1e6, "params": onnx_params(path)}
 
 
 def save(rows: list[dict[str, Any]], path: Path) -> None:

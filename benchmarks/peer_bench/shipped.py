@@ -70,16 +70,10 @@ def student_validation(setup: Setup, ship: dict[str, Any]) -> float:
 
 
 def measure(setup: Setup, path: str | Path, alambic_session: bool) -> dict[str, Any]:
-    """``measure_graph`` plus validation accuracy in the same session setting; once per graph and setting."""
-    from alambic.compress.measure import onnx_evaluate
-    from alambic.compress.onnx_export import SLOW_FUSIONS, ort_session
-
+    """:func:`measure_graph` in the graph's own tool's load setting, once per graph."""
     key = (str(path), alambic_session)
     if key not in _MEASURED:
-        found = measure_graph(setup, path, alambic_session=alambic_session, timed=False)
-        session = ort_session(path, setup.threads, SLOW_FUSIONS if alambic_session else ())
-        found["val_accuracy"] = onnx_evaluate(session, setup.tokenized["validation"])["accuracy"]
-        _MEASURED[key] = found
+        _MEASURED[key] = measure_graph(setup, path, alambic_session=alambic_session)
     return _MEASURED[key]
 
 
@@ -118,7 +112,7 @@ def graph_row(setup: Setup, path: str | None, alambic_session: bool, error: str 
     row: dict[str, Any] = {**fields, "path": path, "error": error, "alambic_session": alambic_session}
     if path and not error:
         row["own"] = measure(setup, path, alambic_session)
-        row["other"] = measure(setup, path, not alambic_session)
+        row["other"] = {}  # loaded the other way: latency only (time_in_turns), the weights are the same
     return row
 
 

@@ -51,7 +51,7 @@ from alambic.compress.executorch import load_pte, pte_evaluate, pte_latency_ms
 from alambic.compress.executorch import version as executorch_version
 from alambic.compress.latency import RUNTIMES, UNTIMED, latency_ms, load_model, onnx_latency_ms, torch_threads
 from alambic.compress.memory import peak_rss
-from alambic.compress.onnx_export import SLOW_FUSIONS, file_bytes, ort_logits, ort_session
+from alambic.compress.onnx_export import file_bytes, ort_logits, ort_session
 from alambic.errors import AlambicError
 from alambic.machine import describe
 from alambic.train.models import params
@@ -270,14 +270,12 @@ def measure_untimed(runtime: str, files: Sequence[str | os.PathLike[str]], model
 def measure_onnx(onnx_path: str | os.PathLike[str], dataset: Any, lengths: Sequence[int] = DEFAULT_LENGTHS,
                  threads: int | None = None, *, tokenizer_files: Sequence[str | os.PathLike[str]] = (),
                  vocab_size: int | None = None, runs: int = 50, warmup: int = 10, memory: bool = True,
-                 batch_size: int = 64, disabled_optimizers: tuple[str, ...] = SLOW_FUSIONS) -> Measurement:
+                 batch_size: int = 64) -> Measurement:
     """Measure an ONNX graph in ONNX Runtime (CPU provider, ``threads`` intra-op threads).
 
     :param tokenizer_files: shipped beside the graph (the vocabulary: :func:`vocab_files`).
     :param vocab_size: latency inputs draw token ids below it; None = the largest id in ``dataset``
         plus one (ids the graph certainly accepts).
-    :param disabled_optimizers: ORT load-time fusions left out (:func:`ort_session`); ``()`` loads
-        the graph with ORT's defaults, as other tools do.
     """
     import onnxruntime
 
@@ -286,7 +284,7 @@ def measure_onnx(onnx_path: str | os.PathLike[str], dataset: Any, lengths: Seque
     path = Path(onnx_path)
     sizes = file_sizes([path, *tokenizer_files])
     vocab_size = vocab_size or _max_token_id(dataset) + 1
-    session = ort_session(path, threads, disabled_optimizers)
+    session = ort_session(path, threads)
     latency = {str(n): onnx_latency_ms(session, vocab_size, n, runs, warmup) for n in lengths}
     scores = onnx_evaluate(session, dataset, batch_size)
     del session

@@ -211,7 +211,8 @@ def run(setup: Setup, args: Any) -> str:
     tool = f"TextPruner {peer.get('textpruner', '(not installed)')}"
     base = {"tool": f"alambic {alambic.__version__}"}
     student = base | {"recipe": "unpruned student"} | measure(setup.student.path, setup.tokenized)
-    ours = {name: attempt(base | {"recipe": name}, lambda s=steps: compressed(setup, s)) for name, steps in STEPS.items()}
+    ours = {name: attempt(base | {"recipe": name}, lambda s=steps: compressed(setup, s))
+            for name, steps in STEPS.items()}
     vocab = attempt(base | {"recipe": VOCAB_STEPS}, lambda: compressed(setup, VOCAB_STEPS))
     rows = importance_rows(setup)
     matched = [r for r in ours.values() if "error" not in r]
@@ -239,7 +240,8 @@ def render(setup: Setup, table: list[dict[str, Any]], ours: dict[str, Any], voca
         f"layers (>= 1 a layer), FFN neurons the same count per layer; recovery: 1 epoch of distillation from the "
         f"teacher's cached logits after each step (T {distill.temperature:g}, alpha {distill.alpha:g}, lr "
         f"{distill.learning_rate:g}, batch {distill.batch_size}). TextPruner "
-        f"({peer.get('error') or ', '.join(f'{k} {v}' for k, v in peer.items())}): `TransformerPruner(TransformerPruningConfig("
+        f"({peer.get('error') or ', '.join(f'{k} {v}' for k, v in peer.items())}): "
+        f"`TransformerPruner(TransformerPruningConfig("
         f"target_num_of_heads=<alambic's heads per layer, rounded up>, target_ffn_size=<alambic's FFN width>, "
         f"{', '.join(f'{k}={v!r}' for k, v in RECIPE.items())}))`, its dataloader the {len(rows)} validation "
         f"batches of {len(rows[0]) if rows else 0} rows alambic scores importance on, its adaptor the model's "

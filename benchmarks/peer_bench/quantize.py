@@ -97,13 +97,16 @@ def _intro(setup: Setup, ship: dict[str, Any], side: dict[str, Any], reference: 
         f"{', '.join(side.get('cpu_flags', [])) or '?'}) of the export and of each optimized graph; its time is each "
         f"step's own. ORTQuantizer cannot type the fused O2/O3 graphs (rows below say why): they are quantized "
         f"again after ORT's `quant_pre_process(skip_optimization=True, auto_merge=True)`, the pre-processing "
-        f"ORT's quantizer advises (its time included). Measured here (ONNX Runtime of alambic's environment), {setup.threads} threads, batch 1, "
+        f"ORT's quantizer advises (its time included). Measured here (ONNX Runtime of alambic's environment), "
+        f"{setup.threads} threads, batch 1, "
         f"every graph and load setting timed in turns ({ROUNDS} rounds of {max(1, setup.runs // ROUNDS)} runs at each "
-        f"length, after a pause and 5 warm-up; the median of the rounds' p50 / p90); accuracy on {len(setup.tokenized['test']):,} test / "
+        f"length, after a pause and 5 warm-up; the median of the rounds' p50 / p90); accuracy on "
+        f"{len(setup.tokenized['test']):,} test / "
         f"{len(setup.tokenized['validation']):,} validation rows. Each graph in its tool's load setting (alambic: "
         f"ORT's optimizations minus SkipLayerNormFusion; Optimum: ORT defaults, as ORTModel loads it); the last "
         f"latency column loads it the other way. Optimum's best int8 graph: the fastest (mean p50) whose validation "
-        f"accuracy is within {KEEP_POINTS:g} point of the student's; equal accuracy: test within {EQUAL_POINTS:g} point.")
+        f"accuracy is within {KEEP_POINTS:g} point of the student's; equal accuracy: test within "
+        f"{EQUAL_POINTS:g} point.")
 
 
 def _table(rows: list[dict[str, Any]], lengths: list[int]) -> list[str]:
@@ -140,7 +143,8 @@ def _verdict(ours: dict[str, Any], best: dict[str, Any] | None, lengths: list[in
                            f"{'met' if s >= GOAL_SPEEDUP else 'missed'}" for n, s in speedups.items())
     lines = [f"**goal** ({goal}): Optimum's best is {best['graph']}; test accuracy {pct(ours['own']['accuracy'])} "
              f"vs {pct(best['own']['accuracy'])} ({gap:+.2f} point: {accuracy} {EQUAL_POINTS:g} point, "
-             f"{'met' if equal else 'missed'}); speed-up (Optimum p50 / alambic p50) {per_length}: **{'met' if met else 'missed'}**."]
+             f"{'met' if equal else 'missed'}); speed-up (Optimum p50 / alambic p50) {per_length}: "
+             f"**{'met' if met else 'missed'}**."]
     if not met:
         lines.append("why: " + _why(ours, best))
     return lines

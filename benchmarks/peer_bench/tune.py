@@ -110,8 +110,10 @@ def _intro(setup: Setup, ship: dict[str, Any], reference: float) -> str:
         f"TuningCriterion(max_trials={INC['max_trials']}, timeout={INC['timeout']}))`, calibrated on 100 train rows "
         f"(INC's default sampling size; seeded random order, {INC['calib_batch_size']} row a batch), `eval_func` = "
         f"validation accuracy in ORT with its defaults; its time is `fit`'s wall time (baseline evaluation, "
-        f"calibration, every trial). Measured here, {setup.threads} threads, batch 1, the graphs timed in turns ({ROUNDS} rounds of "
-        f"{max(1, setup.runs // ROUNDS)} runs at each length; the median of the rounds' p50 / p90); accuracy on {len(setup.tokenized['test']):,} test / {len(setup.tokenized['validation']):,} "
+        f"calibration, every trial). Measured here, {setup.threads} threads, batch 1, the graphs timed in turns "
+        f"({ROUNDS} rounds of {max(1, setup.runs // ROUNDS)} runs at each length, after a pause and 5 warm-up; "
+        f"the median of the rounds' p50 / p90); accuracy on {len(setup.tokenized['test']):,} test / "
+        f"{len(setup.tokenized['validation']):,} "
         f"validation rows; each graph in its tool's load setting (alambic's session; ORT defaults), the last "
         f"latency column the other way.")
 

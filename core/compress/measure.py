@@ -339,24 +339,19 @@ def measure_speed(runtime: str, artifact: str | os.PathLike[str], lengths: Seque
     if not lengths or lengths[0] < 2:
         raise AlambicError(f"measuring latency needs sequence lengths >= 2, got {list(lengths)}")
     path = Path(artifact)
-    if runtime == "onnxruntime":
-        import onnxruntime
+    if runtime in ("onnxruntime", "executorch"):  # a file with a fixed input layout: ids drawn below vocab_size
+        if not vocab_size:
+            raise AlambicError(f"timing {path}: no vocab_size to draw its inputs from (its model folder's config.json)")
+        if runtime == "onnxruntime":
+            import onnxruntime
 
-        if not vocab_size:
-            raise AlambicError(f"timing {path}: no vocab_size to draw its inputs from (its model folder's config.json)")
-        session = ort_session(path, threads)
-        latency = {str(n): onnx_latency_ms(session, vocab_size, n, runs, warmup) for n in lengths}
-        del session
+            loaded, time_one = ort_session(path, threads), onnx_latency_ms
+            version = f"onnxruntime {onnxruntime.__version__}"
+        else:
+            loaded, time_one, version = load_pte(path, threads), pte_latency_ms, executorch_version()
+        latency = {str(n): time_one(loaded, vocab_size, n, runs, warmup) for n in lengths}
+        del loaded  # freed before the memory probe's child process starts
         rss = peak_rss(path, lengths[-1], threads, runtime=runtime, vocab_size=vocab_size) if memory else {}
-        version = f"onnxruntime {onnxruntime.__version__}"
-    elif runtime == "executorch":
-        if not vocab_size:
-            raise AlambicError(f"timing {path}: no vocab_size to draw its inputs from (its model folder's config.json)")
-        method = load_pte(path, threads)
-        latency = {str(n): pte_latency_ms(method, vocab_size, n, runs, warmup) for n in lengths}
-        del method
-        rss = peak_rss(path, lengths[-1], threads, runtime=runtime, vocab_size=vocab_size) if memory else {}
-        version = executorch_version()
     elif runtime == "pytorch":
         import torch
 

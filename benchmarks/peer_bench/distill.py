@@ -106,20 +106,13 @@ def textbrewer_row(setup: Setup, init: Path, settings: Any, train: Any, folder: 
               "kd_loss_weight": weight * settings.alpha * settings.temperature ** 2,
               "hard_label_weight": weight * (1 - settings.alpha), "output_dir": str(folder / "checkpoints")}
     result = venvs.run_side("textbrewer", "textbrewer_distill.py", inputs, folder, setup.venvs)
-    row = {"tool": "TextBrewer", "versions": peer_versions(setup), "epochs": settings.epochs, "inputs": inputs}
+    row = {"tool": "TextBrewer", "versions": venvs.versions("textbrewer", setup.venvs), "epochs": settings.epochs,
+           "inputs": inputs}
     if "error" in result:
         return {**row, "error": result["error"]}
     per_epoch = result["seconds"] / settings.epochs
     predictions = np.asarray(result.pop("test_predictions"))
     return {**row, **result, "per_epoch_s": per_epoch, "amortized_s": per_epoch, **test_scores(setup, predictions)}
-
-
-def peer_versions(setup: Setup) -> dict[str, str]:
-    """TextBrewer's installed versions for the table; the reason instead when its venv is missing."""
-    try:
-        return venvs.versions("textbrewer", setup.venvs)
-    except Exception as exc:  # a peer that does not install still gets its row
-        return {"error": str(exc)}
 
 
 def test_scores(setup: Setup, predictions: np.ndarray) -> dict[str, Any]:

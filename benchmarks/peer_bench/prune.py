@@ -195,19 +195,11 @@ def vocab_verdict(ours: dict[str, Any], theirs: list[dict[str, Any]]) -> str:
             f"{ours['vocab']:,} vs {peer['vocab']:,} tokens, {ours['params']:,} vs {peer['params']:,} params)")
 
 
-def peer_versions(setup: Setup) -> dict[str, str]:
-    """TextPruner's versions, or why its environment is not there (its rows then say so)."""
-    try:
-        return versions("textpruner", setup.venvs)
-    except Exception as exc:  # noqa: BLE001
-        return {"error": f"the textpruner environment does not install: {exc}"}
-
-
 def run(setup: Setup, args: Any) -> str:
     """Prune with both tools, measure every folder the same way, save the rows, render the section."""
     import alambic
 
-    peer = peer_versions(setup)
+    peer = versions("textpruner", setup.venvs)
     tool = f"TextPruner {peer.get('textpruner', '(not installed)')}"
     base = {"tool": f"alambic {alambic.__version__}"}
     student = base | {"recipe": "unpruned student"} | measure(setup.student.path, setup.tokenized)

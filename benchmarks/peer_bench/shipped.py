@@ -128,11 +128,9 @@ def latency_cells(measured: dict[str, Any] | None, lengths: list[int]) -> list[s
 
 
 def peer_versions(peer: str, setup: Setup) -> str:
-    """``name version, ...`` of the peer's environment, or why it could not be read."""
-    try:
-        return ", ".join(f"{k} {v}" for k, v in versions(peer, setup.venvs).items())
-    except Exception as exc:  # noqa: BLE001 - an environment that does not install is a note, not a crash
-        return f"(versions unavailable: {type(exc).__name__}: {exc})"
+    """``name version, ...`` of the peer's environment, or why it does not install."""
+    found = versions(peer, setup.venvs)
+    return found.get("error") or ", ".join(f"{k} {v}" for k, v in found.items())
 
 
 def pct(value: float | None) -> str:

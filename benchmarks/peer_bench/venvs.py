@@ -69,7 +69,8 @@ def peer_python(peer: str, root: Path) -> Path:
 
 
 def versions(peer: str, root: Path) -> dict[str, str]:
-    """The installed versions of the distributions the table reports for ``peer``."""
+    """The installed versions of the distributions the table reports for ``peer``; ``{"error": why}``
+    when its environment does not install (the peer's rows then say so, the others go on)."""
     _, reported = PEERS[peer]
     code = ("import importlib.metadata as m, json, sys\n"
             "out = {}\n"
@@ -77,8 +78,11 @@ def versions(peer: str, root: Path) -> dict[str, str]:
             "    try: out[name] = m.version(name)\n"
             "    except m.PackageNotFoundError: pass\n"
             "print(json.dumps(out))")
-    done = subprocess.run([str(peer_python(peer, root)), "-c", code, *reported], check=True,
-                          capture_output=True, text=True)
+    try:
+        done = subprocess.run([str(peer_python(peer, root)), "-c", code, *reported], check=True,
+                              capture_output=True, text=True)
+    except (subprocess.CalledProcessError, OSError) as exc:
+        return {"error": f"the {peer} environment does not install: {exc}"}
     return json.loads(done.stdout)
 
 

@@ -44,18 +44,21 @@ def open_setup(config: str, work: Path, venvs: Path, threads: int, lengths: list
     teacher = train_teacher(ctx, local=True)
     student = distill(ctx, STUDENT, teacher=teacher, local=True)
     tokenizer = teacher.tokenizer()  # teacher-layers reads with the teacher's tokenizer
-    tokenized, _ = ctx.tokenize(tokenizer)
-    data = work / "data"
-    data.mkdir(parents=True, exist_ok=True)
-    splits = {}
-    for name in ("train", "validation", "test"):
-        path = data / f"{name}.npz"
-        if not path.exists():
-            write_split(tokenized[name], path)
-        splits[name] = str(path)
+    tokenized, key = ctx.tokenize(tokenizer)
+    splits = {name: split_file(tokenized[name], work, name, key) for name in ("train", "validation", "test")}
     return Setup(ctx=ctx, teacher=teacher, student=student, tokenized=tokenized, splits=splits,
                  pad_id=int(tokenizer.pad_token_id or 0), num_labels=len(ctx.prepared.label_names), work=work,
                  venvs=venvs, threads=threads, lengths=lengths, runs=runs)
+
+
+def split_file(dataset: Any, work: Path, name: str, key: str) -> str:
+    """The split as a file the peers read (``work/data``), written once per tokenized data: the name
+    carries the tokenization's key, so another config or tokenizer in the same --work never reuses it."""
+    path = work / "data" / f"{name}-{key[:16]}.npz"
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write_split(dataset, path)
+    return str(path)
 
 
 def measure_graph(setup: Setup, path: str | Path, *, alambic_session: bool) -> dict[str, Any]:

@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from peer_bench import venvs
-from peer_bench.common import STUDENT, Setup, save
+from peer_bench.common import STUDENT, Setup, save, split_file
 from peer_bench.side.exchange import Split, accuracy
 
 GOAL_SPEEDUP = 3.0  # the issue's goal: alambic at least 3x faster per epoch ...
@@ -217,7 +217,6 @@ def train_subset(setup: Setup, rows: int | None) -> Setup:
     sample): both tools then distill on the same fewer rows, from the same teacher; validation and
     test stay whole. None: the setup as it is."""
     from alambic.run import RunContext
-    from peer_bench.side.exchange import write_split
 
     if not rows:
         return setup
@@ -225,11 +224,9 @@ def train_subset(setup: Setup, rows: int | None) -> Setup:
     config = setup.ctx.config.model_copy(update={"data": data.model_copy(
         update={"subsample": {**data.subsample, "train": rows}})})
     ctx = RunContext.from_config(config, quiet=True)
-    tokenized, _ = ctx.tokenize(setup.teacher.tokenizer())
-    path = setup.work / "data" / f"train-{rows}.npz"
-    if not path.exists():
-        write_split(tokenized["train"], path)
-    return dataclasses.replace(setup, ctx=ctx, tokenized=tokenized, splits={**setup.splits, "train": str(path)})
+    tokenized, key = ctx.tokenize(setup.teacher.tokenizer())
+    train = split_file(tokenized["train"], setup.work, "train", key)
+    return dataclasses.replace(setup, ctx=ctx, tokenized=tokenized, splits={**setup.splits, "train": train})
 
 
 def run(setup: Setup, args: Any) -> str:

@@ -16,13 +16,17 @@ import numpy as np
 
 
 def write_split(dataset: Any, path: Path) -> Path:
-    """Write a tokenized ``datasets.Dataset`` (``input_ids``, ``label``) as a split file."""
+    """Write a tokenized ``datasets.Dataset`` (``input_ids``, ``label``) as a split file, atomically:
+    a run stopped half-way leaves no half-written file to be read later."""
     rows = dataset.with_format("numpy", columns=["label"])["label"]
     ids = dataset["input_ids"]
     offsets = np.zeros(len(ids) + 1, dtype=np.int64)
     offsets[1:] = np.cumsum([len(r) for r in ids])
     flat = np.fromiter((t for r in ids for t in r), dtype=np.int64, count=int(offsets[-1]))
-    np.savez(path, ids=flat, offsets=offsets, labels=np.asarray(rows, dtype=np.int64))
+    partial = path.with_name(path.name + ".partial")
+    with partial.open("wb") as out:
+        np.savez(out, ids=flat, offsets=offsets, labels=np.asarray(rows, dtype=np.int64))
+    partial.replace(path)
     return path
 
 

@@ -77,7 +77,17 @@ def measure_graph(setup: Setup, path: str | Path, *, alambic_session: bool) -> d
     test = onnx_evaluate(session, setup.tokenized["test"])
     validation = onnx_evaluate(session, setup.tokenized["validation"])
     return {"accuracy": test["accuracy"], "macro_f1": test["macro_f1"], "examples": test["examples"],
-            "val_accuracy": validation["accuracy"], "size_mb": file_bytes(path) / 1e6, "params": onnx_params(path)}
+            "val_accuracy": validation["accuracy"], "size_mb": file_bytes(path) / 1e6, "params": onnx_params(path),
+            "weights_mb": weight_bytes(path) / 1e6}
+
+
+def weight_bytes(path: str | Path) -> int:
+    """Bytes of a graph's initializers as its runtime holds them (dtype size x elements): beside the
+    file's size, it tells the weights from how a tool serialized them (e.g. int8 as int32 varints)."""
+    import onnx
+    from onnx import numpy_helper
+
+    return sum(numpy_helper.to_array(t).nbytes for t in onnx.load(str(path)).graph.initializer)
 
 
 def save(rows: list[dict[str, Any]], path: Path) -> None:

@@ -119,7 +119,8 @@ def _intro(setup: Setup, ship: dict[str, Any], reference: float) -> str:
 
 
 def _table(rows: list[dict[str, Any]], lengths: list[int]) -> list[str]:
-    head = ["result", "what it chose", "val acc %", "test acc %", "size MB", *(f"p50 / p90 ms @{n}" for n in lengths),
+    head = ["result", "what it chose", "val acc %", "test acc %", "size MB", "weights held MB",
+            *(f"p50 / p90 ms @{n}" for n in lengths),
             "mean p50 ms, other load", "tuning time", "trials"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
@@ -129,6 +130,7 @@ def _table(rows: list[dict[str, Any]], lengths: list[int]) -> list[str]:
                          + f" | {r['made']} | {r['trials']} |")
             continue
         cells = [r["graph"], r["what"], pct(own["val_accuracy"]), pct(own["accuracy"]), f"{own['size_mb']:.1f}",
+                 f"{own['weights_mb']:.1f}",
                  *latency_cells(own, lengths), f"{mean_p50(r['other']):.2f}", r["made"], r["trials"]]
         lines.append("| " + " | ".join(cells) + " |")
     return lines
